@@ -145,7 +145,7 @@ macro_rules! crdt_props {
         mod $name {
             use super::*;
             proptest! {
-                #![proptest_config(ProptestConfig::with_cases(96))]
+                #![proptest_config(ProptestConfig::with_cases(cases(96)))]
                 #[test]
                 fn laws(actions in script::<$ty>()) {
                     check_laws::<$ty>(actions)?;
@@ -459,4 +459,12 @@ proptest! {
         let truncated = &good[..cut.index(good.len())];
         prop_assert!(codec::decode::<Nested>(truncated).is_err());
     }
+}
+
+/// Cases per property: `PROPTEST_CASES` when set (to run harder), else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

@@ -1,0 +1,106 @@
+//! Who wrote each operation: local versions mapped to (replica, counter).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use converge_crdt::{Dot, ReplicaId, VersionVector};
+
+use crate::graph::Lv;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Run {
+    lvs: Range<Lv>,
+    replica: ReplicaId,
+    /// Counter of `lvs.start` (counters start at 1).
+    counter: u64,
+}
+
+/// The two-way map between local versions and operation ids ([`Dot`]s).
+///
+/// Each replica's operations carry counters 1, 2, 3…, so what a log holds is
+/// summed up by a [`VersionVector`] of operation counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Agents {
+    by_lv: Vec<Run>,
+    /// Per replica: counter of a run's start → LV of its start, run length.
+    by_replica: BTreeMap<ReplicaId, BTreeMap<u64, (Lv, u64)>>,
+    version: VersionVector,
+}
+
+impl Agents {
+    /// Records that `lvs` are `replica`'s operations `counter..`.
+    pub(crate) fn push(&mut self, lvs: Range<Lv>, replica: ReplicaId, counter: u64) {
+        let len = (lvs.end - lvs.start) as u64;
+        if len == 0 {
+            return;
+        }
+        self.version.set(replica, counter + len - 1);
+        let runs = self.by_replica.entry(replica).or_default();
+        if let Some(last) = self.by_lv.last_mut()
+            && last.replica == replica
+            && last.lvs.end == lvs.start
+            && last.counter + (last.lvs.end - last.lvs.start) as u64 == counter
+        {
+            last.lvs.end = lvs.end;
+            if let Some(run) = runs.get_mut(&last.counter) {
+                run.1 += len;
+            }
+            return;
+        }
+        runs.insert(counter, (lvs.start, len));
+        self.by_lv.push(Run {
+            lvs,
+            replica,
+            counter,
+        });
+    }
+
+    /// Forgets every operation from `lv` on.
+    pub(crate) fn truncate(&mut self, lv: Lv) {
+        self.by_lv.retain(|r| r.lvs.start < lv);
+        if let Some(last) = self.by_lv.last_mut() {
+            last.lvs.end = last.lvs.end.min(lv);
+        }
+        let runs = std::mem::take(&mut self.by_lv);
+        *self = Self::default();
+        for r in runs {
+            self.push(r.lvs, r.replica, r.counter);
+        }
+    }
+
+    /// The id of the operation at `lv`.
+    pub fn dot(&self, lv: Lv) -> Dot {
+        let i = self.by_lv.partition_point(|r| r.lvs.end <= lv);
+        let run = &self.by_lv[i];
+        Dot::new(run.replica, run.counter + (lv - run.lvs.start) as u64)
+    }
+
+    /// The LV of operation `dot`, if this log holds it.
+    pub fn lv(&self, dot: Dot) -> Option<Lv> {
+        let runs = self.by_replica.get(&dot.replica)?;
+        let (start, (lv, len)) = runs.range(..=dot.counter).next_back()?;
+        (dot.counter < start + len).then(|| lv + (dot.counter - start) as usize)
+    }
+
+    /// The operations held, per replica.
+    pub fn version(&self) -> &VersionVector {
+        &self.version
+    }
+
+    /// The LV runs holding `replica`'s operations with counters above `after`.
+    pub(crate) fn lvs_after(&self, replica: ReplicaId, after: u64) -> Vec<Range<Lv>> {
+        let Some(runs) = self.by_replica.get(&replica) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (&start, &(lv, len)) in runs {
+            let end = start + len;
+            if end <= after + 1 {
+                continue;
+            }
+            let skip = (after + 1).saturating_sub(start);
+            out.push(lv + skip as usize..lv + len as usize);
+        }
+        out
+    }
+}

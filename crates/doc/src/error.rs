@@ -1,0 +1,48 @@
+//! Errors of the document layer.
+
+use converge_crdt::{Dot, ReplicaId};
+
+/// Why a document operation or an imported change was refused. Nothing is
+/// changed when an error is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DocError {
+    /// A position past the end of a text or list.
+    #[error("position {pos} is out of bounds: the text has {len} characters")]
+    OutOfBounds {
+        /// The position asked for.
+        pos: usize,
+        /// The length at that moment.
+        len: usize,
+    },
+    /// A change names a parent this replica does not hold yet: deliver the
+    /// missing changes first.
+    #[error("change {op:?} depends on {dep:?}, which has not arrived: apply earlier changes first")]
+    MissingDependency {
+        /// The change's first operation.
+        op: Dot,
+        /// The missing parent.
+        dep: Dot,
+    },
+    /// A change skips operations of its replica.
+    #[error(
+        "changes of replica {replica} must arrive in order: expected counter {expected}, got {found}"
+    )]
+    Gap {
+        /// The replica.
+        replica: ReplicaId,
+        /// The next counter this replica expects.
+        expected: u64,
+        /// The counter the change starts at.
+        found: u64,
+    },
+    /// A change that is malformed or that does not apply to the version it
+    /// names (for example, a position past the end).
+    #[error("invalid change {op:?}: {why}")]
+    InvalidChange {
+        /// The change's first operation.
+        op: Dot,
+        /// What is wrong.
+        why: String,
+    },
+}

@@ -1,0 +1,188 @@
+//! Collaborative plain text: a log of position-based operations plus the
+//! current text, merged with the Eg-walker algorithm.
+//!
+//! Local edits are appended to the [`OpLog`] and applied to a rope directly,
+//! with no CRDT metadata per character: typing costs about what editing a
+//! plain rope costs. Remote operations made on the version this text is at
+//! also apply directly; only truly concurrent operations go through the
+//! walker in [`merge`].
+
+mod merge;
+pub mod oplog;
+
+use converge_crdt::{ReplicaId, VersionVector};
+use jumprope::JumpRopeBuf;
+
+use crate::error::DocError;
+use crate::graph::Frontier;
+pub use oplog::{Limits, OpKind, OpLog, TextChange};
+
+/// A replica of one collaborative text.
+///
+/// ```
+/// use converge_doc::text::Text;
+/// use converge_crdt::ReplicaId;
+///
+/// let mut a = Text::new(ReplicaId::from_u64(1));
+/// a.insert(0, "hello world")?;
+/// let mut b = Text::new(ReplicaId::from_u64(2));
+/// b.apply_changes(&a.changes_since(b.version()))?;
+/// // Concurrent edits at the same place do not interleave.
+/// a.insert(5, ", dear")?;
+/// b.insert(5, " there")?;
+/// let (from_a, from_b) = (a.changes_since(b.version()), b.changes_since(a.version()));
+/// a.apply_changes(&from_b)?;
+/// b.apply_changes(&from_a)?;
+/// assert_eq!(a.to_string(), b.to_string());
+/// # Ok::<(), converge_doc::DocError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Text {
+    replica: ReplicaId,
+    oplog: OpLog,
+    content: JumpRopeBuf,
+    /// The version `content` reflects (always the oplog's full version
+    /// between calls).
+    frontier: Frontier,
+    limits: Limits,
+}
+
+impl Text {
+    /// An empty text edited by `replica`.
+    pub fn new(replica: ReplicaId) -> Self {
+        Self {
+            replica,
+            oplog: OpLog::default(),
+            content: JumpRopeBuf::new(),
+            frontier: Frontier::new(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Replaces the limits applied to imported changes.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The replica that local edits are attributed to.
+    pub fn replica(&self) -> ReplicaId {
+        self.replica
+    }
+
+    /// Length in characters (Unicode scalar values).
+    pub fn len_chars(&self) -> usize {
+        self.content.len_chars()
+    }
+
+    /// Whether the text is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len_chars() == 0
+    }
+
+    /// Operations held, per replica (operation counters).
+    pub fn version(&self) -> &VersionVector {
+        self.oplog.version()
+    }
+
+    /// The log of every operation.
+    pub fn oplog(&self) -> &OpLog {
+        &self.oplog
+    }
+
+    /// Inserts `text` at character position `pos`.
+    pub fn insert(&mut self, pos: usize, text: &str) -> Result<(), DocError> {
+        let len = self.len_chars();
+        if pos > len {
+            return Err(DocError::OutOfBounds { pos, len });
+        }
+        let n = text.chars().count();
+        if n == 0 {
+            return Ok(());
+        }
+        self.oplog.push_local(
+            self.replica,
+            &self.frontier.clone(),
+            OpKind::Insert,
+            pos,
+            n,
+            text,
+        );
+        self.frontier = self.oplog.frontier.clone();
+        self.content.insert(pos, text);
+        Ok(())
+    }
+
+    /// Deletes `len` characters starting at character position `pos`.
+    pub fn delete(&mut self, pos: usize, len: usize) -> Result<(), DocError> {
+        let total = self.len_chars();
+        if pos.checked_add(len).is_none_or(|end| end > total) {
+            return Err(DocError::OutOfBounds {
+                pos: pos.saturating_add(len),
+                len: total,
+            });
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        self.oplog.push_local(
+            self.replica,
+            &self.frontier.clone(),
+            OpKind::Delete,
+            pos,
+            len,
+            "",
+        );
+        self.frontier = self.oplog.frontier.clone();
+        self.content.remove(pos..pos + len);
+        Ok(())
+    }
+
+    /// The changes a replica at `version` lacks, in causal order.
+    pub fn changes_since(&self, version: &VersionVector) -> Vec<TextChange> {
+        self.oplog.changes_since(version)
+    }
+
+    /// Applies changes from another replica (in causal order; ones already
+    /// held are skipped). On error nothing changes.
+    pub fn apply_changes(&mut self, changes: &[TextChange]) -> Result<(), DocError> {
+        let start = self.oplog.len();
+        let old_frontier = self.oplog.frontier.clone();
+        let result = (|| {
+            for change in changes {
+                self.oplog.push_remote(change, &self.limits)?;
+            }
+            merge::merge(
+                &self.oplog,
+                &self.frontier,
+                &self.oplog.frontier,
+                self.len_chars(),
+            )
+        })();
+        match result {
+            Ok((edits, frontier)) => {
+                let mut buf = [0u8; 4];
+                for edit in edits {
+                    match edit {
+                        merge::Edit::Insert(pos, ch) => {
+                            self.content.insert(pos, ch.encode_utf8(&mut buf))
+                        }
+                        merge::Edit::Delete(pos) => self.content.remove(pos..pos + 1),
+                    }
+                }
+                self.frontier = frontier;
+                Ok(())
+            }
+            Err(e) => {
+                self.oplog.truncate(start, old_frontier);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.content.borrow())
+    }
+}

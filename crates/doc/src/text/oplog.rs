@@ -1,0 +1,428 @@
+//! The operation log of one text: every insert and delete ever made, by
+//! position in the version its author saw, in run-length form.
+
+use std::ops::Range;
+
+use converge_crdt::{Dot, ReplicaId, VersionVector};
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+use crate::agents::Agents;
+use crate::error::DocError;
+use crate::graph::{Frontier, Graph, Lv};
+
+/// Whether an operation inserts or deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpKind {
+    /// Inserts one character.
+    Insert,
+    /// Deletes one character.
+    Delete,
+}
+
+/// A run of operations of one kind at adjacent positions with consecutive LVs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OpRun {
+    pub(crate) lvs: Range<Lv>,
+    pub(crate) kind: OpKind,
+    /// Inserts: where the first character went; the k-th goes at `pos + k`.
+    /// Deletes: where the first deletion was; the k-th is at `pos` when
+    /// `fwd` (the delete key) or `pos - k` when not (backspace).
+    pub(crate) pos: usize,
+    pub(crate) fwd: bool,
+    /// Inserts: the byte range of the run's text in `OpLog::text`.
+    pub(crate) content: Range<usize>,
+    /// Whether the content is ASCII (byte offsets equal char offsets).
+    pub(crate) ascii: bool,
+}
+
+impl OpRun {
+    fn len(&self) -> usize {
+        self.lvs.end - self.lvs.start
+    }
+
+    /// Position of the op `k` steps into the run.
+    pub(crate) fn pos_at(&self, k: usize) -> usize {
+        match (self.kind, self.fwd) {
+            (OpKind::Insert, _) => self.pos + k,
+            (OpKind::Delete, true) => self.pos,
+            (OpKind::Delete, false) => self.pos - k,
+        }
+    }
+}
+
+/// One operation, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Op {
+    pub(crate) kind: OpKind,
+    pub(crate) pos: usize,
+    pub(crate) ch: Option<char>,
+}
+
+/// Every operation on one text, its causal graph and its authors.
+#[derive(Debug, Clone, Default)]
+pub struct OpLog {
+    pub(crate) graph: Graph,
+    pub(crate) agents: Agents,
+    pub(crate) runs: Vec<OpRun>,
+    pub(crate) text: String,
+    /// The version holding every operation.
+    pub(crate) frontier: Frontier,
+}
+
+impl OpLog {
+    /// Number of operations held.
+    pub fn len(&self) -> usize {
+        self.graph.next_lv()
+    }
+
+    /// Whether no operation is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Operation counters held, per replica.
+    pub fn version(&self) -> &VersionVector {
+        self.agents.version()
+    }
+
+    /// Appends `replica`'s next operations, made on version `parents`:
+    /// inserting `text` at `pos`, or deleting `len` characters from `pos`.
+    pub(crate) fn push_local(
+        &mut self,
+        replica: ReplicaId,
+        parents: &[Lv],
+        kind: OpKind,
+        pos: usize,
+        len: usize,
+        text: &str,
+    ) -> Range<Lv> {
+        let counter = self.agents.version().get(replica) + 1;
+        self.push_run(replica, counter, parents, kind, pos, len, true, text)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_run(
+        &mut self,
+        replica: ReplicaId,
+        counter: u64,
+        parents: &[Lv],
+        kind: OpKind,
+        pos: usize,
+        len: usize,
+        fwd: bool,
+        text: &str,
+    ) -> Range<Lv> {
+        let start = self.graph.next_lv();
+        let lvs = start..start + len;
+        self.graph.push(parents, lvs.clone());
+        self.agents.push(lvs.clone(), replica, counter);
+        Graph::advance_frontier(&mut self.frontier, parents, &lvs);
+        self.push_ops(lvs.clone(), kind, pos, fwd || len == 1, text);
+        lvs
+    }
+
+    fn push_ops(&mut self, lvs: Range<Lv>, kind: OpKind, pos: usize, fwd: bool, text: &str) {
+        let len = lvs.end - lvs.start;
+        if let Some(last) = self.runs.last_mut()
+            && last.lvs.end == lvs.start
+            && last.kind == kind
+        {
+            match kind {
+                OpKind::Insert if pos == last.pos + last.len() => {
+                    last.lvs.end = lvs.end;
+                    self.text.push_str(text);
+                    last.content.end = self.text.len();
+                    last.ascii &= text.is_ascii();
+                    return;
+                }
+                OpKind::Delete if fwd && pos == last.pos && (last.fwd || last.len() == 1) => {
+                    last.fwd = true;
+                    last.lvs.end = lvs.end;
+                    return;
+                }
+                OpKind::Delete
+                    if len == 1
+                        && (!last.fwd || last.len() == 1)
+                        && pos + last.len() == last.pos =>
+                {
+                    last.fwd = false;
+                    last.lvs.end = lvs.end;
+                    return;
+                }
+                _ => {}
+            }
+        }
+        let start = self.text.len();
+        if kind == OpKind::Insert {
+            self.text.push_str(text);
+        }
+        self.runs.push(OpRun {
+            lvs,
+            kind,
+            pos,
+            fwd,
+            content: start..self.text.len(),
+            ascii: text.is_ascii(),
+        });
+    }
+
+    fn run_index(&self, lv: Lv) -> usize {
+        self.runs.partition_point(|r| r.lvs.end <= lv)
+    }
+
+    /// The operation at `lv`.
+    pub(crate) fn op(&self, lv: Lv) -> Op {
+        let run = &self.runs[self.run_index(lv)];
+        let k = lv - run.lvs.start;
+        let ch = match run.kind {
+            OpKind::Delete => None,
+            OpKind::Insert => {
+                let s = &self.text[run.content.clone()];
+                if run.ascii {
+                    s.as_bytes().get(k).map(|b| char::from(*b))
+                } else {
+                    s.chars().nth(k)
+                }
+            }
+        };
+        Op {
+            kind: run.kind,
+            pos: run.pos_at(k),
+            ch,
+        }
+    }
+
+    /// The operations a replica at `version` lacks, as self-contained runs
+    /// in causal order, ready to ship.
+    pub fn changes_since(&self, version: &VersionVector) -> Vec<TextChange> {
+        let mut spans: Vec<Range<Lv>> = Vec::new();
+        for (replica, _) in self.agents.version().iter() {
+            spans.extend(self.agents.lvs_after(replica, version.get(replica)));
+        }
+        spans.sort_by_key(|s| s.start);
+        let mut out = Vec::new();
+        for span in spans {
+            let mut lv = span.start;
+            while lv < span.end {
+                let change = self.change_at(lv, span.end);
+                lv += change.len;
+                out.push(change);
+            }
+        }
+        out
+    }
+
+    /// The longest exportable run starting at `lv` and ending before `end`.
+    fn change_at(&self, lv: Lv, end: Lv) -> TextChange {
+        let run = &self.runs[self.run_index(lv)];
+        let k = lv - run.lvs.start;
+        let mut stop = end.min(run.lvs.end);
+        // Stop where the graph or the authorship changes.
+        let id = self.agents.dot(lv);
+        for l in lv + 1..stop {
+            let parents = self.graph.parents_of(l);
+            if parents.as_slice() != [l - 1]
+                || self.agents.dot(l) != Dot::new(id.replica, id.counter + (l - lv) as u64)
+            {
+                stop = l;
+                break;
+            }
+        }
+        let len = stop - lv;
+        let text = match run.kind {
+            OpKind::Insert => {
+                let s = &self.text[run.content.clone()];
+                s.chars().skip(k).take(len).collect()
+            }
+            OpKind::Delete => String::new(),
+        };
+        TextChange {
+            id,
+            parents: self
+                .graph
+                .parents_of(lv)
+                .iter()
+                .map(|p| self.agents.dot(*p))
+                .collect(),
+            kind: run.kind,
+            pos: run.pos_at(k),
+            len,
+            fwd: run.fwd,
+            text,
+        }
+    }
+
+    /// Adds a change received from another replica. Returns the LVs added
+    /// (empty if every operation was already held).
+    pub(crate) fn push_remote(
+        &mut self,
+        change: &TextChange,
+        limits: &Limits,
+    ) -> Result<Range<Lv>, DocError> {
+        change.check(limits)?;
+        let have = self.agents.version().get(change.id.replica);
+        let first = change.id.counter;
+        let last = first + change.len as u64 - 1;
+        if last <= have {
+            return Ok(self.graph.next_lv()..self.graph.next_lv());
+        }
+        if first > have + 1 {
+            return Err(DocError::Gap {
+                replica: change.id.replica,
+                expected: have + 1,
+                found: first,
+            });
+        }
+        // Skip the prefix already held: its ops are a chain, so the first new
+        // op's parent is the op before it.
+        let skip = (have + 1 - first) as usize;
+        let parents: Frontier = if skip == 0 {
+            let mut ps = Frontier::new();
+            for p in &change.parents {
+                let lv = self.agents.lv(*p).ok_or(DocError::MissingDependency {
+                    op: change.id,
+                    dep: *p,
+                })?;
+                ps.push(lv);
+            }
+            ps.sort_unstable();
+            ps.dedup();
+            ps
+        } else {
+            let prev = Dot::new(change.id.replica, have);
+            let lv = self.agents.lv(prev).ok_or(DocError::MissingDependency {
+                op: change.id,
+                dep: prev,
+            })?;
+            SmallVec::from_slice(&[lv])
+        };
+        let text: String = change.text.chars().skip(skip).collect();
+        let pos = match (change.kind, change.fwd) {
+            (OpKind::Insert, _) => change.pos + skip,
+            (OpKind::Delete, true) => change.pos,
+            (OpKind::Delete, false) => change.pos - skip,
+        };
+        Ok(self.push_run(
+            change.id.replica,
+            have + 1,
+            &parents,
+            change.kind,
+            pos,
+            change.len - skip,
+            change.fwd,
+            &text,
+        ))
+    }
+
+    /// Forgets every operation from `lv` on (undoing a failed import).
+    pub(crate) fn truncate(&mut self, lv: Lv, frontier: Frontier) {
+        if lv >= self.len() {
+            return;
+        }
+        self.graph.truncate(lv);
+        self.agents.truncate(lv);
+        let i = self.run_index(lv);
+        self.runs.truncate(i + 1);
+        if let Some(run) = self.runs.last_mut() {
+            if run.lvs.start >= lv {
+                self.runs.pop();
+            } else {
+                let keep = lv - run.lvs.start;
+                run.lvs.end = lv;
+                if run.kind == OpKind::Insert {
+                    let s = &self.text[run.content.clone()];
+                    let bytes: usize = s.chars().take(keep).map(char::len_utf8).sum();
+                    run.content.end = run.content.start + bytes;
+                }
+            }
+        }
+        let text_end = self
+            .runs
+            .iter()
+            .rev()
+            .find(|r| r.kind == OpKind::Insert)
+            .map_or(0, |r| r.content.end);
+        self.text.truncate(text_end);
+        self.frontier = frontier;
+    }
+}
+
+/// Limits on changes accepted from outside.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most operations in one change.
+    pub max_change_len: usize,
+    /// Most parents one change may name.
+    pub max_parents: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_change_len: 1 << 20,
+            max_parents: 64,
+        }
+    }
+}
+
+/// A run of operations by one replica, each made right after the previous
+/// one: the unit in which texts exchange history. Self-contained: it names
+/// its operations and its parents by id, not by local version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextChange {
+    /// Id of the first operation; the rest follow with consecutive counters.
+    pub id: Dot,
+    /// Ids of the operations the first one had seen (its version).
+    pub parents: Vec<Dot>,
+    /// Insert or delete.
+    pub kind: OpKind,
+    /// Position of the first operation in its version, in characters.
+    pub pos: usize,
+    /// Number of operations.
+    pub len: usize,
+    /// Deletes: all at `pos` (delete key) rather than `pos, pos-1, …` (backspace).
+    pub fwd: bool,
+    /// Inserts: the characters inserted (exactly `len` of them).
+    pub text: String,
+}
+
+impl TextChange {
+    fn check(&self, limits: &Limits) -> Result<(), DocError> {
+        let bad = |why: String| Err(DocError::InvalidChange { op: self.id, why });
+        if self.len == 0 {
+            return bad("a change holds no operation".into());
+        }
+        if self.len > limits.max_change_len {
+            return bad(format!(
+                "{} operations exceed the limit of {}",
+                self.len, limits.max_change_len
+            ));
+        }
+        if self.parents.len() > limits.max_parents {
+            return bad(format!(
+                "{} parents exceed the limit of {}",
+                self.parents.len(),
+                limits.max_parents
+            ));
+        }
+        if self.id.counter == 0 || self.id.counter.checked_add(self.len as u64).is_none() {
+            return bad("operation counters start at 1 and must not overflow".into());
+        }
+        match self.kind {
+            OpKind::Insert if self.text.chars().count() != self.len => bad(format!(
+                "insert of {} operations carries {} characters",
+                self.len,
+                self.text.chars().count()
+            )),
+            OpKind::Delete if !self.text.is_empty() => bad("a delete carries text".into()),
+            OpKind::Delete if !self.fwd && self.pos + 1 < self.len => {
+                bad("backspace run goes past the start of the text".into())
+            }
+            OpKind::Insert if self.pos.checked_add(self.len).is_none() => {
+                bad("position overflows".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}

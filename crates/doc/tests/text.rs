@@ -1,0 +1,343 @@
+//! Text: replay of the public editing traces, a model test against a plain
+//! string, and convergence of concurrent replicas.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use converge_crdt::{Dot, ReplicaId, VersionVector};
+use converge_doc::text::{OpKind, Text, TextChange};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use serde_json::Value;
+
+fn traces_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces")
+}
+
+fn load(path: &PathBuf) -> Value {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_string(&mut json)
+        .expect("gunzip trace");
+    serde_json::from_str(&json).expect("trace is JSON")
+}
+
+fn patches(txn: &Value) -> impl Iterator<Item = (usize, usize, &str)> {
+    txn["patches"].as_array().expect("patches").iter().map(|p| {
+        (
+            p[0].as_u64().expect("pos") as usize,
+            p[1].as_u64().expect("del") as usize,
+            p[2].as_str().expect("ins"),
+        )
+    })
+}
+
+/// Every sequential trace replayed as local edits yields its `endContent`.
+#[test]
+fn sequential_traces_replay() {
+    let dir = traces_dir().join("sequential");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("traces dir") {
+        let path = entry.expect("entry").path();
+        let trace = load(&path);
+        let mut text = Text::new(ReplicaId::from_u64(1));
+        for txn in trace["txns"].as_array().expect("txns") {
+            for (pos, del, ins) in patches(txn) {
+                text.delete(pos, del).expect("delete in bounds");
+                text.insert(pos, ins).expect("insert in bounds");
+            }
+        }
+        assert_eq!(
+            text.to_string(),
+            trace["endContent"].as_str().expect("endContent"),
+            "{}",
+            path.display()
+        );
+        n += 1;
+    }
+    assert!(n >= 4, "expected the four sequential traces, found {n}");
+}
+
+/// Turns a concurrent trace into changes, one list per transaction.
+fn concurrent_changes(trace: &Value) -> Vec<Vec<TextChange>> {
+    let txns = trace["txns"].as_array().expect("txns");
+    let mut counters: Vec<u64> = vec![0; trace["numAgents"].as_u64().unwrap_or(8) as usize];
+    // The id of each transaction's last operation.
+    let mut last_op: Vec<Option<Dot>> = Vec::new();
+    let mut out = Vec::new();
+    for txn in txns {
+        let agent = txn["agent"].as_u64().expect("agent") as usize;
+        let replica = ReplicaId::from_u64(agent as u64 + 1);
+        let mut parents: Vec<Dot> = txn["parents"]
+            .as_array()
+            .expect("parents")
+            .iter()
+            .filter_map(|p| last_op[p.as_u64().expect("parent") as usize])
+            .collect();
+        let mut changes = Vec::new();
+        for (pos, del, ins) in patches(txn) {
+            let mut push = |kind, len: usize, text: &str| {
+                let id = Dot::new(replica, counters[agent] + 1);
+                counters[agent] += len as u64;
+                changes.push(TextChange {
+                    id,
+                    parents: std::mem::replace(
+                        &mut parents,
+                        vec![Dot::new(replica, counters[agent])],
+                    ),
+                    kind,
+                    pos,
+                    len,
+                    fwd: true,
+                    text: text.to_string(),
+                });
+            };
+            if del > 0 {
+                push(OpKind::Delete, del, "");
+            }
+            let n = ins.chars().count();
+            if n > 0 {
+                push(OpKind::Insert, n, ins);
+            }
+        }
+        // A transaction with no patches keeps its parents' version.
+        let last = changes
+            .last()
+            .map(|c: &TextChange| Dot::new(c.id.replica, c.id.counter + c.len as u64 - 1));
+        last_op.push(last.or_else(|| parents.last().copied()));
+        out.push(changes);
+    }
+    out
+}
+
+/// The concurrent trace, delivered one transaction at a time in two
+/// different causal orders, yields its `endContent` both times.
+#[test]
+fn concurrent_trace_replays_in_any_causal_order() {
+    let path = traces_dir().join("concurrent/friendsforever.json.gz");
+    let trace = load(&path);
+    let expected = trace["endContent"].as_str().expect("endContent");
+    let txns = concurrent_changes(&trace);
+
+    let mut text = Text::new(ReplicaId::from_u64(99));
+    for changes in &txns {
+        text.apply_changes(changes).expect("trace applies");
+    }
+    assert_eq!(text.to_string(), expected);
+
+    // Second order: each agent's transactions held back as long as causality allows.
+    let raw = trace["txns"].as_array().expect("txns");
+    let mut done = vec![false; txns.len()];
+    let mut order = Vec::new();
+    while order.len() < txns.len() {
+        for prefer in [1u64, 0] {
+            for (i, t) in raw.iter().enumerate() {
+                let ready = !done[i]
+                    && t["parents"]
+                        .as_array()
+                        .expect("parents")
+                        .iter()
+                        .all(|p| done[p.as_u64().expect("p") as usize]);
+                if ready && t["agent"].as_u64() == Some(prefer) {
+                    done[i] = true;
+                    order.push(i);
+                }
+            }
+        }
+    }
+    let mut other = Text::new(ReplicaId::from_u64(98));
+    for i in order {
+        other.apply_changes(&txns[i]).expect("trace applies");
+    }
+    assert_eq!(other.to_string(), expected);
+}
+
+#[test]
+fn concurrent_typing_at_one_place_does_not_interleave() {
+    let mut a = Text::new(ReplicaId::from_u64(1));
+    a.insert(0, "[]").unwrap();
+    let mut b = Text::new(ReplicaId::from_u64(2));
+    b.apply_changes(&a.changes_since(&VersionVector::new()))
+        .unwrap();
+    for (i, c) in "abc".chars().enumerate() {
+        a.insert(1 + i, &c.to_string()).unwrap();
+    }
+    for (i, c) in "xyz".chars().enumerate() {
+        b.insert(1 + i, &c.to_string()).unwrap();
+    }
+    let (fa, fb) = (a.changes_since(b.version()), b.changes_since(a.version()));
+    a.apply_changes(&fb).unwrap();
+    b.apply_changes(&fa).unwrap();
+    assert_eq!(a.to_string(), b.to_string());
+    assert!(
+        ["[abcxyz]", "[xyzabc]"].contains(&a.to_string().as_str()),
+        "{a}"
+    );
+}
+
+#[test]
+fn insert_next_to_concurrently_deleted_text_lands_where_meant() {
+    let mut a = Text::new(ReplicaId::from_u64(1));
+    a.insert(0, "hello world").unwrap();
+    let mut b = Text::new(ReplicaId::from_u64(2));
+    b.apply_changes(&a.changes_since(&VersionVector::new()))
+        .unwrap();
+    a.delete(5, 6).unwrap(); // "hello"
+    b.insert(11, "!").unwrap(); // "hello world!"
+    b.insert(6, "big ").unwrap(); // "hello big world!"
+    let (fa, fb) = (a.changes_since(b.version()), b.changes_since(a.version()));
+    a.apply_changes(&fb).unwrap();
+    b.apply_changes(&fa).unwrap();
+    assert_eq!(a.to_string(), "hellobig !");
+    assert_eq!(b.to_string(), a.to_string());
+}
+
+#[test]
+fn bad_changes_are_refused_and_change_nothing() {
+    let mut a = Text::new(ReplicaId::from_u64(1));
+    a.insert(0, "abc").unwrap();
+    let good = a.changes_since(&VersionVector::new());
+    let mut b = Text::new(ReplicaId::from_u64(2));
+    // Out of bounds in its version.
+    let mut bad = good.clone();
+    bad[0].pos = 10;
+    assert!(b.apply_changes(&bad).is_err());
+    assert_eq!(b.to_string(), "");
+    assert!(b.version().is_empty(), "nothing was kept");
+    // Gap: the second half without the first.
+    a.insert(3, "def").unwrap();
+    let later = a.changes_since(&[(ReplicaId::from_u64(1), 3)].into_iter().collect());
+    assert!(b.apply_changes(&later).is_err());
+    // Text that does not match the length.
+    let mut bad = good.clone();
+    bad[0].text = "ab".into();
+    assert!(b.apply_changes(&bad).is_err());
+    // Local edits out of bounds.
+    assert!(b.insert(1, "x").is_err());
+    assert!(b.delete(0, 1).is_err());
+    // The good changes still apply afterwards; applying twice is a no-op.
+    b.apply_changes(&good).unwrap();
+    b.apply_changes(&good).unwrap();
+    assert_eq!(b.to_string(), "abc");
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    Insert(usize, usize, String),
+    Delete(usize, usize, usize),
+    Sync(usize, usize),
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    actions_over(3, any::<usize>().boxed())
+}
+
+/// Actions by `n` replicas at positions drawn from `pos` (modulo the length).
+fn actions_over(n: usize, pos: BoxedStrategy<usize>) -> impl Strategy<Value = Action> {
+    prop_oneof![
+        4 => (0..n, pos.clone(), "[a-zé😀]{1,4}").prop_map(|(r, p, s)| Action::Insert(r, p, s)),
+        2 => (0..n, pos, 1..4usize).prop_map(|(r, p, n)| Action::Delete(r, p, n)),
+        1 => (0..n, 0..n).prop_map(|(a, b)| Action::Sync(a, b)),
+    ]
+}
+
+fn sync(texts: &mut [Text], from: usize, to: usize) {
+    if from == to {
+        return;
+    }
+    let changes = texts[from].changes_since(texts[to].version());
+    texts[to]
+        .apply_changes(&changes)
+        .expect("changes from a replica apply");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases(200)))]
+
+    /// One replica editing alone matches a plain string after every step.
+    #[test]
+    fn matches_a_string(actions in prop::collection::vec(action(), 0..60)) {
+        let mut text = Text::new(ReplicaId::from_u64(1));
+        let mut model: Vec<char> = Vec::new();
+        for a in actions {
+            match a {
+                Action::Insert(_, p, s) => {
+                    let p = p % (model.len() + 1);
+                    text.insert(p, &s).unwrap();
+                    model.splice(p..p, s.chars());
+                }
+                Action::Delete(_, p, n) if !model.is_empty() => {
+                    let p = p % model.len();
+                    let n = n.min(model.len() - p);
+                    text.delete(p, n).unwrap();
+                    model.drain(p..p + n);
+                }
+                _ => {}
+            }
+            prop_assert_eq!(text.to_string(), model.iter().collect::<String>());
+        }
+    }
+
+    /// Three replicas editing concurrently and syncing at random converge,
+    /// whatever the order.
+    #[test]
+    fn replicas_converge(actions in prop::collection::vec(action(), 0..50)) {
+        check_convergence(3, actions)?;
+    }
+
+    /// Four replicas typing mostly at the same few places: the hardest case
+    /// for ordering concurrent insertions.
+    #[test]
+    fn replicas_converge_at_hot_spots(
+        actions in prop::collection::vec(actions_over(4, (0usize..3).boxed()), 0..60),
+    ) {
+        check_convergence(4, actions)?;
+    }
+}
+
+fn check_convergence(n: usize, actions: Vec<Action>) -> Result<(), TestCaseError> {
+    let mut texts: Vec<Text> = (1..=n as u64)
+        .map(|i| Text::new(ReplicaId::from_u64(i)))
+        .collect();
+    for a in actions {
+        match a {
+            Action::Insert(r, p, s) => {
+                let p = p % (texts[r].len_chars() + 1);
+                texts[r].insert(p, &s).unwrap();
+            }
+            Action::Delete(r, p, n) if !texts[r].is_empty() => {
+                let len = texts[r].len_chars();
+                let p = p % len;
+                texts[r].delete(p, n.min(len - p)).unwrap();
+            }
+            Action::Sync(a, b) => sync(&mut texts, a, b),
+            _ => {}
+        }
+    }
+    // Gather everything on the last replica, then spread it back.
+    for i in 0..n - 1 {
+        sync(&mut texts, i, n - 1);
+    }
+    for i in 0..n - 1 {
+        sync(&mut texts, n - 1, i);
+    }
+    for t in &texts[1..] {
+        prop_assert_eq!(texts[0].to_string(), t.to_string());
+    }
+    // A replica that receives everything at once from scratch agrees too.
+    let mut fresh = Text::new(ReplicaId::from_u64(99));
+    fresh
+        .apply_changes(&texts[n - 1].changes_since(&VersionVector::new()))
+        .unwrap();
+    prop_assert_eq!(fresh.to_string(), texts[0].to_string());
+    Ok(())
+}
+
+/// Cases per property: `PROPTEST_CASES` when set (to run harder), else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
