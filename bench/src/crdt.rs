@@ -242,7 +242,13 @@ fn time_merge<S: SetSubject>(
 /// The set workloads for one subject.
 fn set_cases<S: SetSubject>(subject: &str, opts: &Options, out: &mut Vec<Record>) {
     let (n, runs) = (N as usize, opts.runs);
-    if !opts.wants("orset-") {
+    const CASES: [&str; 4] = [
+        "orset-merge-100k",
+        "orset-merge-same-100k",
+        "orset-remove-10k-merge",
+        "orset-add-100k",
+    ];
+    if !CASES.iter().any(|c| opts.wants(c)) {
         return;
     }
     let a: S = build_set(REPLICA_A, 0..N);
