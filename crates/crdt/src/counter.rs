@@ -1,10 +1,7 @@
 //! Grow-only and positive-negative counters.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
-use crate::join::{JoinOps, join_maps};
 use crate::{Crdt, ReplicaId, Validate};
 
 /// A grow-only counter: one monotone count per replica; the value is their sum.
@@ -13,7 +10,8 @@ use crate::{Crdt, ReplicaId, Validate};
 /// merging takes each replica's highest count, so re-delivery never double-counts.
 #[derive(Clone, PartialEq, Eq, Default, Debug, Serialize, Deserialize)]
 pub struct GCounter {
-    counts: BTreeMap<ReplicaId, u64>,
+    /// Sorted by replica, no zero counts: merging is one linear pass.
+    counts: Vec<(ReplicaId, u64)>,
 }
 
 impl GCounter {
@@ -25,24 +23,35 @@ impl GCounter {
     /// Adds `by` to `replica`'s count (saturating at `u64::MAX` per replica)
     /// and returns the delta to ship.
     pub fn increment(&mut self, replica: ReplicaId, by: u64) -> Self {
-        let mut delta = Self::new();
         if by == 0 {
-            return delta;
+            return Self::new();
         }
-        let c = self.counts.entry(replica).or_insert(0);
-        *c = c.saturating_add(by);
-        delta.counts.insert(replica, *c);
-        delta
+        let count = match self.counts.binary_search_by_key(&replica, |(r, _)| *r) {
+            Ok(i) => {
+                let c = &mut self.counts[i].1;
+                *c = c.saturating_add(by);
+                *c
+            }
+            Err(i) => {
+                self.counts.insert(i, (replica, by));
+                by
+            }
+        };
+        Self {
+            counts: vec![(replica, count)],
+        }
     }
 
     /// The sum of all replicas' counts (exact: `u128` cannot overflow here).
     pub fn value(&self) -> u128 {
-        self.counts.values().map(|c| u128::from(*c)).sum()
+        self.counts.iter().map(|(_, c)| u128::from(*c)).sum()
     }
 
     /// `replica`'s own count.
     pub fn count_of(&self, replica: ReplicaId) -> u64 {
-        self.counts.get(&replica).copied().unwrap_or(0)
+        self.counts
+            .binary_search_by_key(&replica, |(r, _)| *r)
+            .map_or(0, |i| self.counts[i].1)
     }
 
     /// Number of replicas that have incremented.
@@ -53,22 +62,55 @@ impl GCounter {
 
 impl Crdt for GCounter {
     fn merge_owned(&mut self, other: Self) {
-        join_maps(
-            &mut self.counts,
-            other.counts,
-            JoinOps {
-                left_may_change: false,
-                left: |_: &ReplicaId, v| Some(v),
-                right: |_: &ReplicaId, v| Some(v),
-                both: |_: &ReplicaId, a: u64, b: u64| Some(a.max(b)),
-            },
-        );
+        self.merge(&other);
+    }
+
+    fn merge(&mut self, other: &Self) {
+        // A small delta into a large state: update in place.
+        if other.counts.len() <= 4 {
+            for &(r, c) in &other.counts {
+                match self.counts.binary_search_by_key(&r, |(x, _)| *x) {
+                    Ok(i) => self.counts[i].1 = self.counts[i].1.max(c),
+                    Err(i) => self.counts.insert(i, (r, c)),
+                }
+            }
+            return;
+        }
+        let a = &self.counts;
+        let b = &other.counts;
+        let mut out = Vec::with_capacity(a.len() + b.len());
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() && j < b.len() {
+            let (ra, ca) = a[i];
+            let (rb, cb) = b[j];
+            match ra.cmp(&rb) {
+                std::cmp::Ordering::Less => {
+                    out.push((ra, ca));
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push((rb, cb));
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    out.push((ra, ca.max(cb)));
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        out.extend_from_slice(&a[i..]);
+        out.extend_from_slice(&b[j..]);
+        self.counts = out;
     }
 }
 
 impl Validate for GCounter {
     fn validate(&self) -> Result<(), String> {
-        match self.counts.iter().find(|(_, c)| **c == 0) {
+        if !self.counts.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Err("counter entries are not sorted by unique replica".into());
+        }
+        match self.counts.iter().find(|(_, c)| *c == 0) {
             Some((r, _)) => Err(format!("counter holds a zero count for {r} (never stored)")),
             None => Ok(()),
         }
