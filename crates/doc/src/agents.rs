@@ -87,6 +87,13 @@ impl Agents {
         &self.version
     }
 
+    /// Runs of LVs with their replica and first counter, in LV order.
+    pub(crate) fn runs(&self) -> impl Iterator<Item = (Range<Lv>, ReplicaId, u64)> + '_ {
+        self.by_lv
+            .iter()
+            .map(|r| (r.lvs.clone(), r.replica, r.counter))
+    }
+
     /// The LV runs holding `replica`'s operations with counters above `after`.
     pub(crate) fn lvs_after(&self, replica: ReplicaId, after: u64) -> Vec<Range<Lv>> {
         let Some(runs) = self.by_replica.get(&replica) else {

@@ -72,6 +72,13 @@ impl Graph {
         });
     }
 
+    /// Entries in LV order: each run and the parents of its first op.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (Range<Lv>, &[Lv])> + '_ {
+        self.entries
+            .iter()
+            .map(|e| (e.span.clone(), e.parents.as_slice()))
+    }
+
     /// Forgets every operation from `lv` on.
     pub(crate) fn truncate(&mut self, lv: Lv) {
         self.entries.retain(|e| e.span.start < lv);
@@ -83,6 +90,12 @@ impl Graph {
     fn entry(&self, lv: Lv) -> &Entry {
         let i = self.entries.partition_point(|e| e.span.end <= lv);
         &self.entries[i]
+    }
+
+    /// The end of the run holding `lv`: every op in `lv + 1..end` has the
+    /// op before it as its only parent.
+    pub(crate) fn chain_end(&self, lv: Lv) -> Lv {
+        self.entry(lv).span.end
     }
 
     /// The operations `lv` had seen directly.

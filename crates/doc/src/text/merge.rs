@@ -20,10 +20,14 @@ use crate::graph::{Frontier, Graph, Lv, Side};
 use crate::text::oplog::{OpKind, OpLog};
 
 /// An edit to apply to the text, in current positions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Edit {
-    Insert(usize, char),
-    Delete(usize),
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Edit<'a> {
+    /// Insert one character.
+    InsertChar(usize, char),
+    /// Insert a run of text.
+    InsertStr(usize, &'a str),
+    /// Delete `.1` characters from `.0`.
+    Delete(usize, usize),
 }
 
 /// Sentinels for "start of text" / "end of text" origins.
@@ -208,7 +212,7 @@ impl<'a> Tracker<'a> {
     }
 
     /// Replays op `lv`; returns the edit to the text if it is new.
-    fn apply(&mut self, lv: Lv, emit: bool) -> Result<Option<Edit>, String> {
+    fn apply(&mut self, lv: Lv, emit: bool) -> Result<Option<Edit<'a>>, String> {
         let op = self.oplog.op(lv);
         match op.kind {
             OpKind::Insert => {
@@ -238,7 +242,7 @@ impl<'a> Tracker<'a> {
                         ever_deleted: false,
                     },
                 );
-                Ok(emit.then(|| Edit::Insert(self.end_pos(at), op.ch.unwrap_or('\u{fffd}'))))
+                Ok(emit.then(|| Edit::InsertChar(self.end_pos(at), op.ch.unwrap_or('\u{fffd}'))))
             }
             OpKind::Delete => {
                 let (i, k) = self.find_cur(op.pos).ok_or_else(|| {
@@ -252,7 +256,7 @@ impl<'a> Tracker<'a> {
                     return Ok(None);
                 }
                 self.items[i].ever_deleted = true;
-                Ok(emit.then(|| Edit::Delete(self.end_pos(i))))
+                Ok(emit.then(|| Edit::Delete(self.end_pos(i), 1)))
             }
         }
     }
@@ -300,12 +304,12 @@ impl<'a> Tracker<'a> {
 
 /// Computes the edits that bring a text at version `from` to `from ∪ to`,
 /// and the resulting version. `len` is the text's length at `from`.
-pub(crate) fn merge(
-    oplog: &OpLog,
+pub(crate) fn merge<'a>(
+    oplog: &'a OpLog,
     from: &[Lv],
     to: &[Lv],
     len: usize,
-) -> Result<(Vec<Edit>, Frontier), DocError> {
+) -> Result<(Vec<Edit<'a>>, Frontier), DocError> {
     let graph = &oplog.graph;
     let (_, new_spans) = graph.diff(from, to);
     let mut edits = Vec::new();
@@ -317,34 +321,40 @@ pub(crate) fn merge(
         op: oplog.agents.dot(lv),
         why,
     };
-    // Fast path: operations made on exactly the current version apply as they are.
+    // Fast path: operations made on exactly the current version apply as
+    // they are, a whole run at a time.
     let mut len = len;
     let mut rest: Vec<Lv> = Vec::new();
     for span in new_spans.iter().rev() {
-        for lv in span.clone() {
+        let mut lv = span.start;
+        while lv < span.end {
             let parents = graph.parents_of(lv);
             if !rest.is_empty() || parents != frontier {
-                rest.push(lv);
-                continue;
+                rest.extend(lv..span.end);
+                break;
             }
-            let op = oplog.op(lv);
-            match op.kind {
-                OpKind::Insert if op.pos <= len => {
-                    edits.push(Edit::Insert(op.pos, op.ch.unwrap_or('\u{fffd}')));
-                    len += 1;
+            let (run, k) = oplog.run_at(lv);
+            let n = (run.lvs.end - lv)
+                .min(span.end - lv)
+                .min(graph.chain_end(lv) - lv);
+            let pos = run.pos_at(k);
+            match run.kind {
+                OpKind::Insert if pos <= len => {
+                    edits.push(Edit::InsertStr(pos, oplog.run_text(run, k, n)));
+                    len += n;
                 }
-                OpKind::Delete if op.pos < len => {
-                    edits.push(Edit::Delete(op.pos));
-                    len -= 1;
+                OpKind::Delete if run.fwd && pos + n <= len => {
+                    edits.push(Edit::Delete(pos, n));
+                    len -= n;
                 }
-                _ => {
-                    return Err(fail(
-                        lv,
-                        format!("position {} is past the end ({len})", op.pos),
-                    ));
+                OpKind::Delete if !run.fwd && pos < len && pos + 1 >= n => {
+                    edits.push(Edit::Delete(pos + 1 - n, n));
+                    len -= n;
                 }
+                _ => return Err(fail(lv, format!("position {pos} is past the end ({len})"))),
             }
-            Graph::advance_frontier(&mut frontier, &parents, &(lv..lv + 1));
+            Graph::advance_frontier(&mut frontier, &parents, &(lv..lv + n));
+            lv += n;
         }
     }
     if rest.is_empty() {

@@ -7,6 +7,7 @@
 //! also apply directly; only truly concurrent operations go through the
 //! walker in [`merge`].
 
+mod encode;
 mod merge;
 pub mod oplog;
 
@@ -15,6 +16,7 @@ use jumprope::JumpRopeBuf;
 
 use crate::error::DocError;
 use crate::graph::Frontier;
+pub use encode::{LoadError, LoadLimits};
 pub use oplog::{Limits, OpKind, OpLog, TextChange};
 
 /// A replica of one collaborative text.
@@ -138,6 +140,34 @@ impl Text {
         Ok(())
     }
 
+    /// Encodes the text with its whole history (compact, versioned,
+    /// checksummed). [`Text::load`] reads it back.
+    pub fn encode(&self) -> Vec<u8> {
+        encode::encode(&self.oplog)
+    }
+
+    /// Loads an encoded text, to be edited further by `replica`, with
+    /// default limits.
+    pub fn load(bytes: &[u8], replica: ReplicaId) -> Result<Self, LoadError> {
+        Self::load_with_limits(bytes, replica, &LoadLimits::default())
+    }
+
+    /// Loads an encoded text, refusing input beyond `limits`.
+    pub fn load_with_limits(
+        bytes: &[u8],
+        replica: ReplicaId,
+        limits: &LoadLimits,
+    ) -> Result<Self, LoadError> {
+        let oplog = encode::decode(bytes, limits)?;
+        let mut text = Self::new(replica);
+        let (edits, frontier) = merge::merge(&oplog, &[], &oplog.frontier, 0)
+            .map_err(|e| LoadError::Malformed(format!("history does not replay: {e}")))?;
+        apply_edits(&mut text.content, edits);
+        text.frontier = frontier;
+        text.oplog = oplog;
+        Ok(text)
+    }
+
     /// The changes a replica at `version` lacks, in causal order.
     pub fn changes_since(&self, version: &VersionVector) -> Vec<TextChange> {
         self.oplog.changes_since(version)
@@ -148,35 +178,39 @@ impl Text {
     pub fn apply_changes(&mut self, changes: &[TextChange]) -> Result<(), DocError> {
         let start = self.oplog.len();
         let old_frontier = self.oplog.frontier.clone();
-        let result = (|| {
-            for change in changes {
-                self.oplog.push_remote(change, &self.limits)?;
+        let mut pushed = Ok(());
+        for change in changes {
+            pushed = self.oplog.push_remote(change, &self.limits).map(|_| ());
+            if pushed.is_err() {
+                break;
             }
-            merge::merge(
-                &self.oplog,
-                &self.frontier,
-                &self.oplog.frontier,
-                self.len_chars(),
-            )
-        })();
-        match result {
-            Ok((edits, frontier)) => {
-                let mut buf = [0u8; 4];
-                for edit in edits {
-                    match edit {
-                        merge::Edit::Insert(pos, ch) => {
-                            self.content.insert(pos, ch.encode_utf8(&mut buf))
-                        }
-                        merge::Edit::Delete(pos) => self.content.remove(pos..pos + 1),
-                    }
-                }
-                self.frontier = frontier;
-                Ok(())
-            }
+        }
+        let len = self.len_chars();
+        let merged = match pushed {
+            Ok(()) => merge::merge(&self.oplog, &self.frontier, &self.oplog.frontier, len),
+            Err(e) => Err(e),
+        };
+        let (edits, frontier) = match merged {
+            Ok(m) => m,
             Err(e) => {
                 self.oplog.truncate(start, old_frontier);
-                Err(e)
+                return Err(e);
             }
+        };
+        apply_edits(&mut self.content, edits);
+        self.frontier = frontier;
+        Ok(())
+    }
+}
+
+/// Applies merge output to the rope. Positions were validated by the merge.
+fn apply_edits(content: &mut JumpRopeBuf, edits: Vec<merge::Edit<'_>>) {
+    let mut buf = [0u8; 4];
+    for edit in edits {
+        match edit {
+            merge::Edit::InsertChar(pos, ch) => content.insert(pos, ch.encode_utf8(&mut buf)),
+            merge::Edit::InsertStr(pos, s) => content.insert(pos, s),
+            merge::Edit::Delete(pos, n) => content.remove(pos..pos + n),
         }
     }
 }

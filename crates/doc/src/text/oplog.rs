@@ -37,7 +37,7 @@ pub(crate) struct OpRun {
 }
 
 impl OpRun {
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lvs.end - self.lvs.start
     }
 
@@ -167,8 +167,56 @@ impl OpLog {
         });
     }
 
+    /// Appends a run read from an encoding; `content` indexes `text`, which
+    /// becomes the log's text once every run is in.
+    pub(crate) fn push_decoded(
+        &mut self,
+        lvs: Range<Lv>,
+        kind: OpKind,
+        pos: usize,
+        fwd: bool,
+        content: Range<usize>,
+        text: &str,
+    ) {
+        let ascii = text.get(content.clone()).is_some_and(str::is_ascii);
+        self.runs.push(OpRun {
+            lvs,
+            kind,
+            pos,
+            fwd,
+            content,
+            ascii,
+        });
+    }
+
     fn run_index(&self, lv: Lv) -> usize {
         self.runs.partition_point(|r| r.lvs.end <= lv)
+    }
+
+    /// The run holding `lv` and the offset of `lv` in it.
+    pub(crate) fn run_at(&self, lv: Lv) -> (&OpRun, usize) {
+        let run = &self.runs[self.run_index(lv)];
+        (run, lv - run.lvs.start)
+    }
+
+    /// The text inserted by ops `k..k + n` of insert run `run`.
+    pub(crate) fn run_text(&self, run: &OpRun, k: usize, n: usize) -> &str {
+        let s = &self.text[run.content.clone()];
+        if run.ascii {
+            &s[k..k + n]
+        } else {
+            let mut idx = s
+                .char_indices()
+                .map(|(i, _)| i)
+                .chain(std::iter::once(s.len()));
+            let start = idx.nth(k).unwrap_or(s.len());
+            let end = if n == 0 {
+                start
+            } else {
+                idx.nth(n - 1).unwrap_or(s.len())
+            };
+            &s[start..end]
+        }
     }
 
     /// The operation at `lv`.
