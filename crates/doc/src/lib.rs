@@ -18,6 +18,7 @@
 mod agents;
 mod error;
 pub mod graph;
+mod seq;
 pub mod text;
 
 pub use agents::Agents;

@@ -1,22 +1,10 @@
-//! Merging concurrent operations into a text: the Eg-walker algorithm
-//! (Gentle & Kleppmann, 2025).
-//!
-//! Operations are stored with positions relative to the version their author
-//! saw. To apply an operation made concurrently with ones this branch already
-//! has, the walker rebuilds a temporary CRDT state (FugueMax ordering, as in
-//! YjsMod) over only the *conflict zone* — the operations since the last
-//! version both sides shared — replaying each operation in the version its
-//! author saw (retreating and advancing concurrent operations), and emits
-//! each new operation transformed to a position in the current text.
-//! Everything before the zone is one placeholder, so the cost depends on how
-//! much is concurrent, not on the size of the history.
-
-use std::collections::HashMap;
-
-use converge_crdt::Dot;
+//! Merging operations into a text: runs made on the current version apply
+//! directly, a run at a time; concurrent ones go through the Eg-walker
+//! replay in [`crate::seq`].
 
 use crate::error::DocError;
-use crate::graph::{Frontier, Graph, Lv, Side};
+use crate::graph::{Frontier, Graph, Lv};
+use crate::seq::{self, SeqEdit, SeqSource};
 use crate::text::oplog::{OpKind, OpLog};
 
 /// An edit to apply to the text, in current positions.
@@ -28,278 +16,6 @@ pub(crate) enum Edit<'a> {
     InsertStr(usize, &'a str),
     /// Delete `.1` characters from `.0`.
     Delete(usize, usize),
-}
-
-/// Sentinels for "start of text" / "end of text" origins.
-const ROOT: Lv = usize::MAX;
-/// LVs of the placeholder characters that stand for the text at the common
-/// ancestor; far above any real LV.
-const UNDERWATER: Lv = usize::MAX / 4;
-/// The placeholder's length: more characters than any text can have.
-const UNDERWATER_LEN: usize = usize::MAX / 8;
-
-#[derive(Debug, Clone, Copy)]
-struct Item {
-    lv: Lv,
-    len: usize,
-    /// Origin of the first character; later ones have the character before.
-    origin_left: Lv,
-    origin_right: Lv,
-    /// 0: not inserted yet in the version being replayed; 1: inserted;
-    /// 1 + n: deleted by n operations.
-    cur: u32,
-    /// Deleted in the resulting text.
-    ever_deleted: bool,
-}
-
-impl Item {
-    fn cur_len(&self) -> usize {
-        if self.cur == 1 { self.len } else { 0 }
-    }
-    fn end_len(&self) -> usize {
-        if self.ever_deleted { 0 } else { self.len }
-    }
-    fn contains(&self, lv: Lv) -> bool {
-        lv >= self.lv && lv - self.lv < self.len
-    }
-}
-
-struct Tracker<'a> {
-    oplog: &'a OpLog,
-    items: Vec<Item>,
-    /// Delete op → the character it deleted.
-    deletes: HashMap<Lv, Lv>,
-    version: Frontier,
-}
-
-impl<'a> Tracker<'a> {
-    fn new(oplog: &'a OpLog, common: Frontier) -> Self {
-        let items = if common.is_empty() {
-            Vec::new()
-        } else {
-            vec![Item {
-                lv: UNDERWATER,
-                len: UNDERWATER_LEN,
-                origin_left: ROOT,
-                origin_right: ROOT,
-                cur: 1,
-                ever_deleted: false,
-            }]
-        };
-        Self {
-            oplog,
-            items,
-            deletes: HashMap::new(),
-            version: common,
-        }
-    }
-
-    /// Splits the item at `i` so that offset `k` starts a new item.
-    fn split(&mut self, i: usize, k: usize) {
-        if k == 0 || k >= self.items[i].len {
-            return;
-        }
-        let item = self.items[i];
-        let right = Item {
-            lv: item.lv + k,
-            len: item.len - k,
-            origin_left: item.lv + k - 1,
-            ..item
-        };
-        self.items[i].len = k;
-        self.items.insert(i + 1, right);
-    }
-
-    /// Index of the single-character item holding `lv`, splitting as needed.
-    fn isolate(&mut self, lv: Lv) -> usize {
-        let i = self.index_of(lv);
-        let k = lv - self.items[i].lv;
-        self.split(i, k);
-        let i = if k > 0 { i + 1 } else { i };
-        self.split(i, 1);
-        i
-    }
-
-    fn index_of(&self, lv: Lv) -> usize {
-        // The tracker only ever holds LVs it created or the placeholder's,
-        // so the search always succeeds for LVs taken from its own items.
-        self.items
-            .iter()
-            .position(|it| it.contains(lv))
-            .unwrap_or(self.items.len())
-    }
-
-    /// Index just after the item holding `lv` (0 for the start).
-    fn index_after(&self, lv: Lv) -> usize {
-        if lv == ROOT { 0 } else { self.index_of(lv) + 1 }
-    }
-
-    /// Index of the item holding `lv` (the end for the end).
-    fn index_before(&self, lv: Lv) -> usize {
-        if lv == ROOT {
-            self.items.len()
-        } else {
-            self.index_of(lv)
-        }
-    }
-
-    fn set_cur(&mut self, lv: Lv, f: impl FnOnce(u32) -> u32) {
-        let i = self.isolate(lv);
-        self.items[i].cur = f(self.items[i].cur);
-    }
-
-    fn retreat(&mut self, lv: Lv) {
-        match self.oplog.op(lv).kind {
-            OpKind::Insert => self.set_cur(lv, |_| 0),
-            OpKind::Delete => {
-                if let Some(&target) = self.deletes.get(&lv) {
-                    self.set_cur(target, |c| c - 1);
-                }
-            }
-        }
-    }
-
-    fn advance(&mut self, lv: Lv) {
-        match self.oplog.op(lv).kind {
-            OpKind::Insert => self.set_cur(lv, |_| 1),
-            OpKind::Delete => {
-                if let Some(&target) = self.deletes.get(&lv) {
-                    self.set_cur(target, |c| c + 1);
-                }
-            }
-        }
-    }
-
-    /// Moves the replayed version to `to`.
-    fn move_to(&mut self, graph: &Graph, to: &[Lv]) {
-        if self.version.as_slice() == to {
-            return;
-        }
-        let (retreat, advance) = graph.diff(&self.version, to);
-        for span in retreat {
-            for lv in span.rev() {
-                self.retreat(lv);
-            }
-        }
-        for span in advance.into_iter().rev() {
-            for lv in span {
-                self.advance(lv);
-            }
-        }
-        self.version = to.iter().copied().collect();
-    }
-
-    /// The item index and offset of the `pos`-th visible character in the
-    /// replayed version.
-    fn find_cur(&self, pos: usize) -> Option<(usize, usize)> {
-        let mut left = pos;
-        for (i, it) in self.items.iter().enumerate() {
-            let n = it.cur_len();
-            if left < n {
-                return Some((i, left));
-            }
-            left -= n;
-        }
-        None
-    }
-
-    fn end_pos(&self, index: usize) -> usize {
-        self.items[..index].iter().map(Item::end_len).sum()
-    }
-
-    fn dot(&self, lv: Lv) -> Dot {
-        self.oplog.agents.dot(lv)
-    }
-
-    /// Replays op `lv`; returns the edit to the text if it is new.
-    fn apply(&mut self, lv: Lv, emit: bool) -> Result<Option<Edit<'a>>, String> {
-        let op = self.oplog.op(lv);
-        match op.kind {
-            OpKind::Insert => {
-                let (start, origin_left) = if op.pos == 0 {
-                    (0, ROOT)
-                } else {
-                    let (i, k) = self.find_cur(op.pos - 1).ok_or_else(|| {
-                        format!("insert at {} is past the end of its version", op.pos)
-                    })?;
-                    let left = self.items[i].lv + k;
-                    let i = self.isolate(left);
-                    (i + 1, left)
-                };
-                let origin_right = self.items[start..]
-                    .iter()
-                    .find(|it| it.cur != 0)
-                    .map_or(ROOT, |it| it.lv);
-                let at = self.integrate(lv, start, origin_right);
-                self.items.insert(
-                    at,
-                    Item {
-                        lv,
-                        len: 1,
-                        origin_left,
-                        origin_right,
-                        cur: 1,
-                        ever_deleted: false,
-                    },
-                );
-                Ok(emit.then(|| Edit::InsertChar(self.end_pos(at), op.ch.unwrap_or('\u{fffd}'))))
-            }
-            OpKind::Delete => {
-                let (i, k) = self.find_cur(op.pos).ok_or_else(|| {
-                    format!("delete at {} is past the end of its version", op.pos)
-                })?;
-                let target = self.items[i].lv + k;
-                let i = self.isolate(target);
-                self.deletes.insert(lv, target);
-                self.items[i].cur += 1;
-                if self.items[i].ever_deleted {
-                    return Ok(None);
-                }
-                self.items[i].ever_deleted = true;
-                Ok(emit.then(|| Edit::Delete(self.end_pos(i), 1)))
-            }
-        }
-    }
-
-    /// Where a new character with these origins goes among the concurrent
-    /// insertions that follow `start` (FugueMax / YjsMod).
-    fn integrate(&self, lv: Lv, start: usize, origin_right: Lv) -> usize {
-        let left_index = start;
-        let right_index = self.index_before(origin_right);
-        let mut i = start;
-        let mut scanning = false;
-        let mut scan_start = start;
-        while i < self.items.len() {
-            let other = &self.items[i];
-            if other.cur != 0 {
-                break;
-            }
-            let other_left = self.index_after(other.origin_left);
-            if other_left < left_index {
-                break;
-            }
-            if other_left == left_index {
-                if other.origin_right == origin_right {
-                    if self.dot(lv) < self.dot(other.lv) {
-                        break;
-                    }
-                    scanning = false;
-                } else {
-                    let other_right = self.index_before(other.origin_right);
-                    if other_right < right_index {
-                        if !scanning {
-                            scanning = true;
-                            scan_start = i;
-                        }
-                    } else {
-                        scanning = false;
-                    }
-                }
-            }
-            i += 1;
-        }
-        if scanning { scan_start } else { i }
-    }
 }
 
 /// Computes the edits that bring a text at version `from` to `from ∪ to`,
@@ -361,30 +77,29 @@ pub(crate) fn merge<'a>(
         return Ok((edits, frontier));
     }
     // Slow path: replay the conflict zone.
-    let mut before: Vec<Lv> = Vec::new();
-    let mut new: Vec<Lv> = Vec::new();
-    let common = graph.find_conflicting(&frontier, to, |span, side| match side {
-        Side::A | Side::Shared => before.extend(span),
-        Side::B => new.extend(span),
-    });
-    before.sort_unstable();
-    new.sort_unstable();
-    let mut tracker = Tracker::new(oplog, common);
-    // Operations the text already has first (in causal order), then the new
-    // ones: both orders are topological, and this way the tracker's
-    // resulting state is always exactly the current text.
-    for (lvs, emit) in [(&before, false), (&new, true)] {
-        for &lv in lvs {
-            let parents = graph.parents_of(lv);
-            tracker.move_to(graph, &parents);
-            if let Some(edit) = tracker.apply(lv, emit).map_err(|why| fail(lv, why))? {
-                edits.push(edit);
+    for edit in seq::replay(oplog, &frontier, to).map_err(|(lv, why)| fail(lv, why))? {
+        edits.push(match edit {
+            SeqEdit::Insert(pos, lv) => {
+                Edit::InsertChar(pos, oplog.op(lv).ch.unwrap_or('\u{fffd}'))
             }
-            tracker.version = smallvec::smallvec![lv];
-            if emit {
-                Graph::advance_frontier(&mut frontier, &parents, &(lv..lv + 1));
-            }
-        }
+            SeqEdit::Delete(pos) => Edit::Delete(pos, 1),
+        });
+    }
+    for lv in rest {
+        Graph::advance_frontier(&mut frontier, &graph.parents_of(lv), &(lv..lv + 1));
     }
     Ok((edits, frontier))
+}
+
+impl SeqSource for OpLog {
+    fn graph(&self) -> &Graph {
+        &self.graph
+    }
+    fn agents(&self) -> &crate::agents::Agents {
+        &self.agents
+    }
+    fn seq_op(&self, lv: Lv) -> Option<(OpKind, usize)> {
+        let op = self.op(lv);
+        Some((op.kind, op.pos))
+    }
 }
