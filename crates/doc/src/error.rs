@@ -36,6 +36,18 @@ pub enum DocError {
         /// The counter the change starts at.
         found: u64,
     },
+    /// A path that leads nowhere in the document.
+    #[error("nothing at path {path}")]
+    PathNotFound {
+        /// The path, up to the first step that failed.
+        path: String,
+    },
+    /// A path or value that does not fit the document there.
+    #[error("invalid change: {why}")]
+    InvalidPath {
+        /// What is wrong.
+        why: String,
+    },
     /// A change that is malformed or that does not apply to the version it
     /// names (for example, a position past the end).
     #[error("invalid change {op:?}: {why}")]

@@ -16,10 +16,15 @@
 //! encoding build on these pieces.
 
 mod agents;
+mod doc;
 mod error;
 pub mod graph;
 mod seq;
 pub mod text;
 
 pub use agents::Agents;
+pub use doc::{
+    Change, ContainerKind, Content, Doc, DocLimits, OpBody, Patch, PatchAction, PathChange,
+    PathSeg, Tx, WireOp,
+};
 pub use error::DocError;

@@ -5,7 +5,7 @@
 //! with no CRDT metadata per character: typing costs about what editing a
 //! plain rope costs. Remote operations made on the version this text is at
 //! also apply directly; only truly concurrent operations go through the
-//! walker in [`merge`].
+//! Eg-walker replay.
 
 mod encode;
 mod merge;
