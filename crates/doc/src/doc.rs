@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map as JsonMap, Value as Json};
 
 use crate::agents::Agents;
-use crate::error::DocError;
+use crate::error::{DocError, LoadError};
+use crate::framing;
 use crate::graph::{Frontier, Graph, Lv};
 use crate::seq::{self, SeqEdit, SeqSource};
 use crate::text::OpKind;
@@ -61,11 +62,62 @@ pub enum ContainerKind {
     Counter,
 }
 
-/// What an operation writes: a scalar (as JSON), a character, or a new container.
+/// A scalar value. Binary formats keep each kind exactly; JSON views show
+/// bytes as an array of numbers and non-finite floats as null.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Scalar {
+    /// Null.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A signed integer.
+    Int(i64),
+    /// An unsigned integer above `i64::MAX`.
+    Uint(u64),
+    /// A floating-point number.
+    Float(f64),
+    /// A string.
+    Str(String),
+    /// Raw bytes.
+    Bytes(Vec<u8>),
+}
+
+impl Scalar {
+    /// The JSON form.
+    pub fn to_json(&self) -> Json {
+        match self {
+            Self::Null => Json::Null,
+            Self::Bool(b) => Json::Bool(*b),
+            Self::Int(i) => Json::from(*i),
+            Self::Uint(u) => Json::from(*u),
+            Self::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+            Self::Str(s) => Json::String(s.clone()),
+            Self::Bytes(b) => Json::Array(b.iter().map(|x| Json::from(*x)).collect()),
+        }
+    }
+
+    /// The scalar for a JSON value, or `None` for arrays and objects.
+    pub fn from_json(v: &Json) -> Option<Self> {
+        Some(match v {
+            Json::Null => Self::Null,
+            Json::Bool(b) => Self::Bool(*b),
+            Json::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => Self::Int(i),
+                (None, Some(u), _) => Self::Uint(u),
+                (_, _, Some(f)) => Self::Float(f),
+                _ => Self::Null,
+            },
+            Json::String(s) => Self::Str(s.clone()),
+            Json::Array(_) | Json::Object(_) => return None,
+        })
+    }
+}
+
+/// What an operation writes: a scalar, a character, or a new container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Content {
-    /// A scalar value: null, bool, number or string.
-    Scalar(Json),
+    /// A scalar value.
+    Scalar(Scalar),
     /// One character of a text.
     Char(char),
     /// A new, empty container (its id is the operation's id).
@@ -253,6 +305,31 @@ impl Default for DocLimits {
     }
 }
 
+const CHANGES_MAGIC: [u8; 4] = *b"CVch";
+const CHANGES_VERSION: u16 = 1;
+
+/// Encodes a batch of changes (versioned, checksummed) for storage or the wire.
+pub fn encode_changes(changes: &[Change]) -> Vec<u8> {
+    framing::frame(CHANGES_MAGIC, CHANGES_VERSION, |out| {
+        framing::postcard_extend(&changes, out)
+    })
+}
+
+/// Decodes a batch written by [`encode_changes`], refusing more than
+/// `max_bytes`. The changes still have to apply ([`Doc::apply_changes`]
+/// validates them against the document).
+pub fn decode_changes(bytes: &[u8], max_bytes: usize) -> Result<Vec<Change>, LoadError> {
+    let body = framing::unframe(CHANGES_MAGIC, CHANGES_VERSION, bytes, max_bytes)?;
+    let (changes, rest) = postcard::take_from_bytes::<Vec<Change>>(body)
+        .map_err(|e| LoadError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(LoadError::Malformed(
+            "trailing bytes after the changes".into(),
+        ));
+    }
+    Ok(changes)
+}
+
 /// A replica of a collaborative JSON document.
 ///
 /// ```
@@ -420,6 +497,51 @@ impl Doc {
         out
     }
 
+    /// Encodes the document with its whole history: the changes in
+    /// canonical order, versioned and checksummed. Replicas holding the same
+    /// operations produce identical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let order: Vec<Lv> = self
+            .graph
+            .canonical_order(|lv| self.agents.dot(lv))
+            .unwrap_or_else(|| (0..self.ops.len()).collect());
+        let mut changes: Vec<Change> = Vec::new();
+        let mut prev: Option<Lv> = None;
+        for lv in order {
+            let id = self.agents.dot(lv);
+            let parents = self.graph.parents_of(lv);
+            let op = WireOp {
+                container: self.ops[lv].container.map(|c| self.agents.dot(c)),
+                body: self.ops[lv].body.clone(),
+            };
+            if let (Some(p), Some(last)) = (prev, changes.last_mut())
+                && parents.as_slice() == [p]
+                && id == Dot::new(last.id.replica, last.id.counter + last.ops.len() as u64)
+            {
+                last.ops.push(op);
+            } else {
+                let mut parents: Vec<Dot> = parents.iter().map(|p| self.agents.dot(*p)).collect();
+                parents.sort_unstable();
+                changes.push(Change {
+                    id,
+                    parents,
+                    ops: vec![op],
+                });
+            }
+            prev = Some(lv);
+        }
+        encode_changes(&changes)
+    }
+
+    /// Loads a document written by [`Doc::encode`], to be edited by `replica`.
+    pub fn load(bytes: &[u8], replica: ReplicaId) -> Result<Self, LoadError> {
+        let changes = decode_changes(bytes, 256 << 20)?;
+        let mut doc = Self::new(replica);
+        doc.apply_changes(&changes)
+            .map_err(|e| LoadError::Malformed(format!("history does not apply: {e}")))?;
+        Ok(doc)
+    }
+
     /// Applies changes from other replicas (in causal order; operations
     /// already held are skipped). All or nothing: on error nothing changes.
     /// Returns the patches.
@@ -524,6 +646,17 @@ impl Doc {
                 dep: prev,
             })?);
         }
+        for wop in &change.ops {
+            self.check_body(&wop.body).map_err(bad)?;
+        }
+        let prev = (have > 0)
+            .then(|| self.agents.lv(Dot::new(change.id.replica, have)))
+            .flatten();
+        if !self.graph.extends_own_chain(&parents, prev) {
+            return Err(bad(
+                "the change has not seen its replica's previous operation".into(),
+            ));
+        }
         for (i, wop) in change.ops.iter().enumerate().skip(skip) {
             let container = match wop.container {
                 None => None,
@@ -564,13 +697,8 @@ impl Doc {
             }
         };
         match body {
-            OpBody::MapSet { key, value } => {
-                key_ok(key)?;
-                check_scalar(value)
-            }
-            OpBody::MapDelete { key } => key_ok(key),
-            OpBody::Insert { value, .. } => check_scalar(value),
-            OpBody::Delete { .. } | OpBody::Increment { .. } => Ok(()),
+            OpBody::MapSet { key, .. } | OpBody::MapDelete { key } => key_ok(key),
+            OpBody::Insert { .. } | OpBody::Delete { .. } | OpBody::Increment { .. } => Ok(()),
         }
     }
 
@@ -876,7 +1004,7 @@ impl Doc {
     fn content_json(&self, lv: Lv) -> Json {
         match &self.ops[lv].body {
             OpBody::MapSet { value, .. } | OpBody::Insert { value, .. } => match value {
-                Content::Scalar(v) => v.clone(),
+                Content::Scalar(v) => v.to_json(),
                 Content::Char(c) => Json::String(c.to_string()),
                 Content::Container(_) => self.materialize(Some(lv), 0),
             },
@@ -993,15 +1121,6 @@ fn empty_container(kind: ContainerKind) -> ContainerState {
         ContainerKind::List => ContainerState::List(Vec::new()),
         ContainerKind::Text => ContainerState::Text(Vec::new()),
         ContainerKind::Counter => ContainerState::Counter(0),
-    }
-}
-
-fn check_scalar(c: &Content) -> Result<(), String> {
-    match c {
-        Content::Scalar(Json::Array(_) | Json::Object(_)) => {
-            Err("a scalar cannot be an array or object: create a container".into())
-        }
-        _ => Ok(()),
     }
 }
 
@@ -1292,7 +1411,7 @@ impl Tx<'_> {
         let content = match value {
             Json::Object(_) => Content::Container(ContainerKind::Map),
             Json::Array(_) => Content::Container(ContainerKind::List),
-            v => Content::Scalar(v.clone()),
+            v => Content::Scalar(Scalar::from_json(v).unwrap_or(Scalar::Null)),
         };
         let body = match slot {
             Slot::Key(key) => {

@@ -58,3 +58,32 @@ pub enum DocError {
         why: String,
     },
 }
+
+/// Why bytes could not be loaded as a text or document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// Shorter than the header.
+    #[error("encoding is truncated ({0} bytes)")]
+    Truncated(usize),
+    /// Not this kind of encoding (text and document encodings differ too).
+    #[error("not the expected converge encoding (bad magic bytes)")]
+    BadMagic,
+    /// A format version this build cannot read.
+    #[error("unsupported format version {found} (this build reads version {supported})")]
+    UnsupportedVersion {
+        /// The version in the header.
+        found: u16,
+        /// The version this build reads.
+        supported: u16,
+    },
+    /// The checksum does not match.
+    #[error("encoding is corrupt: checksum mismatch")]
+    Checksum,
+    /// Over a configured limit.
+    #[error("encoding exceeds a limit: {0}")]
+    TooLarge(String),
+    /// Well-formed bytes describing an impossible history.
+    #[error("encoding is malformed: {0}")]
+    Malformed(String),
+}

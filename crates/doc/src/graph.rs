@@ -79,6 +79,47 @@ impl Graph {
             .map(|e| (e.span.clone(), e.parents.as_slice()))
     }
 
+    /// Checks that a replica's ops form a causal chain: the op with counter
+    /// `counter` (made on `parents`) must have seen the replica's previous
+    /// op, `prev` (the LV of `(replica, counter - 1)`, if `counter > 1`).
+    /// Replicas that behave always satisfy it; canonical order relies on it.
+    pub(crate) fn extends_own_chain(&self, parents: &[Lv], prev: Option<Lv>) -> bool {
+        match prev {
+            None => true,
+            Some(p) => parents.contains(&p) || self.contains(parents, p),
+        }
+    }
+
+    /// The Lamport timestamp of every op: one more than its parents' greatest.
+    pub(crate) fn lamports(&self) -> Vec<u64> {
+        let mut out = Vec::with_capacity(self.next_lv());
+        for e in &self.entries {
+            let base = e.parents.iter().map(|p| out[*p]).max().unwrap_or(0);
+            for k in 0..(e.span.end - e.span.start) as u64 {
+                out.push(base + 1 + k);
+            }
+        }
+        out
+    }
+
+    /// The canonical order of the ops: by (Lamport timestamp, id). It is a
+    /// topological order that depends only on which ops are held, not on
+    /// the order they arrived in, so replicas holding the same ops encode
+    /// them identically. `None` if LV order already is canonical.
+    pub(crate) fn canonical_order(
+        &self,
+        dot: impl Fn(Lv) -> converge_crdt::Dot,
+    ) -> Option<Vec<Lv>> {
+        let lamports = self.lamports();
+        let key = |lv: Lv| (lamports[lv], dot(lv));
+        if (1..lamports.len()).all(|lv| key(lv - 1) < key(lv)) {
+            return None;
+        }
+        let mut order: Vec<Lv> = (0..lamports.len()).collect();
+        order.sort_by_key(|lv| key(*lv));
+        Some(order)
+    }
+
     /// Forgets every operation from `lv` on.
     pub(crate) fn truncate(&mut self, lv: Lv) {
         self.entries.retain(|e| e.span.start < lv);

@@ -7,17 +7,37 @@
 //! ## Main types
 //!
 //! - [`graph::Graph`]: the causal graph of operations, in run-length form.
-//! - [`text::Text`]: a collaborative text, merged with the Eg-walker
-//!   algorithm over FugueMax ordering, so concurrent insertions at one
-//!   place never interleave character by character.
+//! - [`Doc`]: a JSON-like document of maps, lists, texts and counters,
+//!   edited through the path-based change API ([`PathChange`]) or a
+//!   transaction ([`Tx`]); it emits [`Patch`]es for local and remote edits
+//!   and exchanges [`Change`]s (one per transaction) with other replicas.
+//! - [`text::Text`]: a standalone collaborative text with a run-length
+//!   history, for plain-text editing at close to plain-rope speed.
 //!
-//! Work in progress (issue 4): the JSON-like document tree (maps, lists,
-//! counters, move), the path-based change API, patches, and the binary
-//! encoding build on these pieces.
+//! Lists and texts merge with the Eg-walker algorithm over FugueMax
+//! ordering, so concurrent insertions at one place never interleave
+//! character by character. Encodings are versioned and checksummed, and
+//! replicas holding the same operations encode them byte for byte alike.
+//!
+//! ## How the next features fit
+//!
+//! Every operation is kept, with its position in its author's version, in
+//! one causal graph; the state is a function of a version. So: reading the
+//! document *as of* a version is a replay to that version (the same replay
+//! that merges); a *fork* is a copy of the log plus a version, and *merging
+//! a branch* is `apply_changes` of what it has that the other lacks; *undo*
+//! is a new local operation computed from the inverse of an earlier one
+//! (re-inserting deleted elements, restoring a map key's previous value)
+//! transformed to the current version. None of them needs a new storage
+//! format.
+//!
+//! Not done yet: moving list elements, UTF-16 positions for document
+//! texts, fuzz targets, and a columnar (smaller) encoding for documents.
 
 mod agents;
 mod doc;
 mod error;
+mod framing;
 pub mod graph;
 mod seq;
 pub mod text;
@@ -25,6 +45,6 @@ pub mod text;
 pub use agents::Agents;
 pub use doc::{
     Change, ContainerKind, Content, Doc, DocLimits, OpBody, Patch, PatchAction, PathChange,
-    PathSeg, Tx, WireOp,
+    PathSeg, Scalar, Tx, WireOp, decode_changes, encode_changes,
 };
-pub use error::DocError;
+pub use error::{DocError, LoadError};

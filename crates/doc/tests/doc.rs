@@ -419,6 +419,13 @@ proptest! {
         let mut fresh = Doc::new(ReplicaId::from_u64(99));
         fresh.apply_changes(&docs[0].changes_since(&VersionVector::new())).unwrap();
         prop_assert_eq!(fresh.to_json(), docs[0].to_json());
+        // Identical encodings everywhere, and they load back.
+        let bytes = docs[0].encode();
+        for d in docs.iter().chain([&fresh]) {
+            prop_assert_eq!(&d.encode(), &bytes, "equal replicas must encode identically");
+        }
+        let loaded = Doc::load(&bytes, ReplicaId::from_u64(98)).unwrap();
+        prop_assert_eq!(loaded.to_json(), docs[0].to_json());
     }
 }
 

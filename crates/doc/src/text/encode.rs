@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use converge_crdt::ReplicaId;
 
+use crate::error::LoadError;
+use crate::framing;
 use crate::graph::{Frontier, Graph, Lv};
 use crate::text::oplog::{OpKind, OpLog};
 
@@ -25,31 +27,6 @@ use crate::text::oplog::{OpKind, OpLog};
 pub(crate) const MAGIC: [u8; 4] = *b"CVtx";
 /// Format version written and read by this build.
 pub(crate) const VERSION: u16 = 1;
-const HEADER_LEN: usize = 10;
-
-/// Why bytes could not be loaded as a text.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum LoadError {
-    /// Shorter than the header.
-    #[error("encoded text is truncated ({0} bytes)")]
-    Truncated(usize),
-    /// Not an encoded text.
-    #[error("not an encoded converge text (bad magic bytes)")]
-    BadMagic,
-    /// A format version this build cannot read.
-    #[error("unsupported text format version {0} (this build reads version {VERSION})")]
-    UnsupportedVersion(u16),
-    /// The checksum does not match.
-    #[error("encoded text is corrupt: checksum mismatch")]
-    Checksum,
-    /// Over a configured limit.
-    #[error("encoded text exceeds a limit: {0}")]
-    TooLarge(String),
-    /// Well-formed bytes describing an impossible history.
-    #[error("encoded text is malformed: {0}")]
-    Malformed(String),
-}
 
 /// The encoded body: the log, column by column.
 #[derive(Debug, Serialize, Deserialize)]
@@ -92,6 +69,10 @@ impl Default for LoadLimits {
 }
 
 pub(crate) fn encode(oplog: &OpLog) -> Vec<u8> {
+    // Replicas holding the same ops must write the same bytes.
+    if let Some(canonical) = oplog.canonical() {
+        return encode(&canonical);
+    }
     let mut replicas: Vec<ReplicaId> = Vec::new();
     let mut agents = Vec::new();
     for (lvs, replica, counter) in oplog.agents.runs() {
@@ -141,41 +122,13 @@ pub(crate) fn encode(oplog: &OpLog) -> Vec<u8> {
         compressed,
         content,
     };
-    let mut out = Vec::with_capacity(HEADER_LEN + oplog.text.len() / 2);
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    let mut out = match postcard::to_extend(&columns, out) {
-        Ok(v) => v,
-        Err(e) => unreachable!("postcard cannot fail on plain columns: {e}"),
-    };
-    let crc = crc32fast::hash(&out[HEADER_LEN..]);
-    out[6..10].copy_from_slice(&crc.to_le_bytes());
-    out
+    framing::frame(MAGIC, VERSION, |out| {
+        framing::postcard_extend(&columns, out)
+    })
 }
 
 pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<OpLog, LoadError> {
-    if bytes.len() > limits.max_bytes {
-        return Err(LoadError::TooLarge(format!(
-            "{} bytes, limit {}",
-            bytes.len(),
-            limits.max_bytes
-        )));
-    }
-    let Some((header, body)) = bytes.split_first_chunk::<HEADER_LEN>() else {
-        return Err(LoadError::Truncated(bytes.len()));
-    };
-    let [m0, m1, m2, m3, v0, v1, c0, c1, c2, c3] = *header;
-    if [m0, m1, m2, m3] != MAGIC {
-        return Err(LoadError::BadMagic);
-    }
-    let version = u16::from_le_bytes([v0, v1]);
-    if version != VERSION {
-        return Err(LoadError::UnsupportedVersion(version));
-    }
-    if crc32fast::hash(body) != u32::from_le_bytes([c0, c1, c2, c3]) {
-        return Err(LoadError::Checksum);
-    }
+    let body = framing::unframe(MAGIC, VERSION, bytes, limits.max_bytes)?;
     let bad = |why: &str| LoadError::Malformed(why.to_string());
     let (cols, rest) = postcard::take_from_bytes::<Columns>(body)
         .map_err(|e| LoadError::Malformed(e.to_string()))?;
@@ -246,6 +199,24 @@ pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<OpLog, LoadErr
     }
     if start != total {
         return Err(bad("graph does not cover the log"));
+    }
+    // Each replica's ops must form a causal chain.
+    for (lvs, replica, counter) in oplog.agents.runs().collect::<Vec<_>>() {
+        let prev = (counter > 1)
+            .then(|| {
+                oplog
+                    .agents
+                    .lv(converge_crdt::Dot::new(replica, counter - 1))
+            })
+            .flatten();
+        if !oplog
+            .graph
+            .extends_own_chain(&oplog.graph.parents_of(lvs.start), prev)
+        {
+            return Err(bad(
+                "an operation has not seen its replica's previous operation",
+            ));
+        }
     }
     // Ops: runs cover 0..n; inserts consume the text in order.
     let mut chars = text

@@ -15,8 +15,9 @@ use converge_crdt::{ReplicaId, VersionVector};
 use jumprope::JumpRopeBuf;
 
 use crate::error::DocError;
+pub use crate::error::LoadError;
 use crate::graph::Frontier;
-pub use encode::{LoadError, LoadLimits};
+pub use encode::LoadLimits;
 pub use oplog::{Limits, OpKind, OpLog, TextChange};
 
 /// A replica of one collaborative text.

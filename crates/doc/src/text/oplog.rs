@@ -241,6 +241,41 @@ impl OpLog {
         }
     }
 
+    /// This log with its ops in canonical order (see
+    /// [`Graph::canonical_order`]), or `None` if it already is.
+    pub(crate) fn canonical(&self) -> Option<Self> {
+        let order = self.graph.canonical_order(|lv| self.agents.dot(lv))?;
+        let mut new_lv = vec![0; order.len()];
+        for (i, lv) in order.iter().enumerate() {
+            new_lv[*lv] = i;
+        }
+        let mut out = Self::default();
+        let mut buf = [0u8; 4];
+        for &lv in &order {
+            let mut parents: Frontier = self
+                .graph
+                .parents_of(lv)
+                .iter()
+                .map(|p| new_lv[*p])
+                .collect();
+            parents.sort_unstable();
+            let dot = self.agents.dot(lv);
+            let op = self.op(lv);
+            let text = op.ch.map_or("", |c| &*c.encode_utf8(&mut buf));
+            out.push_run(
+                dot.replica,
+                dot.counter,
+                &parents,
+                op.kind,
+                op.pos,
+                1,
+                true,
+                text,
+            );
+        }
+        Some(out)
+    }
+
     /// The operations a replica at `version` lacks, as self-contained runs
     /// in causal order, ready to ship.
     pub fn changes_since(&self, version: &VersionVector) -> Vec<TextChange> {
@@ -345,6 +380,15 @@ impl OpLog {
             })?;
             SmallVec::from_slice(&[lv])
         };
+        let prev = (have > 0)
+            .then(|| self.agents.lv(Dot::new(change.id.replica, have)))
+            .flatten();
+        if !self.graph.extends_own_chain(&parents, prev) {
+            return Err(DocError::InvalidChange {
+                op: change.id,
+                why: "the change has not seen its replica's previous operation".into(),
+            });
+        }
         let text: String = change.text.chars().skip(skip).collect();
         let pos = match (change.kind, change.fwd) {
             (OpKind::Insert, _) => change.pos + skip,
