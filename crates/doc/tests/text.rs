@@ -273,6 +273,32 @@ fn bad_changes_are_refused_and_change_nothing() {
     assert_eq!(b.to_string(), "abc");
 }
 
+#[test]
+fn position_conversions() {
+    let mut t = Text::new(ReplicaId::from_u64(1));
+    t.insert(0, "aé😀b").unwrap();
+    // chars: a é 😀 b ; utf8: 1 2 4 1 ; utf16: 1 1 2 1
+    let chars = [0, 1, 2, 3, 4];
+    let utf8 = [0, 1, 3, 7, 8];
+    let utf16 = [0, 1, 2, 4, 5];
+    for i in 0..5 {
+        assert_eq!(t.chars_to_utf8(chars[i]).unwrap(), utf8[i]);
+        assert_eq!(t.utf8_to_chars(utf8[i]).unwrap(), chars[i]);
+        assert_eq!(t.chars_to_utf16(chars[i]).unwrap(), utf16[i]);
+        assert_eq!(t.utf16_to_chars(utf16[i]).unwrap(), chars[i]);
+    }
+    assert!(t.utf16_to_chars(3).is_err(), "inside a surrogate pair");
+    assert!(t.utf8_to_chars(2).is_err(), "inside a character");
+    assert!(t.chars_to_utf8(5).is_err());
+    assert!(t.utf16_to_chars(6).is_err());
+    // Large texts span many rope chunks.
+    let long: String = "x😀".repeat(5000);
+    t.insert(4, &long).unwrap();
+    assert_eq!(t.chars_to_utf16(4 + 10_000).unwrap(), 5 + 15_000);
+    assert_eq!(t.utf16_to_chars(5 + 15_000).unwrap(), 4 + 10_000);
+    assert_eq!(t.chars_to_utf8(4 + 10_000).unwrap(), 8 + 25_000);
+}
+
 #[derive(Debug, Clone)]
 enum Action {
     Insert(usize, usize, String),

@@ -83,6 +83,71 @@ impl Text {
         self.len_chars() == 0
     }
 
+    /// The UTF-8 byte offset of character position `pos`.
+    pub fn chars_to_utf8(&self, pos: usize) -> Result<usize, DocError> {
+        self.convert(pos, Unit::Char, Unit::Utf8)
+    }
+
+    /// The character position of UTF-8 byte offset `byte` (which must fall
+    /// on a character boundary).
+    pub fn utf8_to_chars(&self, byte: usize) -> Result<usize, DocError> {
+        self.convert(byte, Unit::Utf8, Unit::Char)
+    }
+
+    /// The UTF-16 code-unit offset of character position `pos` (what
+    /// browsers and JavaScript count).
+    pub fn chars_to_utf16(&self, pos: usize) -> Result<usize, DocError> {
+        self.convert(pos, Unit::Char, Unit::Utf16)
+    }
+
+    /// The character position of UTF-16 offset `units` (which must not fall
+    /// inside a surrogate pair).
+    pub fn utf16_to_chars(&self, units: usize) -> Result<usize, DocError> {
+        self.convert(units, Unit::Utf16, Unit::Char)
+    }
+
+    /// Walks the text counting in `from` units until `at`, returning the
+    /// count in `to` units. Linear in the text's chunks, not its characters.
+    fn convert(&self, at: usize, from: Unit, to: Unit) -> Result<usize, DocError> {
+        let rope = self.content.borrow();
+        let (mut done_from, mut done_to) = (0usize, 0usize);
+        for (chunk, chars) in rope.substrings_with_len() {
+            let size = |u: Unit| match u {
+                Unit::Char => chars,
+                Unit::Utf8 => chunk.len(),
+                Unit::Utf16 => chunk.encode_utf16().count(),
+            };
+            let chunk_from = size(from);
+            if done_from + chunk_from < at {
+                done_from += chunk_from;
+                done_to += size(to);
+                continue;
+            }
+            // The target lies in this chunk: walk its characters.
+            for ch in chunk.chars() {
+                if done_from == at {
+                    return Ok(done_to);
+                }
+                done_from += from.len_of(ch);
+                done_to += to.len_of(ch);
+                if done_from > at {
+                    return Err(DocError::OutOfBounds {
+                        pos: at,
+                        len: done_from,
+                    });
+                }
+            }
+        }
+        if done_from == at {
+            Ok(done_to)
+        } else {
+            Err(DocError::OutOfBounds {
+                pos: at,
+                len: done_from,
+            })
+        }
+    }
+
     /// Operations held, per replica (operation counters).
     pub fn version(&self) -> &VersionVector {
         self.oplog.version()
@@ -201,6 +266,23 @@ impl Text {
         apply_edits(&mut self.content, edits);
         self.frontier = frontier;
         Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Unit {
+    Char,
+    Utf8,
+    Utf16,
+}
+
+impl Unit {
+    fn len_of(self, ch: char) -> usize {
+        match self {
+            Self::Char => 1,
+            Self::Utf8 => ch.len_utf8(),
+            Self::Utf16 => ch.len_utf16(),
+        }
     }
 }
 
