@@ -274,6 +274,10 @@ impl<V> DotFun<V> {
     }
 
     /// Number of entries.
+    #[expect(
+        clippy::len_without_is_empty,
+        reason = "is_empty is DotStore::is_empty"
+    )]
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -310,17 +314,17 @@ impl<V: Clone + Ord + fmt::Debug> DotStore for DotFun<V> {
             };
             match order {
                 std::cmp::Ordering::Less => {
-                    if let Some((d, v)) = left.next() {
-                        if !other_ctx.contains(d) {
-                            out.push((d, v));
-                        }
+                    if let Some((d, v)) = left.next()
+                        && !other_ctx.contains(d)
+                    {
+                        out.push((d, v));
                     }
                 }
                 std::cmp::Ordering::Greater => {
-                    if let Some((d, v)) = right.next() {
-                        if !ctx.contains(d) {
-                            out.push((d, v));
-                        }
+                    if let Some((d, v)) = right.next()
+                        && !ctx.contains(d)
+                    {
+                        out.push((d, v));
                     }
                 }
                 std::cmp::Ordering::Equal => {

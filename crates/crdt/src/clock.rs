@@ -24,22 +24,21 @@ pub struct ReplicaId(u64);
 impl ReplicaId {
     /// A fresh random replica id from the operating system's random source.
     ///
-    /// Falls back to a time- and address-derived value if the OS source
-    /// fails, which it does not on supported platforms.
+    /// # Panics
+    ///
+    /// If the operating system cannot supply randomness, which does not
+    /// happen on supported platforms (the standard library's `HashMap`
+    /// makes the same assumption). Use [`ReplicaId::try_random`] to handle it.
     pub fn random() -> Self {
-        match getrandom::u64() {
-            Ok(v) => Self(v),
-            // The OS random source is documented to be infallible on Linux,
-            // macOS and Windows; still never panic: mix what we have.
-            Err(_) => {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0);
-                let local = 0u8;
-                Self(nanos ^ (&raw const local as u64).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15)
-            }
+        match Self::try_random() {
+            Ok(id) => id,
+            Err(e) => panic!("the operating system's random source failed: {e}"),
         }
+    }
+
+    /// A fresh random replica id, or the random source's error.
+    pub fn try_random() -> Result<Self, getrandom::Error> {
+        getrandom::u64().map(Self)
     }
 
     /// A replica id with the given numeric value (tests, configuration).

@@ -87,17 +87,17 @@ pub(crate) fn join_maps<K, V, L, R, B>(
                 }
             }
             Some(false) => {
-                if let Some((k, v)) = right.next() {
-                    if let Some(v) = (ops.right)(&k, v) {
-                        out.push((k, v));
-                    }
+                if let Some((k, v)) = right.next()
+                    && let Some(v) = (ops.right)(&k, v)
+                {
+                    out.push((k, v));
                 }
             }
             None => {
-                if let (Some((k, va)), Some((_, vb))) = (left.next(), right.next()) {
-                    if let Some(v) = (ops.both)(&k, va, vb) {
-                        out.push((k, v));
-                    }
+                if let (Some((k, va)), Some((_, vb))) = (left.next(), right.next())
+                    && let Some(v) = (ops.both)(&k, va, vb)
+                {
+                    out.push((k, v));
                 }
             }
         }

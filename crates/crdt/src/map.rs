@@ -65,6 +65,10 @@ impl<K: Ord + Clone + fmt::Debug, V: DotStore> OrMapStore<K, V> {
     }
 
     /// Number of keys.
+    #[expect(
+        clippy::len_without_is_empty,
+        reason = "is_empty is DotStore::is_empty"
+    )]
     pub fn len(&self) -> usize {
         self.0.len()
     }

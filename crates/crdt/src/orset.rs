@@ -62,6 +62,10 @@ impl<T: Ord + Clone + fmt::Debug> OrSetStore<T> {
     }
 
     /// Number of present elements.
+    #[expect(
+        clippy::len_without_is_empty,
+        reason = "is_empty is DotStore::is_empty"
+    )]
     pub fn len(&self) -> usize {
         self.0.len()
     }
