@@ -1,0 +1,6 @@
+//! Integration tests of converge-store, in one binary (STYLE.md habit 11).
+
+mod crash_sim;
+mod kill;
+mod redb_backend;
+mod util;
