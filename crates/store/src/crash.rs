@@ -12,8 +12,10 @@
 //! under test sees the crash mid-operation, at a point a seed can choose.
 //! [`CrashBackend::set_sync_delay`] makes each sync slow, like a real disk.
 //!
-//! The model is the one redb tests itself with: unsynced writes are lost
-//! whole. It is reusable by the sync simulator to crash-restart replicas.
+//! [`CrashBackend::crashed`] follows the model redb tests itself with:
+//! unsynced writes are lost whole. [`CrashBackend::crashed_torn`] is harsher:
+//! each unsynced write may survive whole, in part (whole sectors) or not at
+//! all. Both are reusable by the sync simulator to crash-restart replicas.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -34,6 +36,8 @@ struct State {
     live: Vec<u8>,
     durable: Vec<u8>,
     syncs: u64,
+    /// Writes since the last completed sync: what a crash may or may not keep.
+    unsynced: Vec<(usize, Vec<u8>)>,
     /// Mutating calls left before the simulated power loss; `None` for no limit.
     budget: Option<u64>,
     sync_delay: Duration,
@@ -53,6 +57,51 @@ impl CrashBackend {
             state: Arc::new(Mutex::new(State {
                 live: durable.clone(),
                 durable,
+                ..State::default()
+            })),
+        }
+    }
+
+    /// Like [`CrashBackend::crashed`], but harsher, as a real disk may be: each
+    /// write since the last sync survives whole, survives only up to a 512-byte
+    /// sector boundary, or is lost, chosen by `seed`; and the file length is
+    /// either the synced or the written one.
+    pub fn crashed_torn(&self, seed: u64) -> Self {
+        let state = self.state();
+        let mut rng = seed;
+        let mut next = move || {
+            // splitmix64: deterministic per seed, no dependency.
+            rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = rng;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let mut image = state.durable.clone();
+        let len = if next() % 2 == 0 {
+            state.durable.len()
+        } else {
+            state.live.len()
+        };
+        image.resize(len, 0);
+        for (offset, data) in &state.unsynced {
+            let kept = match next() % 3 {
+                0 => 0,
+                1 => data.len(),
+                _ => {
+                    let sectors = data.len().div_ceil(512) as u64;
+                    (next() % (sectors + 1)) as usize * 512
+                }
+            };
+            let end = (offset + kept.min(data.len())).min(len);
+            if *offset < end {
+                image[*offset..end].copy_from_slice(&data[..end - offset]);
+            }
+        }
+        Self {
+            state: Arc::new(Mutex::new(State {
+                live: image.clone(),
+                durable: image,
                 ..State::default()
             })),
         }
@@ -135,6 +184,7 @@ impl StorageBackend for CrashBackend {
         }
         let mut state = self.state();
         state.durable = state.live.clone();
+        state.unsynced.clear();
         state.syncs += 1;
         Ok(())
     }
@@ -148,6 +198,7 @@ impl StorageBackend for CrashBackend {
             state.live.resize(end, 0);
         }
         state.live[start..end].copy_from_slice(data);
+        state.unsynced.push((start, data.to_vec()));
         Ok(())
     }
 }

@@ -72,9 +72,23 @@ fn run_until_power_loss(
 
 #[test]
 fn acknowledged_writes_survive_simulated_power_loss() {
+    crash_loop(|backend, _| backend.crashed());
+}
+
+#[test]
+fn acknowledged_writes_survive_torn_unsynced_writes() {
+    crash_loop(|backend, seed| backend.crashed_torn(seed));
+}
+
+fn crash_loop(crash: impl Fn(&CrashBackend, u64) -> CrashBackend) {
     let acked = Mutex::new(Acked::new());
     let mut backend = CrashBackend::new();
-    for seed in 0..40u64 {
+    // CONVERGE_CRASH_SEEDS runs more (or fewer) crashes than CI's 40.
+    let seeds: u64 = std::env::var("CONVERGE_CRASH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    for seed in 0..seeds {
         let store = RedbStore::open_with_backend(backend.clone(), StoreConfig::default())
             .unwrap_or_else(|e| panic!("seed {seed}: reopening after a crash failed: {e}"));
         // Check everything acknowledged so far, across all earlier crashes.
@@ -99,10 +113,10 @@ fn acknowledged_writes_survive_simulated_power_loss() {
             "seed {seed}: appenders stopped before the crash"
         );
         drop(store);
-        backend = backend.crashed();
+        backend = crash(&backend, seed);
     }
     let total: u64 = acked.lock().unwrap().values().sum();
-    eprintln!("acked {total} entries over 40 crashes");
+    eprintln!("acked {total} entries over {seeds} crashes");
     assert!(
         total > 40,
         "too few acknowledged appends ({total}) to mean anything"
