@@ -580,7 +580,45 @@ pub fn survives_reopen<S: Subject>(make: &dyn Fn() -> S) {
     assert_eq!(store.version_vector("doc").unwrap(), vv(&[(A, 5)]));
 }
 
+/// A read stops at [`StoreConfig::max_read_bytes`], but always returns at
+/// least one entry. Not part of [`conformance_tests!`](crate::conformance_tests)
+/// because it needs a configured store: call it with a constructor that
+/// applies the given config.
+pub fn reads_are_capped_by_size<S: Subject>(make: &dyn Fn(StoreConfig) -> S) {
+    let subject = make(StoreConfig::default().with_max_read_bytes(100));
+    let store = subject.store();
+    let sized = |seq: u64, len: usize| Entry::new(seq, vec![seq as u8; len]);
+    let log = vec![
+        sized(1, 40),
+        sized(2, 40),
+        sized(3, 40),
+        sized(4, 500),
+        sized(5, 10),
+    ];
+    store.append("doc", A, &log).unwrap();
+    assert_eq!(store.read("doc", A, 1, 10).unwrap(), log[0..2]);
+    assert_eq!(store.read("doc", A, 3, 10).unwrap(), log[2..3]);
+    // One entry larger than the cap still comes back, alone.
+    assert_eq!(store.read("doc", A, 4, 10).unwrap(), log[3..4]);
+    assert_eq!(store.read("doc", A, 5, 10).unwrap(), log[4..5]);
+    // Paging until empty visits the whole log.
+    let mut next = 1;
+    let mut seen = Vec::new();
+    loop {
+        let page = store.read("doc", A, next, 10).unwrap();
+        let Some(last) = page.last() else { break };
+        next = last.seq + 1;
+        seen.extend(page);
+    }
+    assert_eq!(seen, log);
+}
+
 #[cfg(test)]
 mod tests {
     crate::conformance_tests!(crate::MemoryStore::new);
+
+    #[test]
+    fn reads_are_capped_by_size() {
+        super::reads_are_capped_by_size(&crate::MemoryStore::with_config);
+    }
 }

@@ -132,6 +132,9 @@ pub struct StoreConfig {
     pub max_entry_bytes: usize,
     /// The largest snapshot accepted, in bytes. Default 256 MiB.
     pub max_snapshot_bytes: usize,
+    /// The most entry bytes one [`Store::read`] returns (it always returns at
+    /// least one entry, however large). Default 16 MiB.
+    pub max_read_bytes: usize,
 }
 
 impl Default for StoreConfig {
@@ -139,6 +142,7 @@ impl Default for StoreConfig {
         Self {
             max_entry_bytes: 16 << 20,
             max_snapshot_bytes: 256 << 20,
+            max_read_bytes: 16 << 20,
         }
     }
 }
@@ -147,6 +151,12 @@ impl StoreConfig {
     /// Sets [`StoreConfig::max_entry_bytes`].
     pub fn with_max_entry_bytes(mut self, max: usize) -> Self {
         self.max_entry_bytes = max;
+        self
+    }
+
+    /// Sets [`StoreConfig::max_read_bytes`].
+    pub fn with_max_read_bytes(mut self, max: usize) -> Self {
+        self.max_read_bytes = max;
         self
     }
 
@@ -183,6 +193,10 @@ pub trait Store: Send + Sync {
 
     /// Reads up to `limit` entries of `replica`'s log in `object`, in order,
     /// from `from_seq` on. Reading from one past the end gives an empty list.
+    ///
+    /// A read returns fewer than `limit` entries when they would pass
+    /// [`StoreConfig::max_read_bytes`] (never none while entries remain), so
+    /// read page by page until a page comes back empty.
     fn read(
         &self,
         object: &str,

@@ -22,14 +22,17 @@ pub(crate) trait View {
     fn head(&self, object: &str, replica: ReplicaId) -> Result<Head, StoreError>;
     /// The heads of all logs of `object`.
     fn heads(&self, object: &str) -> Result<Vec<(ReplicaId, Head)>, StoreError>;
-    /// Entries `from..=to` of a log that are present, checksums verified, in order.
+    /// Entries `from..=to` of a log that are present, checksums verified, in
+    /// order; stops early (and says so) before an entry that would take the
+    /// total size past `max_bytes`, but returns at least one entry.
     fn entries(
         &self,
         object: &str,
         replica: ReplicaId,
         from: u64,
         to: u64,
-    ) -> Result<Vec<Entry>, StoreError>;
+        max_bytes: usize,
+    ) -> Result<Page, StoreError>;
     /// Up to `limit` object ids `>= start` (or `> start` if `exclusive`), in order,
     /// stopping at the first that does not start with `prefix`.
     fn objects(
@@ -45,6 +48,28 @@ pub(crate) trait View {
     fn feed_head(&self) -> Result<u64, StoreError>;
     /// The stored snapshot of `object`.
     fn snapshot(&self, object: &str) -> Result<Option<Snapshot>, StoreError>;
+}
+
+/// Entries read from a log.
+pub(crate) struct Page {
+    /// The entries, in seq order.
+    pub(crate) entries: Vec<Entry>,
+    /// Whether reading stopped at the size cap rather than at the end of the range.
+    pub(crate) capped: bool,
+}
+
+impl Page {
+    /// Adds `entry` unless that would pass `max_bytes` (the first entry is
+    /// always added); returns false when the page is full.
+    pub(crate) fn push(&mut self, entry: Entry, max_bytes: &mut usize) -> bool {
+        if !self.entries.is_empty() && entry.bytes.len() > *max_bytes {
+            self.capped = true;
+            return false;
+        }
+        *max_bytes = max_bytes.saturating_sub(entry.bytes.len());
+        self.entries.push(entry);
+        true
+    }
 }
 
 /// Write access inside one atomic transaction.
@@ -149,12 +174,15 @@ pub(crate) fn append(
         .unwrap_or(entries.len())
         .min(held);
     if compare_from < held {
-        let stored = tx.entries(
-            object,
-            replica,
-            entries[compare_from].seq,
-            entries[held - 1].seq,
-        )?;
+        let stored = tx
+            .entries(
+                object,
+                replica,
+                entries[compare_from].seq,
+                entries[held - 1].seq,
+                usize::MAX,
+            )?
+            .entries;
         if stored.len() != held - compare_from {
             return Err(StoreError::Corrupt {
                 what: format!(
@@ -321,6 +349,7 @@ fn known(view: &impl View, object: &str) -> Result<(), ReadError> {
 /// Reads a log (see [`crate::Store::read`]).
 pub(crate) fn read(
     view: &impl View,
+    config: &StoreConfig,
     object: &str,
     replica: ReplicaId,
     from_seq: u64,
@@ -352,12 +381,13 @@ pub(crate) fn read(
     }
     let span = u64::try_from(limit - 1).unwrap_or(u64::MAX);
     let to = head.last.min(from_seq.saturating_add(span));
-    let entries = view.entries(object, replica, from_seq, to)?;
+    let Page { entries, capped } =
+        view.entries(object, replica, from_seq, to, config.max_read_bytes)?;
     let contiguous = entries
         .iter()
         .zip(from_seq..)
         .all(|(entry, seq)| entry.seq == seq);
-    if !contiguous || entries.len() as u64 != to - from_seq + 1 {
+    if !contiguous || (!capped && entries.len() as u64 != to - from_seq + 1) {
         return Err(StoreError::Corrupt {
             what: format!(
                 "log {object}/{replica} is missing entries between seq {from_seq} and {to}, below its head {}",

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use converge_crdt::{ReplicaId, VersionVector};
 
 use crate::format::Head;
-use crate::logic::{self, Txn, View};
+use crate::logic::{self, Page, Txn, View};
 use crate::{
     AppendError, AppendOutcome, CompactOutcome, Entry, FeedItem, ReadError, Snapshot,
     SnapshotError, Store, StoreConfig, StoreError,
@@ -71,7 +71,14 @@ impl Store for MemoryStore {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<Entry>, ReadError> {
-        logic::read(&*self.state(), object, replica, from_seq, limit)
+        logic::read(
+            &*self.state(),
+            &self.config,
+            object,
+            replica,
+            from_seq,
+            limit,
+        )
     }
 
     fn version_vector(&self, object: &str) -> Result<VersionVector, ReadError> {
@@ -152,13 +159,19 @@ impl View for State {
         replica: ReplicaId,
         from: u64,
         to: u64,
-    ) -> Result<Vec<Entry>, StoreError> {
+        mut max_bytes: usize,
+    ) -> Result<Page, StoreError> {
         let key = |seq| (object.to_owned(), replica, seq);
-        Ok(self
-            .log
-            .range(key(from)..=key(to))
-            .map(|((_, _, seq), bytes)| Entry::new(*seq, bytes.clone()))
-            .collect())
+        let mut page = Page {
+            entries: Vec::new(),
+            capped: false,
+        };
+        for ((_, _, seq), bytes) in self.log.range(key(from)..=key(to)) {
+            if !page.push(Entry::new(*seq, bytes.clone()), &mut max_bytes) {
+                break;
+            }
+        }
+        Ok(page)
     }
 
     fn objects(

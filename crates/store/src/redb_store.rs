@@ -42,7 +42,7 @@ use redb::{
 };
 
 use crate::format::{self, FORMAT_VERSION, FeedRecord, Head, Meta};
-use crate::logic::{self, Txn, View};
+use crate::logic::{self, Page, Txn, View};
 use crate::{
     AppendError, AppendOutcome, CompactOutcome, Entry, FeedItem, ReadError, Snapshot,
     SnapshotError, Store, StoreConfig, StoreError,
@@ -393,7 +393,9 @@ fn check_tail(db: &Database) -> Result<(), StoreError> {
             .max(item.first)
             .max(log.compacted + 1);
         if from <= item.last {
-            let found = tables.entries(&item.object, item.replica, from, item.last)?;
+            let found = tables
+                .entries(&item.object, item.replica, from, item.last, usize::MAX)?
+                .entries;
             if found.len() as u64 != item.last - from + 1 {
                 return Err(StoreError::Corrupt {
                     what: format!(
@@ -643,7 +645,14 @@ impl Store for RedbStore {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<Entry>, ReadError> {
-        logic::read(&self.read_view()?, object, replica, from_seq, limit)
+        logic::read(
+            &self.read_view()?,
+            &self.shared.config,
+            object,
+            replica,
+            from_seq,
+            limit,
+        )
     }
 
     fn version_vector(&self, object: &str) -> Result<VersionVector, ReadError> {
@@ -800,10 +809,14 @@ where
         replica: ReplicaId,
         from: u64,
         to: u64,
-    ) -> Result<Vec<Entry>, StoreError> {
+        mut max_bytes: usize,
+    ) -> Result<Page, StoreError> {
         let read = storage("reading a log");
         let r = replica.as_u64();
-        let mut entries = Vec::new();
+        let mut page = Page {
+            entries: Vec::new(),
+            capped: false,
+        };
         for item in self
             .log
             .range((object, r, from)..=(object, r, to))
@@ -812,9 +825,11 @@ where
             let (key, record) = item.map_err(&read)?;
             let seq = key.value().2;
             let bytes = format::decode_entry(object, replica, seq, record.value())?;
-            entries.push(Entry::new(seq, bytes));
+            if !page.push(Entry::new(seq, bytes), &mut max_bytes) {
+                break;
+            }
         }
-        Ok(entries)
+        Ok(page)
     }
 
     fn objects(

@@ -15,6 +15,18 @@ use crate::util::{TempRedb, check_logs, entries, payload};
 
 converge_store::conformance_tests!(TempRedb::fresh);
 
+#[test]
+fn reads_are_capped_by_size() {
+    converge_store::conformance::reads_are_capped_by_size(&|config| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open_with(dir.path().join("store.redb"), config).unwrap();
+        TempRedb {
+            store: Some(store),
+            dir,
+        }
+    });
+}
+
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const LOG: TableDefinition<'_, (&str, u64, u64), &[u8]> = TableDefinition::new("log");
 const A: ReplicaId = ReplicaId::from_u64(0xa);
