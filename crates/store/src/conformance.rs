@@ -58,6 +58,7 @@ macro_rules! conformance_tests {
             snapshot_and_compaction,
             snapshot_ahead_of_log_advances_it,
             concurrent_appenders,
+            extreme_seqs_do_not_overflow,
             survives_reopen,
         );
     };
@@ -549,6 +550,45 @@ pub fn concurrent_appenders<S: Subject>(make: &dyn Fn() -> S) {
     assert_eq!(feed.len() as u64, THREADS * APPENDS);
     let positions: Vec<u64> = feed.iter().map(|i| i.position).collect();
     assert_eq!(positions, (1..=THREADS * APPENDS).collect::<Vec<_>>());
+}
+
+/// Seqs at the top of the `u64` range are errors or no-ops, never overflows.
+pub fn extreme_seqs_do_not_overflow<S: Subject>(make: &dyn Fn() -> S) {
+    let subject = make();
+    let store = subject.store();
+    let max = u64::MAX;
+    assert!(matches!(
+        store.append("doc", A, &[Entry::new(max, b"x".to_vec())]),
+        Err(AppendError::Gap { .. })
+    ));
+    assert!(matches!(
+        store.append(
+            "doc",
+            A,
+            &[Entry::new(max, b"x".to_vec()), Entry::new(0, b"y".to_vec())]
+        ),
+        Err(AppendError::NotConsecutive { .. })
+    ));
+    // A snapshot (from a hostile or buggy peer) claiming the whole seq space.
+    store.put_snapshot("doc", &vv(&[(A, max)]), b"all").unwrap();
+    assert_eq!(store.version_vector("doc").unwrap(), vv(&[(A, max)]));
+    let read = store.read("doc", A, 1, 10).unwrap_err();
+    assert!(matches!(read, ReadError::SnapshotNeeded { compacted, .. } if compacted == max));
+    let message = store.read("doc", A, max, 1).unwrap_err().to_string();
+    assert!(message.contains("compacted"), "{message}");
+    assert_eq!(
+        store
+            .append("doc", A, &[Entry::new(max, b"x".to_vec())])
+            .unwrap()
+            .appended,
+        0
+    );
+    assert_eq!(store.compact("doc", &vv(&[(A, max)])).unwrap().dropped, 0);
+    let subject = subject.reopen();
+    assert_eq!(
+        subject.store().version_vector("doc").unwrap(),
+        vv(&[(A, max)])
+    );
 }
 
 /// Everything stored is there after closing and reopening.

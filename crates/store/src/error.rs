@@ -130,7 +130,7 @@ pub enum AppendError {
         max: usize,
     },
     /// The batch starts after the end of the log: appending it would leave a gap.
-    #[error("log {object}/{replica} ends at seq {last}, the batch starts at {found}; send seqs {} to {} first", last + 1, found - 1)]
+    #[error("log {object}/{replica} ends at seq {last}, the batch starts at {found}; send seqs {} to {} first", last.saturating_add(1), found.saturating_sub(1))]
     Gap {
         /// The object.
         object: String,
@@ -177,7 +177,7 @@ pub enum ReadError {
     #[error("from_seq must be at least 1; log sequence numbers start at 1")]
     ZeroSeq,
     /// `from_seq` is past the end of the log (more than one past its last seq).
-    #[error("log {object}/{replica} ends at seq {last}; reading from {from_seq} is out of range (read from at most {})", last + 1)]
+    #[error("log {object}/{replica} ends at seq {last}; reading from {from_seq} is out of range (read from at most {})", last.saturating_add(1))]
     BeyondEnd {
         /// The object.
         object: String,
@@ -191,7 +191,7 @@ pub enum ReadError {
     /// The requested prefix was compacted away; fetch the snapshot first.
     #[error(
         "log {object}/{replica} was compacted up to seq {compacted}; fetch the latest snapshot, \
-         then read from seq {}", compacted + 1
+         then read from seq {}", compacted.saturating_add(1)
     )]
     SnapshotNeeded {
         /// The object.

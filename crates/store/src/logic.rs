@@ -187,7 +187,7 @@ pub(crate) fn append(
             return Err(StoreError::Corrupt {
                 what: format!(
                     "log {object}/{replica} is missing entries between seq {} and its head {}",
-                    head.compacted + 1,
+                    head.compacted.saturating_add(1),
                     head.last
                 ),
             }

@@ -387,12 +387,15 @@ fn check_tail(db: &Database) -> Result<(), StoreError> {
                 ),
             });
         }
+        if item.last <= log.compacted {
+            continue; // Compacted away since: the snapshot holds it.
+        }
         let from = item
             .last
             .saturating_sub(TAIL_CHECK_ENTRIES - 1)
             .max(item.first)
             .max(log.compacted + 1);
-        if from <= item.last {
+        {
             let found = tables
                 .entries(&item.object, item.replica, from, item.last, usize::MAX)?
                 .entries;
