@@ -52,7 +52,7 @@ pub mod format;
 pub use converge_crdt::{ReplicaId, VersionVector};
 pub use error::{AppendError, BoxError, ObjectIdError, ReadError, SnapshotError, StoreError};
 pub use memory::MemoryStore;
-pub use redb_store::{CommitStats, RedbStore};
+pub use redb_store::{CommitStats, RedbStore, VerifyReport};
 
 /// The longest object id accepted, in bytes.
 pub const MAX_OBJECT_ID_BYTES: usize = 1024;

@@ -99,6 +99,9 @@ fn crash_loop(crash: impl Fn(&CrashBackend, u64) -> CrashBackend) {
                 "seed {seed}: {object}/{replica} acked {seq}, holds {held}"
             );
         }
+        store
+            .verify()
+            .unwrap_or_else(|e| panic!("seed {seed}: verify after a crash: {e}"));
         for object in OBJECTS {
             if store.version_vector(object).is_ok() {
                 check_logs(&store, object);

@@ -148,6 +148,9 @@ fn kill_9_never_loses_acknowledged_appends() {
                 "round {round}: {object}/{replica} was acknowledged up to {seq}, holds {held}"
             );
         }
+        store
+            .verify()
+            .unwrap_or_else(|e| panic!("round {round}: verify after kill -9: {e}"));
         for object in OBJECTS {
             if store.version_vector(object).is_err() {
                 continue;
