@@ -426,4 +426,29 @@ mod tests {
             assert!(decode_entry("o", R, 1, &[0u8; 4][..len]).is_err());
         }
     }
+
+    #[test]
+    fn random_bytes_never_panic_a_decoder() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let len = rng.usize(0..80);
+            let bytes: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            let _ = decode_meta(&bytes);
+            assert!(decode_entry("o", R, 1, &bytes).is_err() || bytes.len() >= 4);
+            let _ = decode_head("o", R, &bytes);
+            let _ = decode_feed(1, &bytes);
+            let _ = decode_snapshot("o", &bytes);
+            // With a valid checksum, the structure is still checked.
+            let mut sealed = vec![0; 4];
+            sealed.extend_from_slice(&bytes);
+            let crc = crc_of(&[&object_key("o"), b"o", &sealed[4..]]);
+            sealed[..4].copy_from_slice(&crc.to_le_bytes());
+            let _ = decode_snapshot("o", &sealed);
+            let crc = crc_of(&[&1u64.to_le_bytes(), &sealed[4..]]);
+            sealed[..4].copy_from_slice(&crc.to_le_bytes());
+            if let Ok(item) = decode_feed(1, &sealed) {
+                assert!(item.first >= 1 && item.first <= item.last);
+            }
+        }
+    }
 }
