@@ -12,11 +12,14 @@
 //! - [`MemoryStore`]: everything in memory (tests, ephemeral replicas).
 //! - [`RedbStore`]: the embedded default, one file, no server, built on redb.
 //!   Appends are durable when they return; concurrent appenders share one
-//!   disk sync (group commit).
+//!   disk sync (group commit). Every record carries a CRC-32; the latest
+//!   writes are checked on open, and [`RedbStore::verify`] checks everything.
 //! - Errors: [`AppendError`], [`ReadError`], [`SnapshotError`], and the
 //!   shared [`StoreError`].
 //! - [`conformance`]: the behaviour every backend must have, as a reusable
 //!   test suite.
+//! - [`crash::CrashBackend`]: a redb storage double that keeps written and
+//!   synced bytes apart, to reopen a store from what a crash would leave.
 //!
 //! The on-disk format is described in `FORMAT.md` next to this crate's sources.
 //!
