@@ -1,6 +1,7 @@
 //! Integration tests of converge-store, in one binary (STYLE.md habit 11).
 
 mod crash_sim;
+mod differential;
 mod kill;
 mod redb_backend;
 mod util;
