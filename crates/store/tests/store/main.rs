@@ -2,6 +2,7 @@
 
 mod crash_sim;
 mod differential;
+#[cfg(unix)]
 mod kill;
 mod redb_backend;
 mod util;
