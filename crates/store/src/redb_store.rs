@@ -963,7 +963,7 @@ where
             .range::<&str>((lower, Bound::Unbounded))
             .map_err(&read)?
         {
-            let (key, ()) = item.map_err(&read).map(|(k, v)| (k, v.value()))?;
+            let (key, _) = item.map_err(&read)?;
             let object = key.value();
             if !object.starts_with(prefix) || objects.len() >= limit {
                 break;
