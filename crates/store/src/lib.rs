@@ -1,0 +1,270 @@
+//! # converge-store
+//!
+//! The durable home of every replicated object: per-(object, replica)
+//! append-only logs plus snapshots, behind one synchronous trait, [`Store`].
+//! This crate owns durability; it knows nothing of tokio, sockets or the sync
+//! protocol, and moves entries as opaque bytes.
+//!
+//! ## Main types
+//!
+//! - [`Store`]: append to a log, read it back in order, the object's
+//!   [`VersionVector`], list objects, the change feed, snapshots and compaction.
+//! - [`MemoryStore`]: everything in memory (tests, ephemeral replicas).
+//! - [`RedbStore`]: the embedded default, one file, no server, built on redb.
+//!   Appends are durable when they return; concurrent appenders share one
+//!   disk sync (group commit). Every record carries a CRC-32; the latest
+//!   writes are checked on open, and [`RedbStore::verify`] checks everything.
+//! - Errors: [`AppendError`], [`ReadError`], [`SnapshotError`], and the
+//!   shared [`StoreError`].
+//! - [`conformance`]: the behaviour every backend must have, as a reusable
+//!   test suite.
+//! - [`crash::CrashBackend`]: a redb storage double that keeps written and
+//!   synced bytes apart, to reopen a store from what a crash would leave.
+//!
+//! The on-disk format is described in `FORMAT.md` next to this crate's sources.
+//!
+//! ## Example
+//!
+//! ```
+//! use converge_crdt::ReplicaId;
+//! use converge_store::{Entry, MemoryStore, ReadError, Store};
+//!
+//! let store = MemoryStore::new();
+//! let alice = ReplicaId::from_u64(0xa11ce);
+//! store.append("todos", alice, &[Entry::new(1, b"buy milk".to_vec())])?;
+//! store.append("todos", alice, &[Entry::new(2, b"walk dog".to_vec())])?;
+//! // Re-delivery of an entry already held is harmless.
+//! store.append("todos", alice, &[Entry::new(2, b"walk dog".to_vec())])?;
+//!
+//! let entries = store.read("todos", alice, 1, 100)?;
+//! assert_eq!(entries.len(), 2);
+//! assert_eq!(store.version_vector("todos")?.get(alice), 2);
+//! assert!(matches!(store.read("nope", alice, 1, 1), Err(ReadError::UnknownObject { .. })));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod logic;
+mod memory;
+mod redb_store;
+
+pub mod conformance;
+pub mod crash;
+pub mod format;
+
+pub use converge_crdt::{ReplicaId, VersionVector};
+pub use error::{AppendError, BoxError, ObjectIdError, ReadError, SnapshotError, StoreError};
+pub use memory::MemoryStore;
+pub use redb_store::{CommitStats, RedbStore, VerifyReport};
+
+/// The longest object id accepted, in bytes.
+pub const MAX_OBJECT_ID_BYTES: usize = 1024;
+
+/// One entry of a replica's log: its sequence number and its bytes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Entry {
+    /// Position in the replica's log, starting at 1.
+    pub seq: u64,
+    /// The entry as the replica wrote it; stored and served verbatim.
+    pub bytes: Vec<u8>,
+}
+
+impl Entry {
+    /// An entry with the given seq and bytes.
+    pub fn new(seq: u64, bytes: impl Into<Vec<u8>>) -> Self {
+        Self {
+            seq,
+            bytes: bytes.into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Entry(seq {}, {} bytes)", self.seq, self.bytes.len())
+    }
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct AppendOutcome {
+    /// How many entries were new (the rest were already held).
+    pub appended: u64,
+    /// The change feed position of this append, if it added anything.
+    pub position: Option<u64>,
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CompactOutcome {
+    /// How many log entries were dropped.
+    pub dropped: u64,
+}
+
+/// One item of the change feed: a replica's log of an object grew by `first..=last`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedItem {
+    /// The local arrival position; strictly increasing, starting at 1.
+    pub position: u64,
+    /// The object.
+    pub object: String,
+    /// The replica whose log grew.
+    pub replica: ReplicaId,
+    /// First new seq.
+    pub first: u64,
+    /// Last new seq.
+    pub last: u64,
+}
+
+/// A snapshot of an object's folded state, tagged with what it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The entries folded into the snapshot.
+    pub version_vector: VersionVector,
+    /// The encoded state, verbatim.
+    pub bytes: Vec<u8>,
+}
+
+/// Limits a store enforces on what it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreConfig {
+    /// The largest entry accepted, in bytes. Default 16 MiB.
+    pub max_entry_bytes: usize,
+    /// The largest snapshot accepted, in bytes. Default 256 MiB.
+    pub max_snapshot_bytes: usize,
+    /// The most entry bytes one [`Store::read`] returns (it always returns at
+    /// least one entry, however large). Default 16 MiB.
+    pub max_read_bytes: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_entry_bytes: 16 << 20,
+            max_snapshot_bytes: 256 << 20,
+            max_read_bytes: 16 << 20,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Sets [`StoreConfig::max_entry_bytes`].
+    pub fn with_max_entry_bytes(mut self, max: usize) -> Self {
+        self.max_entry_bytes = max;
+        self
+    }
+
+    /// Sets [`StoreConfig::max_read_bytes`].
+    pub fn with_max_read_bytes(mut self, max: usize) -> Self {
+        self.max_read_bytes = max;
+        self
+    }
+
+    /// Sets [`StoreConfig::max_snapshot_bytes`].
+    pub fn with_max_snapshot_bytes(mut self, max: usize) -> Self {
+        self.max_snapshot_bytes = max;
+        self
+    }
+}
+
+/// The durable home of replicated objects: per-(object, replica) append-only
+/// logs plus snapshots.
+///
+/// Every method is synchronous and may block on IO; async callers should run
+/// them on blocking threads. All writes are atomic: on error nothing was
+/// written. A write that returns `Ok` is durable (for persistent backends).
+///
+/// An object comes into existence with its first append or snapshot.
+pub trait Store: Send + Sync {
+    /// Appends `entries`, which must carry consecutive seqs, to the log of
+    /// `replica` in `object`.
+    ///
+    /// Entries already held are skipped if their bytes are identical (so
+    /// re-delivery is harmless) and reported as [`AppendError::Conflict`] if
+    /// not. Entries below a compacted horizon are taken as held. A batch that
+    /// starts after the end of the log is an [`AppendError::Gap`]. The batch
+    /// is atomic: all new entries are written, or none.
+    fn append(
+        &self,
+        object: &str,
+        replica: ReplicaId,
+        entries: &[Entry],
+    ) -> Result<AppendOutcome, AppendError>;
+
+    /// Reads up to `limit` entries of `replica`'s log in `object`, in order,
+    /// from `from_seq` on. Reading from one past the end gives an empty list.
+    ///
+    /// A read returns fewer than `limit` entries when they would pass
+    /// [`StoreConfig::max_read_bytes`] (never none while entries remain), so
+    /// read page by page until a page comes back empty.
+    fn read(
+        &self,
+        object: &str,
+        replica: ReplicaId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, ReadError>;
+
+    /// What the store holds of `object`: replica → last seq held (in the log
+    /// or covered by the snapshot).
+    fn version_vector(&self, object: &str) -> Result<VersionVector, ReadError>;
+
+    /// Up to `limit` object ids that start with `prefix`, in byte order,
+    /// after `after` (exclusive) if given: pass the last id of a page to get
+    /// the next one.
+    fn list_objects(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, ReadError>;
+
+    /// Up to `limit` change feed items with a position greater than `after`,
+    /// in position order. Pass 0 to read from the start.
+    fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<FeedItem>, StoreError>;
+
+    /// The position of the latest change feed item (0 if none).
+    fn feed_head(&self) -> Result<u64, StoreError>;
+
+    /// Stores a snapshot of `object` covering `version_vector`, replacing the
+    /// previous one, which it must cover too ([`SnapshotError::Regression`]).
+    ///
+    /// Where the snapshot covers more of a replica than its log holds, the
+    /// log is advanced to the snapshot (as if compacted): the entries are held
+    /// through the snapshot, and appends continue after it.
+    fn put_snapshot(
+        &self,
+        object: &str,
+        version_vector: &VersionVector,
+        bytes: &[u8],
+    ) -> Result<(), SnapshotError>;
+
+    /// The latest snapshot of `object`, if any.
+    fn latest_snapshot(&self, object: &str) -> Result<Option<Snapshot>, ReadError>;
+
+    /// Drops the log entries of `object` at or below `horizon`, which the
+    /// latest snapshot must cover. Reading a dropped entry then reports
+    /// [`ReadError::SnapshotNeeded`].
+    fn compact(
+        &self,
+        object: &str,
+        horizon: &VersionVector,
+    ) -> Result<CompactOutcome, SnapshotError>;
+}
+
+/// Checks an object id: non-empty and at most [`MAX_OBJECT_ID_BYTES`] long.
+pub fn validate_object_id(object: &str) -> Result<(), ObjectIdError> {
+    if object.is_empty() {
+        return Err(ObjectIdError::Empty);
+    }
+    if object.len() > MAX_OBJECT_ID_BYTES {
+        return Err(ObjectIdError::TooLong {
+            len: object.len(),
+            max: MAX_OBJECT_ID_BYTES,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,1112 @@
+//! [`RedbStore`]: the embedded default backend, one redb file, no server.
+//!
+//! ## Tables (see `FORMAT.md`)
+//!
+//! | table       | key                          | value                    |
+//! |-------------|------------------------------|--------------------------|
+//! | `meta`      | `&str` (`"format"`)          | meta record (magic, version) |
+//! | `objects`   | object id `&str`             | `()`                     |
+//! | `heads`     | `(object, replica)`          | head record (last, compacted) |
+//! | `log`       | `(object, replica, seq)`     | entry record (crc, bytes) |
+//! | `feed`      | position `u64`               | feed record              |
+//! | `snapshots` | object id `&str`             | snapshot record          |
+//!
+//! ## Group commit
+//!
+//! Every write goes through one dedicated writer thread. A caller checks its
+//! input, queues a job and blocks on its own reply channel. The writer takes
+//! *all* queued jobs (up to a bound), applies them one after another in one
+//! redb write transaction, commits it with [`Durability::Immediate`] (one
+//! fsync for the whole batch), then answers every caller. While it syncs, new
+//! jobs queue up and form the next batch, so under concurrency many appends
+//! share one sync, and no caller returns before its own data is durable.
+//!
+//! Each job checks everything before writing anything, so a job rejected for
+//! its input (a gap, a conflict) leaves the shared transaction untouched and
+//! only its own caller sees the error. If storage fails after a job started
+//! writing, the transaction is dropped and every caller in the batch gets the
+//! error: nothing of the batch was written.
+
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use converge_crdt::{ReplicaId, VersionVector};
+use redb::{
+    Database, DatabaseError, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, StorageBackend, Table, TableDefinition, WriteTransaction,
+};
+
+use crate::format::{self, FORMAT_VERSION, FeedRecord, Head, Meta};
+use crate::logic::{self, Page, Txn, View};
+use crate::{
+    AppendError, AppendOutcome, CompactOutcome, Entry, FeedItem, ReadError, Snapshot,
+    SnapshotError, Store, StoreConfig, StoreError,
+};
+
+type ObjectKey = &'static str;
+type HeadKey = (&'static str, u64);
+type LogKey = (&'static str, u64, u64);
+type Bytes = &'static [u8];
+
+const META: TableDefinition<'_, &str, Bytes> = TableDefinition::new("meta");
+const OBJECTS: TableDefinition<'_, ObjectKey, ()> = TableDefinition::new("objects");
+const HEADS: TableDefinition<'_, HeadKey, Bytes> = TableDefinition::new("heads");
+const LOG: TableDefinition<'_, LogKey, Bytes> = TableDefinition::new("log");
+const FEED: TableDefinition<'_, u64, Bytes> = TableDefinition::new("feed");
+const SNAPSHOTS: TableDefinition<'_, ObjectKey, Bytes> = TableDefinition::new("snapshots");
+const TABLE_NAMES: [&str; 6] = ["meta", "objects", "heads", "log", "feed", "snapshots"];
+
+/// The key of the meta record in the `meta` table.
+const FORMAT_KEY: &str = "format";
+
+/// How many of the latest change feed items are verified on open.
+const TAIL_CHECK_ITEMS: u64 = 64;
+/// How many entries of each of those items are verified on open.
+const TAIL_CHECK_ENTRIES: u64 = 16;
+
+/// Bounds on one group commit, so one batch cannot hold unbounded memory.
+const MAX_BATCH_JOBS: usize = 1024;
+const MAX_BATCH_BYTES: usize = 64 << 20;
+
+/// The embedded default [`Store`]: one redb file, crash-safe, no server.
+///
+/// Writes are durable when they return; concurrent writers share one disk
+/// sync (see the module docs). Reads run on the caller's thread against the
+/// latest committed state and never see undurable data.
+///
+/// Only one process may have a store open; a second gets
+/// [`StoreError::Locked`].
+pub struct RedbStore {
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    db: Database,
+    config: StoreConfig,
+    /// Durable transactions committed by the writer.
+    commits: AtomicU64,
+    /// Write jobs (appends, snapshots, compactions) answered by the writer.
+    jobs: AtomicU64,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Set by `Drop`: the writer finishes the queue and exits.
+    closing: bool,
+    /// Set when the writer has exited (also if it panicked): submits fail fast.
+    stopped: bool,
+}
+
+struct Job {
+    op: Op,
+    reply: SyncSender<Reply>,
+}
+
+enum Op {
+    Append {
+        object: String,
+        replica: ReplicaId,
+        entries: Vec<Entry>,
+    },
+    PutSnapshot {
+        object: String,
+        version_vector: VersionVector,
+        bytes: Vec<u8>,
+    },
+    Compact {
+        object: String,
+        horizon: VersionVector,
+    },
+}
+
+/// What [`RedbStore::verify`] checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// Objects registered.
+    pub objects: u64,
+    /// Logs (one per object and replica).
+    pub logs: u64,
+    /// Log entries held (not counting compacted ones).
+    pub entries: u64,
+    /// Change feed items.
+    pub feed_items: u64,
+    /// Snapshots.
+    pub snapshots: u64,
+}
+
+/// Counters of the group-commit writer (see [`RedbStore::commit_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CommitStats {
+    /// Write jobs answered.
+    pub jobs: u64,
+    /// Durable transactions committed.
+    pub commits: u64,
+}
+
+enum Reply {
+    Append(Result<AppendOutcome, AppendError>),
+    PutSnapshot(Result<(), SnapshotError>),
+    Compact(Result<CompactOutcome, SnapshotError>),
+}
+
+impl RedbStore {
+    /// Opens the store in the file at `path`, creating it if it does not
+    /// exist, with the default [`StoreConfig`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, StoreConfig::default())
+    }
+
+    /// Opens the store in the file at `path`, creating it if it does not exist.
+    ///
+    /// Fails with [`StoreError::UnsupportedFormat`] if the file was written by
+    /// an unknown format version, [`StoreError::NotAStore`] if it is not a
+    /// converge store, [`StoreError::Locked`] if another process has it open,
+    /// and [`StoreError::Corrupt`] if the most recent writes fail their checksums.
+    pub fn open_with(path: impl AsRef<Path>, config: StoreConfig) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let db = Database::builder()
+            .create(path)
+            .map_err(|e| open_error(&shown, e))?;
+        Self::from_database(db, &shown, config)
+    }
+
+    /// Opens (or creates) a store on a custom redb [`StorageBackend`], such as
+    /// [`crate::crash::CrashBackend`].
+    pub fn open_with_backend(
+        backend: impl StorageBackend,
+        config: StoreConfig,
+    ) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|e| open_error("the storage backend", e))?;
+        Self::from_database(db, "the storage backend", config)
+    }
+
+    fn from_database(db: Database, shown: &str, config: StoreConfig) -> Result<Self, StoreError> {
+        initialize(&db, shown)?;
+        check_tail(&db)?;
+        let shared = Arc::new(Shared {
+            db,
+            config,
+            commits: AtomicU64::new(0),
+            jobs: AtomicU64::new(0),
+            queue: Mutex::default(),
+            wake: Condvar::new(),
+        });
+        let for_writer = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name("converge-store-writer".into())
+            .spawn(move || write_loop(&for_writer))
+            .map_err(|e| StoreError::backend("starting the writer thread", e))?;
+        Ok(Self {
+            shared,
+            writer: Some(writer),
+        })
+    }
+
+    /// How many write jobs the writer has answered, and in how many durable
+    /// commits: under concurrency there are fewer commits than jobs.
+    pub fn commit_stats(&self) -> CommitStats {
+        CommitStats {
+            jobs: self.shared.jobs.load(Ordering::Relaxed),
+            commits: self.shared.commits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Checks the whole store: every record's checksum, every log contiguous
+    /// between its compacted horizon and its head with no entry outside it,
+    /// every object of a log, snapshot or feed item registered, and the feed
+    /// numbered 1, 2, 3... Reads everything, so it takes time in proportion to
+    /// the store's size; run it after a suspected disk problem, or in tests.
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let view = self.read_view()?;
+        let corrupt = |what: String| StoreError::Corrupt { what };
+        let read = storage("verifying the store");
+        let mut report = VerifyReport::default();
+        let exists = |object: &str| -> Result<(), StoreError> {
+            if view.object_exists(object)? {
+                Ok(())
+            } else {
+                Err(corrupt(format!(
+                    "object {object:?} has data but is not registered"
+                )))
+            }
+        };
+
+        report.objects = view.objects.len().map_err(&read)?;
+        for item in view.heads.iter().map_err(&read)? {
+            let (key, record) = item.map_err(&read)?;
+            let (object, replica) = key.value();
+            let replica = ReplicaId::from_u64(replica);
+            let head = format::decode_head(object, replica, record.value())?;
+            exists(object)?;
+            report.logs += 1;
+            // Stream the log in bounded pages: a log may be larger than memory.
+            let mut next = head.compacted.saturating_add(1);
+            while next <= head.last {
+                let to = head.last.min(next.saturating_add(1023));
+                let page = view.entries(object, replica, next, to, usize::MAX)?;
+                for entry in &page.entries {
+                    if entry.seq != next {
+                        return Err(corrupt(format!(
+                            "log {object}/{replica} lacks seq {next}, below its head {}",
+                            head.last
+                        )));
+                    }
+                    next += 1;
+                }
+                if next <= to {
+                    return Err(corrupt(format!(
+                        "log {object}/{replica} lacks seq {next}, below its head {}",
+                        head.last
+                    )));
+                }
+                report.entries += page.entries.len() as u64;
+            }
+        }
+        let stored = view.log.len().map_err(&read)?;
+        if stored != report.entries {
+            return Err(corrupt(format!(
+                "the log table holds {stored} entries, the log heads account for {}",
+                report.entries
+            )));
+        }
+
+        let mut after = 0;
+        loop {
+            let items = view.feed(after, 1024)?;
+            if items.is_empty() {
+                break;
+            }
+            for item in &items {
+                if item.position != after + 1 {
+                    return Err(corrupt(format!(
+                        "the change feed jumps from position {after} to {}",
+                        item.position
+                    )));
+                }
+                after = item.position;
+                exists(&item.object)?;
+                let head = view.head(&item.object, item.replica)?;
+                if item.last > head.last {
+                    return Err(corrupt(format!(
+                        "change feed item {} reaches seq {} of {}/{}, but the log ends at {}",
+                        item.position, item.last, item.object, item.replica, head.last
+                    )));
+                }
+            }
+            report.feed_items += items.len() as u64;
+        }
+
+        for item in view.snapshots.iter().map_err(&read)? {
+            let (key, record) = item.map_err(&read)?;
+            let object = key.value();
+            format::decode_snapshot(object, record.value())?;
+            exists(object)?;
+            report.snapshots += 1;
+        }
+        Ok(report)
+    }
+
+    /// Queues a write and waits until it is committed (durable) or rejected.
+    fn submit(&self, op: Op) -> Result<Reply, StoreError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        {
+            let mut queue = self.shared.queue();
+            if queue.stopped {
+                return Err(StoreError::Closed);
+            }
+            queue.jobs.push_back(Job { op, reply });
+        }
+        self.shared.wake.notify_one();
+        // The writer drops the sender without replying only if it panicked.
+        answer.recv().map_err(|_| StoreError::Closed)
+    }
+
+    fn read_view(&self) -> Result<ReadTables, StoreError> {
+        let txn = self
+            .shared
+            .db
+            .begin_read()
+            .map_err(|e| StoreError::backend("starting a read transaction", e))?;
+        let open = |e| StoreError::backend("opening a table", e);
+        Ok(Tables {
+            objects: txn.open_table(OBJECTS).map_err(open)?,
+            heads: txn.open_table(HEADS).map_err(open)?,
+            log: txn.open_table(LOG).map_err(open)?,
+            feed: txn.open_table(FEED).map_err(open)?,
+            snapshots: txn.open_table(SNAPSHOTS).map_err(open)?,
+            wrote: false,
+        })
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        self.shared.queue().closing = true;
+        self.shared.wake.notify_all();
+        if let Some(writer) = self.writer.take() {
+            // A panic in the writer has already been reported to every caller
+            // as `StoreError::Closed`; there is nothing more to do with it here.
+            let _ = writer.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // The queue is only pushed to and drained; a panic elsewhere cannot
+        // leave it inconsistent.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn open_error(shown: &str, error: DatabaseError) -> StoreError {
+    match error {
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+            StoreError::Locked {
+                path: shown.to_owned(),
+            }
+        }
+        // redb reports a file that is not a redb database as invalid data.
+        DatabaseError::Storage(redb::StorageError::Io(e))
+            if e.kind() != std::io::ErrorKind::InvalidData =>
+        {
+            StoreError::backend("opening the store file", e)
+        }
+        other => StoreError::NotAStore {
+            path: shown.to_owned(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+fn storage(context: &'static str) -> impl Fn(redb::StorageError) -> StoreError {
+    move |e| match e {
+        redb::StorageError::Corrupted(what) => StoreError::Corrupt { what },
+        other => StoreError::backend(context, other),
+    }
+}
+
+/// Creates the tables and the meta record of a new store, or checks the meta
+/// record of an existing one.
+fn initialize(db: &Database, shown: &str) -> Result<(), StoreError> {
+    let txn = db
+        .begin_write()
+        .map_err(|e| StoreError::backend("starting a write transaction", e))?;
+    let foreign: Vec<String> = txn
+        .list_tables()
+        .map_err(storage("listing tables"))?
+        .map(|t| redb::TableHandle::name(&t).to_owned())
+        .filter(|name| !TABLE_NAMES.contains(&name.as_str()))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(StoreError::NotAStore {
+            path: shown.to_owned(),
+            detail: format!("it holds tables {foreign:?}"),
+        });
+    }
+    let open = |e| StoreError::backend("creating a table", e);
+    {
+        let mut meta = txn.open_table(META).map_err(open)?;
+        let found = meta
+            .get(FORMAT_KEY)
+            .map_err(storage("reading the meta record"))?
+            .map(|v| format::decode_meta(v.value()));
+        match found {
+            Some(Meta::Store {
+                version: FORMAT_VERSION,
+            }) => {}
+            Some(Meta::Store { version }) => {
+                return Err(StoreError::UnsupportedFormat {
+                    found: version,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            Some(Meta::Foreign(why)) => {
+                return Err(StoreError::NotAStore {
+                    path: shown.to_owned(),
+                    detail: why.to_owned(),
+                });
+            }
+            None => {
+                let objects = txn.open_table(OBJECTS).map_err(open)?;
+                if !objects.is_empty().map_err(storage("reading objects"))? {
+                    return Err(StoreError::NotAStore {
+                        path: shown.to_owned(),
+                        detail: "it holds objects but no meta record".to_owned(),
+                    });
+                }
+                meta.insert(FORMAT_KEY, format::encode_meta(FORMAT_VERSION).as_slice())
+                    .map_err(storage("writing the meta record"))?;
+            }
+        }
+        txn.open_table(OBJECTS).map_err(open)?;
+        txn.open_table(HEADS).map_err(open)?;
+        txn.open_table(LOG).map_err(open)?;
+        txn.open_table(FEED).map_err(open)?;
+        txn.open_table(SNAPSHOTS).map_err(open)?;
+    }
+    txn.commit()
+        .map_err(|e| StoreError::backend("committing the store's tables", e))
+}
+
+/// Verifies the checksums of the most recent writes, so that a damaged tail
+/// is reported on open instead of being served later.
+fn check_tail(db: &Database) -> Result<(), StoreError> {
+    let txn = db
+        .begin_read()
+        .map_err(|e| StoreError::backend("starting a read transaction", e))?;
+    let open = |e| StoreError::backend("opening a table", e);
+    let tables: ReadTables = Tables {
+        objects: txn.open_table(OBJECTS).map_err(open)?,
+        heads: txn.open_table(HEADS).map_err(open)?,
+        log: txn.open_table(LOG).map_err(open)?,
+        feed: txn.open_table(FEED).map_err(open)?,
+        snapshots: txn.open_table(SNAPSHOTS).map_err(open)?,
+        wrote: false,
+    };
+    let head = tables.feed_head()?;
+    let after = head.saturating_sub(TAIL_CHECK_ITEMS);
+    for item in tables.feed(after, TAIL_CHECK_ITEMS as usize)? {
+        let log = tables.head(&item.object, item.replica)?;
+        if log.last < item.last {
+            return Err(StoreError::Corrupt {
+                what: format!(
+                    "change feed item {} reaches seq {} of {}/{}, but the log ends at {}",
+                    item.position, item.last, item.object, item.replica, log.last
+                ),
+            });
+        }
+        if item.last <= log.compacted {
+            continue; // Compacted away since: the snapshot holds it.
+        }
+        let from = item
+            .last
+            .saturating_sub(TAIL_CHECK_ENTRIES - 1)
+            .max(item.first)
+            .max(log.compacted + 1);
+        let found = tables
+            .entries(&item.object, item.replica, from, item.last, usize::MAX)?
+            .entries;
+        if found.len() as u64 != item.last - from + 1 {
+            return Err(StoreError::Corrupt {
+                what: format!(
+                    "log {}/{} lacks entries between seq {from} and {}",
+                    item.object, item.replica, item.last
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn write_loop(shared: &Shared) {
+    // On exit, also by panic: refuse new jobs and drop queued ones, whose
+    // callers then get `StoreError::Closed` instead of waiting forever.
+    struct Stopped<'a>(&'a Shared);
+    impl Drop for Stopped<'_> {
+        fn drop(&mut self) {
+            let mut queue = self.0.queue();
+            queue.stopped = true;
+            queue.jobs.clear();
+        }
+    }
+    let _stopped = Stopped(shared);
+    loop {
+        let jobs = {
+            let mut queue = shared.queue();
+            loop {
+                if !queue.jobs.is_empty() {
+                    break take_batch(&mut queue.jobs);
+                }
+                if queue.closing {
+                    return;
+                }
+                queue = shared
+                    .wake
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        let replies = commit_batch(shared, &jobs);
+        shared.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        for (job, reply) in jobs.into_iter().zip(replies) {
+            // A caller that went away (it cannot while blocked, but a panic
+            // could unwind it) does not need its answer.
+            let _ = job.reply.send(reply);
+        }
+    }
+}
+
+fn take_batch(queue: &mut VecDeque<Job>) -> Vec<Job> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    while let Some(job) = queue.front() {
+        let size = job.op.size();
+        if !batch.is_empty() && (batch.len() >= MAX_BATCH_JOBS || bytes + size > MAX_BATCH_BYTES) {
+            break;
+        }
+        bytes += size;
+        // The loop condition just saw a front element.
+        if let Some(job) = queue.pop_front() {
+            batch.push(job);
+        }
+    }
+    batch
+}
+
+/// Applies a batch of jobs in one transaction and commits it durably.
+fn commit_batch(shared: &Shared, jobs: &[Job]) -> Vec<Reply> {
+    let txn = match begin(&shared.db) {
+        Ok(txn) => txn,
+        Err(e) => return jobs.iter().map(|job| job.op.fail(&e)).collect(),
+    };
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut any_written = false;
+    let applied = (|| {
+        let mut tables = write_tables(&txn)?;
+        for job in jobs {
+            tables.wrote = false;
+            let reply = job.op.apply(&mut tables, &shared.config);
+            if tables.wrote {
+                if let Some(e) = reply.store_error() {
+                    // Storage failed midway through this job: the transaction
+                    // holds part of it, so none of the batch may be committed.
+                    return Err(e);
+                }
+                any_written = true;
+            }
+            replies.push(reply);
+        }
+        Ok(())
+    })();
+    if let Err(e) = applied {
+        return jobs.iter().map(|job| job.op.fail(&e)).collect();
+    }
+    if !any_written {
+        // Nothing to make durable (all re-deliveries or rejections); dropping
+        // the transaction aborts it.
+        return replies;
+    }
+    if let Err(e) = txn.commit() {
+        let e = StoreError::backend("committing a batch of writes", e);
+        return replies
+            .into_iter()
+            .zip(jobs)
+            .map(|(reply, job)| {
+                if reply.is_ok() {
+                    job.op.fail(&e)
+                } else {
+                    reply
+                }
+            })
+            .collect();
+    }
+    shared.commits.fetch_add(1, Ordering::Relaxed);
+    replies
+}
+
+fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
+    let mut txn = db
+        .begin_write()
+        .map_err(|e| StoreError::backend("starting a write transaction", e))?;
+    // Immediate is redb's default; it is the durability point of every write,
+    // so say so rather than rely on a default.
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| StoreError::backend("setting durability", e))?;
+    Ok(txn)
+}
+
+impl Op {
+    fn size(&self) -> usize {
+        match self {
+            Self::Append { entries, .. } => entries.iter().map(|e| e.bytes.len() + 16).sum(),
+            Self::PutSnapshot { bytes, .. } => bytes.len(),
+            Self::Compact { .. } => 0,
+        }
+    }
+
+    fn apply(&self, tables: &mut WriteTables<'_>, config: &StoreConfig) -> Reply {
+        match self {
+            Self::Append {
+                object,
+                replica,
+                entries,
+            } => Reply::Append(logic::append(tables, object, *replica, entries)),
+            Self::PutSnapshot {
+                object,
+                version_vector,
+                bytes,
+            } => Reply::PutSnapshot(logic::put_snapshot(
+                tables,
+                config,
+                object,
+                version_vector,
+                bytes,
+            )),
+            Self::Compact { object, horizon } => {
+                Reply::Compact(logic::compact(tables, object, horizon))
+            }
+        }
+    }
+
+    fn fail(&self, error: &StoreError) -> Reply {
+        let error = duplicate(error);
+        match self {
+            Self::Append { .. } => Reply::Append(Err(error.into())),
+            Self::PutSnapshot { .. } => Reply::PutSnapshot(Err(error.into())),
+            Self::Compact { .. } => Reply::Compact(Err(error.into())),
+        }
+    }
+}
+
+impl Reply {
+    fn is_ok(&self) -> bool {
+        match self {
+            Self::Append(r) => r.is_ok(),
+            Self::PutSnapshot(r) => r.is_ok(),
+            Self::Compact(r) => r.is_ok(),
+        }
+    }
+
+    fn store_error(&self) -> Option<StoreError> {
+        let error = match self {
+            Self::Append(Err(AppendError::Store(e)))
+            | Self::PutSnapshot(Err(SnapshotError::Store(e)))
+            | Self::Compact(Err(SnapshotError::Store(e))) => e,
+            _ => return None,
+        };
+        Some(duplicate(error))
+    }
+}
+
+/// A copy of a storage error, to report one failure to every caller of a batch.
+fn duplicate(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Backend { context, source } => StoreError::Backend {
+            context,
+            source: source.to_string().into(),
+        },
+        StoreError::Corrupt { what } => StoreError::Corrupt { what: what.clone() },
+        StoreError::UnsupportedFormat { found, supported } => StoreError::UnsupportedFormat {
+            found: *found,
+            supported: *supported,
+        },
+        StoreError::NotAStore { path, detail } => StoreError::NotAStore {
+            path: path.clone(),
+            detail: detail.clone(),
+        },
+        StoreError::Locked { path } => StoreError::Locked { path: path.clone() },
+        StoreError::Closed => StoreError::Closed,
+    }
+}
+
+fn unexpected_reply() -> StoreError {
+    StoreError::backend(
+        "answering a write",
+        "the writer answered with a reply of another kind (a bug in converge-store)",
+    )
+}
+
+impl Store for RedbStore {
+    fn append(
+        &self,
+        object: &str,
+        replica: ReplicaId,
+        entries: &[Entry],
+    ) -> Result<AppendOutcome, AppendError> {
+        logic::check_batch(&self.shared.config, object, entries)?;
+        if entries.is_empty() {
+            return Ok(AppendOutcome::default());
+        }
+        match self.submit(Op::Append {
+            object: object.to_owned(),
+            replica,
+            entries: entries.to_vec(),
+        })? {
+            Reply::Append(result) => result,
+            _ => Err(unexpected_reply().into()),
+        }
+    }
+
+    fn read(
+        &self,
+        object: &str,
+        replica: ReplicaId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, ReadError> {
+        logic::read(
+            &self.read_view()?,
+            &self.shared.config,
+            object,
+            replica,
+            from_seq,
+            limit,
+        )
+    }
+
+    fn version_vector(&self, object: &str) -> Result<VersionVector, ReadError> {
+        logic::version_vector(&self.read_view()?, object)
+    }
+
+    fn list_objects(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, ReadError> {
+        logic::list_objects(&self.read_view()?, prefix, after, limit)
+    }
+
+    fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<FeedItem>, StoreError> {
+        self.read_view()?.feed(after, limit)
+    }
+
+    fn feed_head(&self) -> Result<u64, StoreError> {
+        View::feed_head(&self.read_view()?)
+    }
+
+    fn put_snapshot(
+        &self,
+        object: &str,
+        version_vector: &VersionVector,
+        bytes: &[u8],
+    ) -> Result<(), SnapshotError> {
+        crate::validate_object_id(object)?;
+        if bytes.len() > self.shared.config.max_snapshot_bytes {
+            return Err(SnapshotError::TooLarge {
+                len: bytes.len(),
+                max: self.shared.config.max_snapshot_bytes,
+            });
+        }
+        match self.submit(Op::PutSnapshot {
+            object: object.to_owned(),
+            version_vector: version_vector.clone(),
+            bytes: bytes.to_vec(),
+        })? {
+            Reply::PutSnapshot(result) => result,
+            _ => Err(unexpected_reply().into()),
+        }
+    }
+
+    fn latest_snapshot(&self, object: &str) -> Result<Option<Snapshot>, ReadError> {
+        logic::latest_snapshot(&self.read_view()?, object)
+    }
+
+    fn compact(
+        &self,
+        object: &str,
+        horizon: &VersionVector,
+    ) -> Result<CompactOutcome, SnapshotError> {
+        crate::validate_object_id(object)?;
+        match self.submit(Op::Compact {
+            object: object.to_owned(),
+            horizon: horizon.clone(),
+        })? {
+            Reply::Compact(result) => result,
+            _ => Err(unexpected_reply().into()),
+        }
+    }
+}
+
+/// The store's tables, read-only or inside a write transaction.
+struct Tables<O, H, L, F, S> {
+    objects: O,
+    heads: H,
+    log: L,
+    feed: F,
+    snapshots: S,
+    /// Whether the current job has written anything (write transactions only).
+    wrote: bool,
+}
+
+type ReadTables = Tables<
+    ReadOnlyTable<ObjectKey, ()>,
+    ReadOnlyTable<HeadKey, Bytes>,
+    ReadOnlyTable<LogKey, Bytes>,
+    ReadOnlyTable<u64, Bytes>,
+    ReadOnlyTable<ObjectKey, Bytes>,
+>;
+
+type WriteTables<'t> = Tables<
+    Table<'t, ObjectKey, ()>,
+    Table<'t, HeadKey, Bytes>,
+    Table<'t, LogKey, Bytes>,
+    Table<'t, u64, Bytes>,
+    Table<'t, ObjectKey, Bytes>,
+>;
+
+fn write_tables(txn: &WriteTransaction) -> Result<WriteTables<'_>, StoreError> {
+    let open = |e| StoreError::backend("opening a table", e);
+    Ok(Tables {
+        objects: txn.open_table(OBJECTS).map_err(open)?,
+        heads: txn.open_table(HEADS).map_err(open)?,
+        log: txn.open_table(LOG).map_err(open)?,
+        feed: txn.open_table(FEED).map_err(open)?,
+        snapshots: txn.open_table(SNAPSHOTS).map_err(open)?,
+        wrote: false,
+    })
+}
+
+impl<O, H, L, F, S> View for Tables<O, H, L, F, S>
+where
+    O: ReadableTable<ObjectKey, ()>,
+    H: ReadableTable<HeadKey, Bytes>,
+    L: ReadableTable<LogKey, Bytes>,
+    F: ReadableTable<u64, Bytes>,
+    S: ReadableTable<ObjectKey, Bytes>,
+{
+    fn object_exists(&self, object: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .objects
+            .get(object)
+            .map_err(storage("reading an object"))?
+            .is_some())
+    }
+
+    fn head(&self, object: &str, replica: ReplicaId) -> Result<Head, StoreError> {
+        match self
+            .heads
+            .get((object, replica.as_u64()))
+            .map_err(storage("reading a log head"))?
+        {
+            Some(record) => format::decode_head(object, replica, record.value()),
+            None => Ok(Head::default()),
+        }
+    }
+
+    fn heads(&self, object: &str) -> Result<Vec<(ReplicaId, Head)>, StoreError> {
+        let read = storage("reading log heads");
+        let mut heads = Vec::new();
+        for item in self
+            .heads
+            .range((object, 0)..=(object, u64::MAX))
+            .map_err(&read)?
+        {
+            let (key, record) = item.map_err(&read)?;
+            let replica = ReplicaId::from_u64(key.value().1);
+            heads.push((
+                replica,
+                format::decode_head(object, replica, record.value())?,
+            ));
+        }
+        Ok(heads)
+    }
+
+    fn entries(
+        &self,
+        object: &str,
+        replica: ReplicaId,
+        from: u64,
+        to: u64,
+        mut max_bytes: usize,
+    ) -> Result<Page, StoreError> {
+        let read = storage("reading a log");
+        let r = replica.as_u64();
+        let mut page = Page {
+            entries: Vec::new(),
+            capped: false,
+        };
+        for item in self
+            .log
+            .range((object, r, from)..=(object, r, to))
+            .map_err(&read)?
+        {
+            let (key, record) = item.map_err(&read)?;
+            let seq = key.value().2;
+            let bytes = format::decode_entry(object, replica, seq, record.value())?;
+            if !page.push(Entry::new(seq, bytes), &mut max_bytes) {
+                break;
+            }
+        }
+        Ok(page)
+    }
+
+    fn objects(
+        &self,
+        prefix: &str,
+        start: &str,
+        exclusive: bool,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let read = storage("listing objects");
+        let lower = if exclusive {
+            Bound::Excluded(start)
+        } else {
+            Bound::Included(start)
+        };
+        let mut objects = Vec::new();
+        for item in self
+            .objects
+            .range::<&str>((lower, Bound::Unbounded))
+            .map_err(&read)?
+        {
+            let (key, _) = item.map_err(&read)?;
+            let object = key.value();
+            if !object.starts_with(prefix) || objects.len() >= limit {
+                break;
+            }
+            objects.push(object.to_owned());
+        }
+        Ok(objects)
+    }
+
+    fn feed(&self, after: u64, limit: usize) -> Result<Vec<FeedItem>, StoreError> {
+        let read = storage("reading the change feed");
+        let mut items = Vec::new();
+        for item in self
+            .feed
+            .range::<u64>((Bound::Excluded(after), Bound::Unbounded))
+            .map_err(&read)?
+            .take(limit)
+        {
+            let (key, record) = item.map_err(&read)?;
+            let position = key.value();
+            let FeedRecord {
+                replica,
+                first,
+                last,
+                object,
+            } = format::decode_feed(position, record.value())?;
+            items.push(FeedItem {
+                position,
+                object,
+                replica,
+                first,
+                last,
+            });
+        }
+        Ok(items)
+    }
+
+    fn feed_head(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .feed
+            .last()
+            .map_err(storage("reading the change feed"))?
+            .map_or(0, |(key, _)| key.value()))
+    }
+
+    fn snapshot(&self, object: &str) -> Result<Option<Snapshot>, StoreError> {
+        let Some(record) = self
+            .snapshots
+            .get(object)
+            .map_err(storage("reading a snapshot"))?
+        else {
+            return Ok(None);
+        };
+        let (version_vector, bytes) = format::decode_snapshot(object, record.value())?;
+        Ok(Some(Snapshot {
+            version_vector,
+            bytes: bytes.to_vec(),
+        }))
+    }
+}
+
+impl Txn for WriteTables<'_> {
+    fn create_object(&mut self, object: &str) -> Result<(), StoreError> {
+        self.wrote = true;
+        self.objects
+            .insert(object, ())
+            .map_err(storage("writing an object"))?;
+        Ok(())
+    }
+
+    fn put_entry(
+        &mut self,
+        object: &str,
+        replica: ReplicaId,
+        seq: u64,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        self.wrote = true;
+        let record = format::encode_entry(object, replica, seq, bytes);
+        self.log
+            .insert((object, replica.as_u64(), seq), record.as_slice())
+            .map_err(storage("writing a log entry"))?;
+        Ok(())
+    }
+
+    fn remove_entries(
+        &mut self,
+        object: &str,
+        replica: ReplicaId,
+        from: u64,
+        to: u64,
+    ) -> Result<(), StoreError> {
+        self.wrote = true;
+        let r = replica.as_u64();
+        self.log
+            .retain_in((object, r, from)..=(object, r, to), |_, _| false)
+            .map_err(storage("dropping log entries"))
+    }
+
+    fn set_head(&mut self, object: &str, replica: ReplicaId, head: Head) -> Result<(), StoreError> {
+        self.wrote = true;
+        let record = format::encode_head(object, replica, head);
+        self.heads
+            .insert((object, replica.as_u64()), record.as_slice())
+            .map_err(storage("writing a log head"))?;
+        Ok(())
+    }
+
+    fn push_feed(
+        &mut self,
+        object: &str,
+        replica: ReplicaId,
+        first: u64,
+        last: u64,
+    ) -> Result<u64, StoreError> {
+        self.wrote = true;
+        let position = View::feed_head(self)? + 1;
+        let record = format::encode_feed(
+            position,
+            &FeedRecord {
+                replica,
+                first,
+                last,
+                object: object.to_owned(),
+            },
+        );
+        self.feed
+            .insert(position, record.as_slice())
+            .map_err(storage("writing the change feed"))?;
+        Ok(position)
+    }
+
+    fn set_snapshot(
+        &mut self,
+        object: &str,
+        version_vector: &VersionVector,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        self.wrote = true;
+        let record = format::encode_snapshot(object, version_vector, bytes);
+        self.snapshots
+            .insert(object, record.as_slice())
+            .map_err(storage("writing a snapshot"))?;
+        Ok(())
+    }
+}

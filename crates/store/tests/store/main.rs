@@ -1,0 +1,8 @@
+//! Integration tests of converge-store, in one binary (STYLE.md habit 11).
+
+mod crash_sim;
+mod differential;
+#[cfg(unix)]
+mod kill;
+mod redb_backend;
+mod util;

@@ -1,0 +1,335 @@
+//! The redb backend: the conformance suite, and what is specific to a file:
+//! format versioning, foreign files, locking, checksums, group commit.
+
+use std::time::Duration;
+
+use converge_store::conformance::Subject;
+use converge_store::crash::CrashBackend;
+use converge_store::format::encode_meta;
+use converge_store::{
+    AppendError, Entry, ReadError, RedbStore, ReplicaId, Store, StoreConfig, StoreError,
+};
+use redb::{ReadableTable, TableDefinition};
+
+use crate::util::{TempRedb, check_logs, entries, payload};
+
+converge_store::conformance_tests!(TempRedb::fresh);
+
+#[test]
+fn reads_are_capped_by_size() {
+    converge_store::conformance::reads_are_capped_by_size(&|config| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open_with(dir.path().join("store.redb"), config).unwrap();
+        TempRedb {
+            store: Some(store),
+            dir,
+        }
+    });
+}
+
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+const LOG: TableDefinition<'_, (&str, u64, u64), &[u8]> = TableDefinition::new("log");
+const A: ReplicaId = ReplicaId::from_u64(0xa);
+
+/// Runs `change` on the raw redb database under a closed store.
+fn tamper(path: &std::path::Path, change: impl FnOnce(&redb::WriteTransaction)) {
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    change(&txn);
+    txn.commit().unwrap();
+}
+
+fn flip_last_byte_of_entry(path: &std::path::Path, object: &str, replica: ReplicaId, seq: u64) {
+    tamper(path, |txn| {
+        let mut log = txn.open_table(LOG).unwrap();
+        let key = (object, replica.as_u64(), seq);
+        let mut record = log.get(key).unwrap().unwrap().value().to_vec();
+        *record.last_mut().unwrap() ^= 0x01;
+        log.insert(key, record.as_slice()).unwrap();
+    });
+}
+
+#[test]
+fn unknown_format_version_is_refused() {
+    let mut temp = TempRedb::fresh();
+    let path = temp.path();
+    drop(temp.store.take());
+    tamper(&path, |txn| {
+        let mut meta = txn.open_table(META).unwrap();
+        meta.insert("format", encode_meta(99).as_slice()).unwrap();
+    });
+    match RedbStore::open(&path) {
+        Err(
+            e @ StoreError::UnsupportedFormat {
+                found: 99,
+                supported: 1,
+            },
+        ) => {
+            assert!(e.to_string().contains("format version 99"), "{e}");
+        }
+        other => panic!("expected UnsupportedFormat, got {other:?}"),
+    }
+    drop(temp);
+}
+
+#[test]
+fn damaged_meta_record_is_refused() {
+    let mut temp = TempRedb::fresh();
+    let path = temp.path();
+    drop(temp.store.take());
+    tamper(&path, |txn| {
+        let mut meta = txn.open_table(META).unwrap();
+        let mut record = encode_meta(1);
+        record[0] = b'X';
+        meta.insert("format", record.as_slice()).unwrap();
+    });
+    assert!(matches!(
+        RedbStore::open(&path),
+        Err(StoreError::NotAStore { .. })
+    ));
+    drop(temp);
+}
+
+#[test]
+fn foreign_files_are_not_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    // A redb database of another application.
+    let other = dir.path().join("other.redb");
+    {
+        let db = redb::Database::create(&other).unwrap();
+        let txn = db.begin_write().unwrap();
+        let users: TableDefinition<'_, u64, u64> = TableDefinition::new("users");
+        txn.open_table(users).unwrap().insert(1, 2).unwrap();
+        txn.commit().unwrap();
+    }
+    match RedbStore::open(&other) {
+        Err(e @ StoreError::NotAStore { .. }) => {
+            assert!(e.to_string().contains("users"), "{e}");
+        }
+        other => panic!("expected NotAStore, got {other:?}"),
+    }
+    // A file that is no database at all.
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "hello, this is not a database\n".repeat(300)).unwrap();
+    let opened = RedbStore::open(&text);
+    assert!(
+        matches!(opened, Err(StoreError::NotAStore { .. })),
+        "{opened:?}"
+    );
+}
+
+#[test]
+fn a_second_open_is_locked() {
+    let temp = TempRedb::fresh();
+    match RedbStore::open(temp.path()) {
+        Err(e @ StoreError::Locked { .. }) => {
+            assert!(e.to_string().contains("already open"), "{e}");
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+}
+
+#[test]
+fn configured_entry_limit_is_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig::default().with_max_entry_bytes(10);
+    let store = RedbStore::open_with(dir.path().join("s.redb"), config).unwrap();
+    store.append("o", A, &[Entry::new(1, vec![7; 10])]).unwrap();
+    assert!(matches!(
+        store.append("o", A, &[Entry::new(2, vec![7; 11])]),
+        Err(AppendError::EntryTooLarge {
+            len: 11,
+            max: 10,
+            ..
+        })
+    ));
+    assert_eq!(store.version_vector("o").unwrap().get(A), 1);
+}
+
+#[test]
+fn damaged_tail_is_detected_on_open() {
+    let mut temp = TempRedb::fresh();
+    temp.store()
+        .append("doc", A, &entries("doc", A, 1..=5))
+        .unwrap();
+    drop(temp.store.take());
+    flip_last_byte_of_entry(&temp.path(), "doc", A, 5);
+    match RedbStore::open(temp.path()) {
+        Err(e @ StoreError::Corrupt { .. }) => {
+            assert!(e.to_string().contains("checksum"), "{e}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn damaged_entry_is_never_served() {
+    let mut temp = TempRedb::fresh();
+    temp.store()
+        .append("doc", A, &entries("doc", A, 1..=3))
+        .unwrap();
+    // Enough later writes that the damaged entry is outside the tail checked on open.
+    for seq in 1..=80 {
+        temp.store()
+            .append("later", A, &entries("later", A, seq..=seq))
+            .unwrap();
+    }
+    drop(temp.store.take());
+    flip_last_byte_of_entry(&temp.path(), "doc", A, 2);
+    let temp = temp.reopen();
+    let store = temp.store();
+    assert!(matches!(
+        store.read("doc", A, 1, 10),
+        Err(ReadError::Store(StoreError::Corrupt { .. }))
+    ));
+    assert_eq!(
+        store.read("doc", A, 3, 10).unwrap(),
+        entries("doc", A, 3..=3)
+    );
+    // A re-delivery cannot be compared with a damaged entry: reported, not accepted.
+    assert!(matches!(
+        store.append("doc", A, &entries("doc", A, 2..=4)),
+        Err(AppendError::Store(StoreError::Corrupt { .. }))
+    ));
+    assert_eq!(store.version_vector("doc").unwrap().get(A), 3);
+    // The rest of the store keeps working.
+    store
+        .append("later", A, &entries("later", A, 81..=81))
+        .unwrap();
+    check_logs(store, "later");
+}
+
+#[test]
+fn verify_checks_the_whole_store() {
+    let mut temp = TempRedb::fresh();
+    let b = ReplicaId::from_u64(0xb);
+    let store = temp.store();
+    store.append("doc", A, &entries("doc", A, 1..=10)).unwrap();
+    store.append("doc", b, &entries("doc", b, 1..=3)).unwrap();
+    store
+        .append("other", A, &entries("other", A, 1..=2))
+        .unwrap();
+    let horizon = [(A, 4)].into_iter().collect();
+    store.put_snapshot("doc", &horizon, b"snap").unwrap();
+    store.compact("doc", &horizon).unwrap();
+    let report = temp.store.as_ref().unwrap().verify().unwrap();
+    assert_eq!(
+        (
+            report.objects,
+            report.logs,
+            report.entries,
+            report.feed_items,
+            report.snapshots
+        ),
+        (2, 3, 6 + 3 + 2, 3, 1)
+    );
+    drop(temp.store.take());
+
+    // Each kind of damage, each on a fresh copy of the file.
+    let pristine = std::fs::read(temp.path()).unwrap();
+    type Damage = fn(&redb::WriteTransaction);
+    let damages: [(&str, Damage); 3] = [
+        ("checksum", |txn| {
+            let mut log = txn.open_table(LOG).unwrap();
+            let key = ("doc", A.as_u64(), 6);
+            let mut record = log.get(key).unwrap().unwrap().value().to_vec();
+            record[0] ^= 0xff;
+            log.insert(key, record.as_slice()).unwrap();
+        }),
+        ("lacks", |txn| {
+            txn.open_table(LOG)
+                .unwrap()
+                .remove(("doc", A.as_u64(), 7))
+                .unwrap();
+        }),
+        ("the log table holds", |txn| {
+            let record = converge_store::format::encode_entry("doc", A, 2, b"stale");
+            let mut log = txn.open_table(LOG).unwrap();
+            log.insert(("doc", A.as_u64(), 2), record.as_slice())
+                .unwrap();
+        }),
+    ];
+    for (expected, damage) in damages {
+        std::fs::write(temp.path(), &pristine).unwrap();
+        tamper(&temp.path(), damage);
+        // Recent damage is already caught on open; any damage by verify.
+        match RedbStore::open(temp.path()).and_then(|store| store.verify()) {
+            Err(e @ StoreError::Corrupt { .. }) => {
+                assert!(e.to_string().contains(expected), "{e}");
+            }
+            other => panic!("expected Corrupt ({expected}), got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn concurrent_appends_share_syncs() {
+    const THREADS: u64 = 12;
+    const APPENDS: u64 = 15;
+    let backend = CrashBackend::new();
+    let store = RedbStore::open_with_backend(backend.clone(), StoreConfig::default()).unwrap();
+    // A slow disk, so that appenders pile up behind each sync.
+    backend.set_sync_delay(Duration::from_millis(3));
+    let before = store.commit_stats();
+    let syncs_before = backend.syncs();
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let store = &store;
+            scope.spawn(move || {
+                let replica = ReplicaId::from_u64(t + 1);
+                for seq in 1..=APPENDS {
+                    let batch = [Entry::new(seq, payload("shared", replica, seq))];
+                    store.append("shared", replica, &batch).unwrap();
+                }
+            });
+        }
+    });
+    let after = store.commit_stats();
+    let jobs = after.jobs - before.jobs;
+    let commits = after.commits - before.commits;
+    assert_eq!(jobs, THREADS * APPENDS);
+    assert!(
+        commits * 3 <= jobs,
+        "{jobs} appends took {commits} commits: group commit is not batching"
+    );
+    // Each commit costs redb a bounded number of syncs; far fewer than one per append.
+    let syncs = backend.syncs() - syncs_before;
+    assert!(syncs < jobs, "{syncs} syncs for {jobs} appends");
+    let vv = check_logs(&store, "shared");
+    assert_eq!(vv.len() as u64, THREADS);
+    assert!(vv.iter().all(|(_, last)| last == APPENDS));
+}
+
+#[test]
+fn rejected_job_does_not_disturb_its_batch() {
+    let backend = CrashBackend::new();
+    let store = RedbStore::open_with_backend(backend.clone(), StoreConfig::default()).unwrap();
+    backend.set_sync_delay(Duration::from_millis(3));
+    store.append("o", A, &entries("o", A, 1..=1)).unwrap();
+    // Good and bad appends race into shared batches; each gets its own answer.
+    std::thread::scope(|scope| {
+        for t in 0..6u64 {
+            let store = &store;
+            scope.spawn(move || {
+                let replica = ReplicaId::from_u64(100 + t);
+                for seq in 1..=10 {
+                    store
+                        .append("o", replica, &entries("o", replica, seq..=seq))
+                        .unwrap();
+                    let gap = store.append("o", replica, &entries("o", replica, seq + 2..=seq + 2));
+                    assert!(matches!(gap, Err(AppendError::Gap { .. })), "{gap:?}");
+                    let mut forged = entries("o", A, 1..=1);
+                    forged[0].bytes.push(0);
+                    let conflict = store.append("o", A, &forged);
+                    assert!(
+                        matches!(conflict, Err(AppendError::Conflict { .. })),
+                        "{conflict:?}"
+                    );
+                }
+            });
+        }
+    });
+    let vv = check_logs(&store, "o");
+    assert_eq!(vv.get(A), 1);
+    assert!((100..106).all(|r| vv.get(ReplicaId::from_u64(r)) == 10));
+}
