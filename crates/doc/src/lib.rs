@@ -48,3 +48,8 @@ pub use doc::{
     PathSeg, Scalar, Tx, WireOp, decode_changes, encode_changes,
 };
 pub use error::{DocError, LoadError};
+
+// The README's Rust examples run as doctests, so they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
