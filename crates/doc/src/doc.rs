@@ -292,6 +292,8 @@ pub struct DocLimits {
     pub max_key_len: usize,
     /// Deepest nesting of a value written in one change.
     pub max_depth: usize,
+    /// Most changes held for missing dependencies.
+    pub max_pending_changes: usize,
 }
 
 impl Default for DocLimits {
@@ -301,6 +303,7 @@ impl Default for DocLimits {
             max_parents: 64,
             max_key_len: 4096,
             max_depth: 64,
+            max_pending_changes: 10_000,
         }
     }
 }
@@ -357,6 +360,8 @@ pub struct Doc {
     frontier: Frontier,
     containers: HashMap<Cid, ContainerState>,
     limits: DocLimits,
+    /// Changes received before their dependencies.
+    pending: Vec<Change>,
 }
 
 impl Doc {
@@ -373,6 +378,7 @@ impl Doc {
             frontier: Frontier::new(),
             containers,
             limits: DocLimits::default(),
+            pending: Vec::new(),
         }
     }
 
@@ -562,6 +568,43 @@ impl Doc {
                 Err(e)
             }
         }
+    }
+
+    /// Applies the changes whose dependencies are met and holds the rest
+    /// until they are (bounded by [`DocLimits::max_pending_changes`]): for
+    /// transports that deliver out of causal order. Returns the patches of
+    /// what was applied. A change that turns out invalid is dropped and
+    /// reported; what was applied before it stays applied.
+    pub fn receive_changes(&mut self, changes: Vec<Change>) -> Result<Vec<Patch>, DocError> {
+        if self.pending.len() + changes.len() > self.limits.max_pending_changes {
+            return Err(DocError::TooManyPending {
+                limit: self.limits.max_pending_changes,
+            });
+        }
+        self.pending.extend(changes);
+        let mut patches = Vec::new();
+        loop {
+            let pending = std::mem::take(&mut self.pending);
+            let (ready, waiting): (Vec<Change>, Vec<Change>) =
+                pending.into_iter().partition(|c| self.deps_met(c));
+            self.pending = waiting;
+            if ready.is_empty() {
+                return Ok(patches);
+            }
+            for change in ready {
+                patches.extend(self.apply_changes(std::slice::from_ref(&change))?);
+            }
+        }
+    }
+
+    /// Number of changes held for missing dependencies.
+    pub fn pending_changes(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn deps_met(&self, c: &Change) -> bool {
+        c.id.counter <= self.agents.version().get(c.id.replica) + 1
+            && c.parents.iter().all(|p| self.agents.lv(*p).is_some())
     }
 
     // ---- internals -----------------------------------------------------

@@ -36,6 +36,14 @@ pub enum DocError {
         /// The counter the change starts at.
         found: u64,
     },
+    /// Too many changes are waiting for their dependencies.
+    #[error(
+        "more than {limit} changes are waiting for missing dependencies: deliver the earlier changes first"
+    )]
+    TooManyPending {
+        /// The configured limit.
+        limit: usize,
+    },
     /// A path that leads nowhere in the document.
     #[error("nothing at path {path}")]
     PathNotFound {

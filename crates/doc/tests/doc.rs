@@ -267,6 +267,54 @@ fn bad_changes_change_nothing() {
     assert!(serde_json::from_value::<PathChange>(json!({"op": "frobnicate", "path": []})).is_err());
 }
 
+#[test]
+fn changes_out_of_order_are_held_until_their_dependencies_arrive() {
+    let mut a = Doc::new(ReplicaId::from_u64(1));
+    for i in 0..5 {
+        a.apply(&[PathChange::Increment {
+            path: vec![key("n")],
+            by: i,
+        }])
+        .unwrap();
+    }
+    let mut changes = a.changes_since(&VersionVector::new());
+    // Split into single-op changes delivered backwards.
+    assert_eq!(changes.len(), 1);
+    let c = changes.remove(0);
+    let singles: Vec<_> = (0..c.ops.len())
+        .map(|i| converge_doc::Change {
+            id: converge_crdt::Dot::new(c.id.replica, c.id.counter + i as u64),
+            parents: if i == 0 {
+                c.parents.clone()
+            } else {
+                vec![converge_crdt::Dot::new(
+                    c.id.replica,
+                    c.id.counter + i as u64 - 1,
+                )]
+            },
+            ops: vec![c.ops[i].clone()],
+        })
+        .collect();
+    let mut b = Doc::new(ReplicaId::from_u64(2));
+    for s in singles.iter().rev().take(singles.len() - 1) {
+        b.receive_changes(vec![s.clone()]).unwrap();
+        assert!(
+            b.version().is_empty(),
+            "nothing applies before its dependencies"
+        );
+    }
+    assert_eq!(b.pending_changes(), singles.len() - 1);
+    b.receive_changes(vec![singles[0].clone()]).unwrap();
+    assert_eq!(b.pending_changes(), 0);
+    assert_eq!(b.to_json(), a.to_json());
+    // The strict form reports the missing dependency instead.
+    let mut c2 = Doc::new(ReplicaId::from_u64(3));
+    assert!(matches!(
+        c2.apply_changes(&singles[1..2]),
+        Err(DocError::MissingDependency { .. } | DocError::Gap { .. })
+    ));
+}
+
 // ---- random concurrent editing -------------------------------------------
 
 #[derive(Debug, Clone)]
