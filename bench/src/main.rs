@@ -6,10 +6,13 @@
 //!
 //! ```text
 //! cargo run --release -p converge-bench -- crdt
+//! cargo run --release -p converge-bench -- text [TRACE.json.gz ...]
 //! ```
 
 mod crdt;
 mod harness;
+mod text;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -30,6 +33,17 @@ pub(crate) fn live_heap_bytes() -> isize {
     ALLOC.live_bytes()
 }
 
+/// The highest [`live_heap_bytes`] since the last [`reset_peak_heap`].
+pub(crate) fn peak_heap_bytes() -> isize {
+    assert!(ALLOC.is_enabled(), "allocation counting is off");
+    ALLOC.peak_bytes()
+}
+
+/// Restarts peak tracking from the current live bytes.
+pub(crate) fn reset_peak_heap() {
+    ALLOC.reset_peak();
+}
+
 /// Command-line options shared by every suite.
 #[derive(Debug)]
 pub(crate) struct Options {
@@ -40,12 +54,52 @@ pub(crate) struct Options {
     pub(crate) memory_only: bool,
     /// Only run cases whose name contains this (profiling one case).
     pub(crate) only: Option<String>,
+    /// Only these subjects (empty: all).
+    pub(crate) subjects: Vec<String>,
+    /// Only these metrics (empty: all).
+    pub(crate) metrics: Vec<String>,
+    /// Time limit of one run (suites with long runs).
+    pub(crate) limit: std::time::Duration,
+    /// Input files (the `text` suite's traces).
+    pub(crate) inputs: Vec<std::path::PathBuf>,
 }
 
 impl Options {
     /// Whether the case named `case` is selected.
     pub(crate) fn wants(&self, case: &str) -> bool {
         self.only.as_deref().is_none_or(|o| case.contains(o))
+    }
+
+    /// Whether `subject` is selected.
+    pub(crate) fn wants_subject(&self, subject: &str) -> bool {
+        self.subjects.is_empty() || self.subjects.iter().any(|s| s == subject)
+    }
+
+    /// Whether `metric` is selected.
+    pub(crate) fn wants_metric(&self, metric: &str) -> bool {
+        self.metrics.is_empty() || self.metrics.iter().any(|m| m == metric)
+    }
+
+    /// The defaults.
+    fn new() -> Self {
+        Self {
+            runs: DEFAULT_RUNS,
+            memory_only: false,
+            only: None,
+            subjects: Vec::new(),
+            metrics: Vec::new(),
+            limit: std::time::Duration::from_secs(DEFAULT_LIMIT_SECS),
+            inputs: Vec::new(),
+        }
+    }
+
+    /// Defaults with one run per case, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        Self {
+            runs: 1,
+            ..Self::new()
+        }
     }
 }
 
@@ -57,27 +111,39 @@ struct Suite {
     run: fn(&Options) -> Result<(), String>,
 }
 
-/// Every suite, in the order `usage` lists them. `store`, `text`, `sync`
-/// and `node` join here as their crates land.
-const SUITES: &[Suite] = &[Suite {
-    name: "crdt",
-    about: "state-based CRDT merges, adds and memory vs crdts 7.3.2",
-    run: run_crdt,
-}];
+/// Every suite, in the order `usage` lists them. `store`, `sync` and
+/// `node` join here as their crates land.
+const SUITES: &[Suite] = &[
+    Suite {
+        name: "crdt",
+        about: "state-based CRDT merges, adds and memory vs crdts 7.3.2",
+        run: run_crdt,
+    },
+    Suite {
+        name: "text",
+        about: "editing traces vs automerge, yrs, loro, diamond-types and a rope",
+        run: run_text,
+    },
+];
 
 const DEFAULT_RUNS: usize = 7;
+const DEFAULT_LIMIT_SECS: u64 = 60;
 
 fn usage() -> String {
     let mut s = String::from(
-        "usage: converge-bench <SUITE> [--runs N] [--only SUBSTRING]\n\
+        "usage: converge-bench <SUITE> [options] [FILE ...]\n\
          \n\
          Runs one benchmark suite in this process (build with --release), prints a\n\
          markdown table of medians and writes target/bench/<SUITE>.json.\n\
+         FILEs: the text suite's traces (default: ../shared/traces/{sequential,concurrent}/*.json.gz).\n\
          \n\
          options:\n  \
-           --runs N   counted runs per case (default 7, at least 5; one warm-up run on top)\n  \
-           --only S   run only the cases whose name contains S (for profiling)\n  \
-           -h, --help print this help\n\
+           --runs N        counted runs per case (default 7, at least 5; one warm-up run on top)\n  \
+           --only S        run only the cases whose name contains S (for profiling)\n  \
+           --subject NAME  text: only this subject (repeatable)\n  \
+           --metric NAME   text: only this metric (repeatable), e.g. apply_ms\n  \
+           --limit SECS    text: time limit of one run (default 60)\n  \
+           -h, --help      print this help\n\
          \n\
          suites:\n",
     );
@@ -89,12 +155,8 @@ fn usage() -> String {
 
 /// Parses `args` (without the program name) into a suite and options.
 fn parse(args: &[String]) -> Result<(&'static Suite, Options), String> {
-    let mut suite = None;
-    let mut opts = Options {
-        runs: DEFAULT_RUNS,
-        memory_only: false,
-        only: None,
-    };
+    let mut suite: Option<&'static Suite> = None;
+    let mut opts = Options::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -108,9 +170,28 @@ fn parse(args: &[String]) -> Result<(&'static Suite, Options), String> {
             }
             "--memory-only" => opts.memory_only = true,
             "--only" => opts.only = Some(it.next().ok_or("--only needs a value")?.clone()),
+            "--subject" => opts
+                .subjects
+                .push(it.next().ok_or("--subject needs a value")?.clone()),
+            "--metric" => opts
+                .metrics
+                .push(it.next().ok_or("--metric needs a value")?.clone()),
+            "--limit" => {
+                let n = it.next().ok_or("--limit needs a value")?;
+                let secs: u64 = n
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("--limit: expected seconds > 0, got {n:?}"))?;
+                opts.limit = std::time::Duration::from_secs(secs);
+            }
             a if a.starts_with('-') => return Err(format!("unknown option {a:?}")),
             name => {
-                if suite.is_some() {
+                if let Some(s) = suite {
+                    if s.name == "text" {
+                        opts.inputs.push(name.into());
+                        continue;
+                    }
                     return Err(format!("more than one suite given ({name:?})"));
                 }
                 suite = Some(
@@ -201,6 +282,64 @@ fn run_crdt(opts: &Options) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs the text suite's memory pass in one child process per subject
+/// (`<exe> text --memory-only --subject S [traces]`).
+fn text_memory_in_children(opts: &Options) -> Result<Vec<Record>, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut out = Vec::new();
+    for subject in text::SUBJECTS.iter().filter(|s| opts.wants_subject(s)) {
+        eprintln!("memory pass: {subject} ...");
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["text", "--memory-only", "--subject", subject]);
+        if let Some(only) = &opts.only {
+            cmd.args(["--only", only]);
+        }
+        cmd.args(&opts.inputs);
+        let child = cmd
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| format!("memory pass: {e}"))?;
+        if !child.status.success() {
+            return Err(format!(
+                "memory pass of {subject} exited with {}",
+                child.status
+            ));
+        }
+        let records: Vec<Record> = serde_json::from_slice(&child.stdout)
+            .map_err(|e| format!("memory pass output: {e}"))?;
+        out.extend(records);
+    }
+    Ok(out)
+}
+
+fn run_text(opts: &Options) -> Result<(), String> {
+    let traces = text::load_traces(opts)?;
+    if opts.memory_only {
+        let [subject] = opts.subjects.as_slice() else {
+            return Err("--memory-only needs exactly one --subject".into());
+        };
+        ALLOC.enable();
+        let records = text::memory_records(subject, &traces)?;
+        let json = serde_json::to_string(&records).map_err(|e| e.to_string())?;
+        println!("{json}");
+        return Ok(());
+    }
+    let mut records = text::run(opts, &traces);
+    if opts.wants_metric(text::PEAK_BYTES) || opts.wants_metric(text::HEAP_BYTES) {
+        records.extend(text_memory_in_children(opts)?);
+    }
+    println!(
+        "## text: converge vs automerge 0.12.0, yrs 0.28.1, loro 1.17.1, diamond-types 1.0.0 \
+         (median of {} runs; time limit {} s per run)\n",
+        opts.runs,
+        opts.limit.as_secs()
+    );
+    print!("{}", text::markdown_tables(&records));
+    let path = harness::write_json("text", &records).map_err(|e| format!("writing JSON: {e}"))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +362,16 @@ mod tests {
         assert!(parse(&args("")).is_err());
         assert!(parse(&args("crdt --runs 2")).is_err());
         assert!(parse(&args("crdt --bogus")).is_err());
+        assert!(parse(&args("crdt a.json.gz")).is_err());
+    }
+
+    #[test]
+    fn text_takes_traces_and_filters() {
+        let (suite, opts) =
+            parse(&args("text a.json.gz --subject yrs --limit 5 b.json.gz")).unwrap();
+        assert_eq!(suite.name, "text");
+        assert_eq!(opts.inputs.len(), 2);
+        assert!(opts.wants_subject("yrs") && !opts.wants_subject("loro"));
+        assert_eq!(opts.limit.as_secs(), 5);
     }
 }

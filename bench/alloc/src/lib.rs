@@ -7,6 +7,9 @@
 //! static ALLOC: CountingAlloc = CountingAlloc::new();
 //! ALLOC.enable();
 //! let before = ALLOC.live_bytes();
+//! ALLOC.reset_peak();
+//! // ... work ...
+//! let peak = ALLOC.peak_bytes() - before;
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -19,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
 pub struct CountingAlloc {
     enabled: AtomicBool,
     live: AtomicIsize,
+    peak: AtomicIsize,
 }
 
 impl CountingAlloc {
@@ -27,6 +31,7 @@ impl CountingAlloc {
         Self {
             enabled: AtomicBool::new(false),
             live: AtomicIsize::new(0),
+            peak: AtomicIsize::new(0),
         }
     }
 
@@ -47,10 +52,24 @@ impl CountingAlloc {
         self.live.load(Relaxed)
     }
 
+    /// The highest [`live_bytes`](Self::live_bytes) seen since the last
+    /// [`reset_peak`](Self::reset_peak) (or since enabling).
+    pub fn peak_bytes(&self) -> isize {
+        self.peak.load(Relaxed)
+    }
+
+    /// Restarts peak tracking from the current live count.
+    pub fn reset_peak(&self) {
+        self.peak.store(self.live.load(Relaxed), Relaxed);
+    }
+
     #[inline]
     fn count(&self, delta: isize) {
         if self.enabled.load(Relaxed) {
-            self.live.fetch_add(delta, Relaxed);
+            let live = self.live.fetch_add(delta, Relaxed) + delta;
+            if delta > 0 {
+                self.peak.fetch_max(live, Relaxed);
+            }
         }
     }
 }

@@ -1,0 +1,161 @@
+//! The HTTP JSON API.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use converge_crdt::VersionVector;
+use converge_doc::PathChange;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::node::{Node, NodeError};
+
+/// Largest request body accepted: 16 MiB.
+const MAX_BODY: usize = 16 << 20;
+
+#[derive(Clone)]
+struct AppState {
+    node: Arc<Node>,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// The HTTP API of `node`. `metrics` renders `/metrics` (Prometheus text);
+/// without it the route answers 404.
+pub fn router(node: Arc<Node>, metrics: Option<PrometheusHandle>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/status", get(status))
+        .route("/v1/docs", get(list_docs))
+        .route("/v1/docs/{id}", get(get_doc))
+        .route("/v1/docs/{id}/changes", post(post_changes))
+        .route("/v1/docs/{id}/watch", get(watch_doc))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(AppState { node, metrics })
+}
+
+/// Serves `node` on `listener` until `shutdown` completes, then finishes
+/// in-flight requests and returns.
+pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    // One global recorder per process; a second node in the same process
+    // (tests) serves without metrics.
+    let metrics = PrometheusBuilder::new().install_recorder().ok();
+    axum::serve(listener, router(node, metrics)).with_graceful_shutdown(shutdown).await
+}
+
+/// A JSON error response: `{"error": {"code", "message"}}`.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: String) -> Self {
+        Self { status, code, message }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        metrics::counter!("converge_http_errors_total", "code" => self.code).increment(1);
+        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let (status, code) = match &e {
+            NodeError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            NodeError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            NodeError::Doc(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_change"),
+            NodeError::Storage(_) | NodeError::DataDir { .. } => (StatusCode::SERVICE_UNAVAILABLE, "storage"),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, "request failed");
+        }
+        Self::new(status, code, e.to_string())
+    }
+}
+
+fn vv_json(vv: &VersionVector) -> Value {
+    Value::Object(vv.iter().map(|(r, c)| (r.to_string(), Value::from(c))).collect())
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "metrics are not enabled in this process".into()).into_response(),
+    }
+}
+
+async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let node = state.node.clone();
+    let store = node.store().clone();
+    let feed_head = tokio::task::spawn_blocking(move || store.feed_head())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| ApiError::from(NodeError::from(e)))?;
+    Ok(Json(json!({
+        "replica": node.replica().to_string(),
+        "open_docs": node.open_docs(),
+        "feed_head": feed_head,
+        "peers": [],
+        "version": env!("CARGO_PKG_VERSION"),
+    })))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_docs(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let ids = state.node.list(q.prefix, q.after, limit).await?;
+    let next = (ids.len() == limit).then(|| ids.last().cloned()).flatten();
+    Ok(Json(json!({"docs": ids, "next_after": next})))
+}
+
+async fn get_doc(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.node.get(&id).await?))
+}
+
+async fn post_changes(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<Vec<PathChange>>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(changes) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("{}: {}", e.status(), e.body_text())))?;
+    let vv = state.node.change(&id, &changes).await?;
+    metrics::counter!("converge_http_changes_total").increment(1);
+    Ok(Json(json!({"version": vv_json(&vv)})))
+}
+
+async fn watch_doc(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let rx = state.node.watch(&id).await?;
+    let stream = BroadcastStream::new(rx).filter_map(|batch| {
+        // A watcher that falls behind skips what it missed (a lagged error);
+        // it can re-read the document to resynchronise.
+        let batch = batch.ok()?;
+        let data = serde_json::to_string(&*batch).ok()?;
+        Some(Ok::<_, Infallible>(Event::default().event("patches").data(data)))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}

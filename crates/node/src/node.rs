@@ -1,0 +1,313 @@
+//! The replica: documents loaded from and written to the store.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use converge_crdt::{ReplicaId, VersionVector};
+use converge_doc::{Doc, DocError, Patch, PathChange, decode_changes, encode_changes};
+use converge_store::{AppendError, Entry, ReadError, RedbStore, Store, StoreError, validate_object_id};
+use tokio::sync::broadcast;
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Directory holding the store and the node's identity (created if missing).
+    pub data_dir: PathBuf,
+    /// The replica id; by default the one stored in the data directory, or
+    /// a new random one saved there on first start.
+    pub replica: Option<ReplicaId>,
+    /// Most changes in one request.
+    pub max_changes_per_request: usize,
+}
+
+impl NodeConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            replica: None,
+            max_changes_per_request: 10_000,
+        }
+    }
+}
+
+/// Why a node operation failed. Each maps to an HTTP status in the API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// No document with this id.
+    #[error("no document {0:?}")]
+    NotFound(String),
+    /// The request is invalid (bad id, bad change, too large); nothing was written.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The document refused the change; nothing was written.
+    #[error(transparent)]
+    Doc(#[from] DocError),
+    /// The store failed; the request may be retried.
+    #[error("storage failed: {0}")]
+    Storage(String),
+    /// The data directory cannot be used.
+    #[error("data directory {path}: {message}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl From<StoreError> for NodeError {
+    fn from(e: StoreError) -> Self {
+        Self::Storage(e.to_string())
+    }
+}
+
+/// One open document: its state, its next log seq, and its watchers.
+struct OpenDoc {
+    doc: Doc,
+    /// This node's next entry seq in the document's log.
+    next_seq: u64,
+    patches: broadcast::Sender<Arc<Vec<Patch>>>,
+}
+
+/// A replica hosting many documents on a durable store.
+pub struct Node {
+    replica: ReplicaId,
+    store: Arc<dyn Store>,
+    docs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<OpenDoc>>>>,
+    config: NodeConfig,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("replica", &self.replica).finish_non_exhaustive()
+    }
+}
+
+const REPLICA_FILE: &str = "replica-id";
+const STORE_FILE: &str = "store.redb";
+
+impl Node {
+    /// Opens (or creates) a node on `config.data_dir` with the embedded store.
+    pub fn open(config: NodeConfig) -> Result<Self, NodeError> {
+        let dir = &config.data_dir;
+        let data_err = |message: String| NodeError::DataDir {
+            path: dir.clone(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| data_err(format!("cannot create it: {e}")))?;
+        let id_path = dir.join(REPLICA_FILE);
+        let replica = match (config.replica, std::fs::read_to_string(&id_path)) {
+            (Some(r), Ok(saved)) if saved.trim() != r.to_string() => {
+                return Err(data_err(format!(
+                    "it belongs to replica {}, not {r}: use another directory or drop --replica-id",
+                    saved.trim()
+                )));
+            }
+            (Some(r), _) => r,
+            (None, Ok(saved)) => saved
+                .trim()
+                .parse()
+                .map_err(|e| data_err(format!("{REPLICA_FILE} is unreadable: {e}")))?,
+            (None, Err(_)) => ReplicaId::random(),
+        };
+        if !id_path.exists() {
+            std::fs::write(&id_path, format!("{replica}\n"))
+                .map_err(|e| data_err(format!("cannot save the replica id: {e}")))?;
+        }
+        let store = RedbStore::open(dir.join(STORE_FILE)).map_err(|e| data_err(e.to_string()))?;
+        Ok(Self::with_store(replica, Arc::new(store), config))
+    }
+
+    /// A node on any store (tests use [`converge_store::MemoryStore`]).
+    pub fn with_store(replica: ReplicaId, store: Arc<dyn Store>, config: NodeConfig) -> Self {
+        Self {
+            replica,
+            store,
+            docs: Mutex::new(HashMap::new()),
+            config,
+        }
+    }
+
+    /// This node's replica id.
+    pub fn replica(&self) -> ReplicaId {
+        self.replica
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Number of documents open in memory.
+    pub fn open_docs(&self) -> usize {
+        self.docs.lock().map_or(0, |d| d.len())
+    }
+
+    /// The document as JSON.
+    pub async fn get(&self, id: &str) -> Result<serde_json::Value, NodeError> {
+        let open = self.open_doc(id, false).await?;
+        let guard = open.lock().await;
+        Ok(guard.doc.to_json())
+    }
+
+    /// Applies `changes` as one change on this node's replica, durably.
+    /// Returns the document's log version vector afterwards.
+    pub async fn change(&self, id: &str, changes: &[PathChange]) -> Result<VersionVector, NodeError> {
+        if changes.len() > self.config.max_changes_per_request {
+            return Err(NodeError::BadRequest(format!(
+                "{} changes in one request exceed the limit of {}",
+                changes.len(),
+                self.config.max_changes_per_request
+            )));
+        }
+        let open = self.open_doc(id, true).await?;
+        let mut guard = open.lock().await;
+        let before = guard.doc.version().clone();
+        let patches = guard.doc.apply(changes)?;
+        let new = guard.doc.changes_since(&before);
+        if !new.is_empty() {
+            let entry = Entry::new(guard.next_seq, encode_changes(&new));
+            let store = self.store.clone();
+            let (object, replica) = (id.to_string(), self.replica);
+            let appended = tokio::task::spawn_blocking(move || store.append(&object, replica, &[entry]))
+                .await
+                .map_err(|e| NodeError::Storage(format!("append task failed: {e}")));
+            match appended {
+                Ok(Ok(_)) => guard.next_seq += 1,
+                Ok(Err(e)) => {
+                    drop(guard);
+                    self.evict(id);
+                    return Err(append_error(e));
+                }
+                Err(e) => {
+                    drop(guard);
+                    self.evict(id);
+                    return Err(e);
+                }
+            }
+            metrics::counter!("converge_entries_appended_total").increment(1);
+            metrics::counter!("converge_ops_applied_total").increment(new.iter().map(|c| c.ops.len() as u64).sum());
+            if !patches.is_empty() {
+                // No watcher is fine: send only fails when nobody listens.
+                let _ = guard.patches.send(Arc::new(patches));
+            }
+        }
+        drop(guard);
+        self.log_version(id).await
+    }
+
+    /// Patches of `id` as they happen (the document must exist).
+    pub async fn watch(&self, id: &str) -> Result<broadcast::Receiver<Arc<Vec<Patch>>>, NodeError> {
+        let open = self.open_doc(id, false).await?;
+        let guard = open.lock().await;
+        Ok(guard.patches.subscribe())
+    }
+
+    /// Document ids starting with `prefix`, after `after`, at most `limit`.
+    pub async fn list(&self, prefix: String, after: Option<String>, limit: usize) -> Result<Vec<String>, NodeError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.list_objects(&prefix, after.as_deref(), limit))
+            .await
+            .map_err(|e| NodeError::Storage(e.to_string()))?
+            .map_err(read_error)
+    }
+
+    /// The store's version vector of `id` (log seqs per replica).
+    pub async fn log_version(&self, id: &str) -> Result<VersionVector, NodeError> {
+        let store = self.store.clone();
+        let object = id.to_string();
+        tokio::task::spawn_blocking(move || store.version_vector(&object))
+            .await
+            .map_err(|e| NodeError::Storage(e.to_string()))?
+            .map_err(read_error)
+    }
+
+    fn evict(&self, id: &str) {
+        if let Ok(mut docs) = self.docs.lock() {
+            docs.remove(id);
+        }
+    }
+
+    /// The open document `id`, loading it from the store on first use.
+    async fn open_doc(&self, id: &str, create: bool) -> Result<Arc<tokio::sync::Mutex<OpenDoc>>, NodeError> {
+        validate_object_id(id).map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        if let Some(d) = self.docs.lock().ok().and_then(|d| d.get(id).cloned()) {
+            return Ok(d);
+        }
+        let store = self.store.clone();
+        let (object, replica, create_missing) = (id.to_string(), self.replica, create);
+        let loaded = tokio::task::spawn_blocking(move || load_doc(&*store, &object, replica, create_missing))
+            .await
+            .map_err(|e| NodeError::Storage(e.to_string()))??;
+        let mut docs = self
+            .docs
+            .lock()
+            .map_err(|_| NodeError::Storage("document table poisoned".into()))?;
+        // Another request may have loaded it meanwhile: keep the first.
+        let entry = docs
+            .entry(id.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(loaded)));
+        Ok(entry.clone())
+    }
+}
+
+/// Reads every log of `object` and rebuilds the document.
+fn load_doc(store: &dyn Store, object: &str, replica: ReplicaId, create: bool) -> Result<OpenDoc, NodeError> {
+    let vv = match store.version_vector(object) {
+        Ok(vv) => vv,
+        Err(ReadError::UnknownObject { .. }) if create => VersionVector::new(),
+        Err(ReadError::UnknownObject { .. }) => return Err(NodeError::NotFound(object.to_string())),
+        Err(e) => return Err(read_error(e)),
+    };
+    let mut doc = Doc::new(replica);
+    let mut changes = Vec::new();
+    for (r, last) in vv.iter() {
+        let mut seq = 1;
+        while seq <= last {
+            let entries = store.read(object, r, seq, 1024).map_err(read_error)?;
+            if entries.is_empty() {
+                break;
+            }
+            for e in &entries {
+                let batch = decode_changes(&e.bytes, 64 << 20).map_err(|err| {
+                    NodeError::Storage(format!("entry {object}/{r}/{} does not decode: {err}", e.seq))
+                })?;
+                changes.extend(batch);
+                seq = e.seq + 1;
+            }
+        }
+    }
+    // Entries of different replicas may depend on each other: hold and retry.
+    doc.receive_changes(changes)?;
+    if doc.pending_changes() > 0 {
+        return Err(NodeError::Storage(format!(
+            "document {object:?}: {} stored changes miss their dependencies",
+            doc.pending_changes()
+        )));
+    }
+    let (patches, _) = broadcast::channel(256);
+    Ok(OpenDoc {
+        doc,
+        next_seq: vv.get(replica) + 1,
+        patches,
+    })
+}
+
+fn read_error(e: ReadError) -> NodeError {
+    match e {
+        ReadError::UnknownObject { object } => NodeError::NotFound(object),
+        ReadError::ObjectId(e) => NodeError::BadRequest(e.to_string()),
+        other => NodeError::Storage(other.to_string()),
+    }
+}
+
+fn append_error(e: AppendError) -> NodeError {
+    match e {
+        AppendError::ObjectId(e) => NodeError::BadRequest(e.to_string()),
+        AppendError::EntryTooLarge { .. } => NodeError::BadRequest(e.to_string()),
+        other => NodeError::Storage(other.to_string()),
+    }
+}
