@@ -8,7 +8,7 @@ use converge_crdt::{Dot, ReplicaId};
 #[non_exhaustive]
 pub enum DocError {
     /// A position past the end of a text or list.
-    #[error("position {pos} is out of bounds: the text has {len} characters")]
+    #[error("position {pos} is out of bounds: the sequence has {len} items")]
     OutOfBounds {
         /// The position asked for.
         pos: usize,

@@ -42,18 +42,26 @@ pub fn router(node: Arc<Node>, metrics: Option<PrometheusHandle>) -> Router {
         .route("/v1/docs/{id}", get(get_doc))
         .route("/v1/docs/{id}/changes", post(post_changes))
         .route("/v1/docs/{id}/watch", get(watch_doc))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route".into())
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(AppState { node, metrics })
 }
 
 /// Serves `node` on `listener` until `shutdown` completes, then finishes
 /// in-flight requests and returns.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     // One global recorder per process; a second node in the same process
     // (tests) serves without metrics.
     let metrics = PrometheusBuilder::new().install_recorder().ok();
-    axum::serve(listener, router(node, metrics)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(node, metrics))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// A JSON error response: `{"error": {"code", "message"}}`.
@@ -65,14 +73,22 @@ struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: String) -> Self {
-        Self { status, code, message }
+        Self {
+            status,
+            code,
+            message,
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         metrics::counter!("converge_http_errors_total", "code" => self.code).increment(1);
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
     }
 }
 
@@ -82,7 +98,9 @@ impl From<NodeError> for ApiError {
             NodeError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             NodeError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             NodeError::Doc(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_change"),
-            NodeError::Storage(_) | NodeError::DataDir { .. } => (StatusCode::SERVICE_UNAVAILABLE, "storage"),
+            NodeError::Storage(_) | NodeError::DataDir { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "storage")
+            }
         };
         if status.is_server_error() {
             tracing::error!(error = %e, "request failed");
@@ -92,13 +110,22 @@ impl From<NodeError> for ApiError {
 }
 
 fn vv_json(vv: &VersionVector) -> Value {
-    Value::Object(vv.iter().map(|(r, c)| (r.to_string(), Value::from(c))).collect())
+    Value::Object(
+        vv.iter()
+            .map(|(r, c)| (r.to_string(), Value::from(c)))
+            .collect(),
+    )
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
     match &state.metrics {
         Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
-        None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "metrics are not enabled in this process".into()).into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are not enabled in this process".into(),
+        )
+        .into_response(),
     }
 }
 
@@ -126,14 +153,20 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list_docs(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list_docs(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let ids = state.node.list(q.prefix, q.after, limit).await?;
     let next = (ids.len() == limit).then(|| ids.last().cloned()).flatten();
     Ok(Json(json!({"docs": ids, "next_after": next})))
 }
 
-async fn get_doc(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_doc(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.node.get(&id).await?))
 }
 
@@ -142,20 +175,28 @@ async fn post_changes(
     Path(id): Path<String>,
     body: Result<Json<Vec<PathChange>>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(changes) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("{}: {}", e.status(), e.body_text())))?;
+    let Json(changes) =
+        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text()))?;
     let vv = state.node.change(&id, &changes).await?;
     metrics::counter!("converge_http_changes_total").increment(1);
     Ok(Json(json!({"version": vv_json(&vv)})))
 }
 
-async fn watch_doc(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn watch_doc(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let rx = state.node.watch(&id).await?;
     let stream = BroadcastStream::new(rx).filter_map(|batch| {
         // A watcher that falls behind skips what it missed (a lagged error);
         // it can re-read the document to resynchronise.
         let batch = batch.ok()?;
         let data = serde_json::to_string(&*batch).ok()?;
-        Some(Ok::<_, Infallible>(Event::default().event("patches").data(data)))
+        Some(Ok::<_, Infallible>(
+            Event::default().event("patches").data(data),
+        ))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

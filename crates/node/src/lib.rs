@@ -33,4 +33,5 @@ mod api;
 mod node;
 
 pub use api::{router, serve};
+pub use converge_doc::PathChange;
 pub use node::{Node, NodeConfig, NodeError};

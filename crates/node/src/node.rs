@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use converge_crdt::{ReplicaId, VersionVector};
 use converge_doc::{Doc, DocError, Patch, PathChange, decode_changes, encode_changes};
-use converge_store::{AppendError, Entry, ReadError, RedbStore, Store, StoreError, validate_object_id};
+use converge_store::{
+    AppendError, Entry, ReadError, RedbStore, Store, StoreError, validate_object_id,
+};
 use tokio::sync::broadcast;
 
 /// How a node is set up.
@@ -82,7 +84,9 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("replica", &self.replica).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
     }
 }
 
@@ -155,7 +159,11 @@ impl Node {
 
     /// Applies `changes` as one change on this node's replica, durably.
     /// Returns the document's log version vector afterwards.
-    pub async fn change(&self, id: &str, changes: &[PathChange]) -> Result<VersionVector, NodeError> {
+    pub async fn change(
+        &self,
+        id: &str,
+        changes: &[PathChange],
+    ) -> Result<VersionVector, NodeError> {
         if changes.len() > self.config.max_changes_per_request {
             return Err(NodeError::BadRequest(format!(
                 "{} changes in one request exceed the limit of {}",
@@ -172,9 +180,10 @@ impl Node {
             let entry = Entry::new(guard.next_seq, encode_changes(&new));
             let store = self.store.clone();
             let (object, replica) = (id.to_string(), self.replica);
-            let appended = tokio::task::spawn_blocking(move || store.append(&object, replica, &[entry]))
-                .await
-                .map_err(|e| NodeError::Storage(format!("append task failed: {e}")));
+            let appended =
+                tokio::task::spawn_blocking(move || store.append(&object, replica, &[entry]))
+                    .await
+                    .map_err(|e| NodeError::Storage(format!("append task failed: {e}")));
             match appended {
                 Ok(Ok(_)) => guard.next_seq += 1,
                 Ok(Err(e)) => {
@@ -189,7 +198,8 @@ impl Node {
                 }
             }
             metrics::counter!("converge_entries_appended_total").increment(1);
-            metrics::counter!("converge_ops_applied_total").increment(new.iter().map(|c| c.ops.len() as u64).sum());
+            metrics::counter!("converge_ops_applied_total")
+                .increment(new.iter().map(|c| c.ops.len() as u64).sum());
             if !patches.is_empty() {
                 // No watcher is fine: send only fails when nobody listens.
                 let _ = guard.patches.send(Arc::new(patches));
@@ -207,7 +217,12 @@ impl Node {
     }
 
     /// Document ids starting with `prefix`, after `after`, at most `limit`.
-    pub async fn list(&self, prefix: String, after: Option<String>, limit: usize) -> Result<Vec<String>, NodeError> {
+    pub async fn list(
+        &self,
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<String>, NodeError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.list_objects(&prefix, after.as_deref(), limit))
             .await
@@ -232,16 +247,22 @@ impl Node {
     }
 
     /// The open document `id`, loading it from the store on first use.
-    async fn open_doc(&self, id: &str, create: bool) -> Result<Arc<tokio::sync::Mutex<OpenDoc>>, NodeError> {
+    async fn open_doc(
+        &self,
+        id: &str,
+        create: bool,
+    ) -> Result<Arc<tokio::sync::Mutex<OpenDoc>>, NodeError> {
         validate_object_id(id).map_err(|e| NodeError::BadRequest(e.to_string()))?;
         if let Some(d) = self.docs.lock().ok().and_then(|d| d.get(id).cloned()) {
             return Ok(d);
         }
         let store = self.store.clone();
         let (object, replica, create_missing) = (id.to_string(), self.replica, create);
-        let loaded = tokio::task::spawn_blocking(move || load_doc(&*store, &object, replica, create_missing))
-            .await
-            .map_err(|e| NodeError::Storage(e.to_string()))??;
+        let loaded = tokio::task::spawn_blocking(move || {
+            load_doc(&*store, &object, replica, create_missing)
+        })
+        .await
+        .map_err(|e| NodeError::Storage(e.to_string()))??;
         let mut docs = self
             .docs
             .lock()
@@ -255,11 +276,18 @@ impl Node {
 }
 
 /// Reads every log of `object` and rebuilds the document.
-fn load_doc(store: &dyn Store, object: &str, replica: ReplicaId, create: bool) -> Result<OpenDoc, NodeError> {
+fn load_doc(
+    store: &dyn Store,
+    object: &str,
+    replica: ReplicaId,
+    create: bool,
+) -> Result<OpenDoc, NodeError> {
     let vv = match store.version_vector(object) {
         Ok(vv) => vv,
         Err(ReadError::UnknownObject { .. }) if create => VersionVector::new(),
-        Err(ReadError::UnknownObject { .. }) => return Err(NodeError::NotFound(object.to_string())),
+        Err(ReadError::UnknownObject { .. }) => {
+            return Err(NodeError::NotFound(object.to_string()));
+        }
         Err(e) => return Err(read_error(e)),
     };
     let mut doc = Doc::new(replica);
@@ -273,7 +301,10 @@ fn load_doc(store: &dyn Store, object: &str, replica: ReplicaId, create: bool) -
             }
             for e in &entries {
                 let batch = decode_changes(&e.bytes, 64 << 20).map_err(|err| {
-                    NodeError::Storage(format!("entry {object}/{r}/{} does not decode: {err}", e.seq))
+                    NodeError::Storage(format!(
+                        "entry {object}/{r}/{} does not decode: {err}",
+                        e.seq
+                    ))
                 })?;
                 changes.extend(batch);
                 seq = e.seq + 1;
