@@ -649,6 +649,9 @@ impl Session {
     }
 
     /// When [`Session::handle_timeout`] should next be called, if ever.
+    ///
+    /// A new session is due at once: its first [`Session::handle_timeout`]
+    /// lists the subscription into `Have` messages that leave with the hello.
     pub fn poll_timeout(&self) -> Option<u64> {
         if self.state == State::Closed {
             return None;
@@ -666,7 +669,7 @@ impl Session {
                     .saturating_add(self.config.ack_timeout_ms),
             );
         }
-        if self.serving {
+        if self.serving || self.have_listing.is_some() {
             at = at.min(self.next_feed_poll);
         }
         Some(at)
@@ -1243,11 +1246,13 @@ impl Session {
     /// Does what can be done now: list our interest into `Have`s, and send
     /// the peer what it lacks while the window allows.
     fn pump(&mut self, now: u64, store: &dyn Store) -> Result<(), SessionError> {
-        if self.state != State::Open {
+        if self.state == State::Closed {
             return Ok(());
         }
+        // Our `Have`s go out with the hello, without waiting for the peer's:
+        // subscribing costs one round trip.
         self.pump_have(store)?;
-        if !self.serving {
+        if self.state != State::Open || !self.serving {
             return Ok(());
         }
         let _ = now;
@@ -1609,3 +1614,6 @@ fn truncate_utf8(s: &mut String, max: usize) {
     }
     s.truncate(end);
 }
+
+#[cfg(test)]
+mod tests;
