@@ -360,7 +360,16 @@ const FEED_PAGE: usize = 64;
 /// Room kept in a frame for a message's fields besides its entries or chunk.
 const FRAME_OVERHEAD: usize = 2048;
 
-/// One sync session with one peer. See the [module docs](self) for how to drive it.
+/// One sync session with one peer.
+///
+/// Feed it bytes ([`Session::handle_bytes`]), timer expiries
+/// ([`Session::handle_timeout`], due at once for a new session) and news
+/// of local appends ([`Session::handle_store_change`]); it reads and
+/// appends through the [`Store`] passed to those calls. After every
+/// `handle_*` call, drain [`Session::poll_transmit`] (frames to write) and
+/// [`Session::poll_event`] until `None`, and re-arm the timer from
+/// [`Session::poll_timeout`]. Nothing in here reads a clock: `now` is
+/// milliseconds on any monotonic scale the caller picks.
 pub struct Session {
     config: Config,
     local: ReplicaId,
