@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PURE_CRATES=(converge-crdt converge-doc)
+PURE_CRATES=(converge-crdt converge-doc converge-sync)
 FORBIDDEN_DEPS='^(tokio|tokio-[a-z-]+|mio|async-std|smol|socket2|hyper|axum|tungstenite|tokio-tungstenite|reqwest|redb|rusqlite|fjall|postgres|tokio-postgres|sqlx|nix) '
 FORBIDDEN_CALLS='std::fs|std::net|std::thread|std::process|SystemTime|Instant::now|tokio::'
 

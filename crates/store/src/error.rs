@@ -65,6 +65,8 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    // Used by the engine backends (redb today); unused when they are compiled out.
+    #[cfg_attr(not(feature = "redb"), allow(dead_code))]
     pub(crate) fn backend(context: &'static str, source: impl Into<BoxError>) -> Self {
         Self::Backend {
             context,

@@ -23,6 +23,12 @@
 //!
 //! The on-disk format is described in `FORMAT.md` next to this crate's sources.
 //!
+//! ## Features
+//!
+//! - `redb` (default): [`RedbStore`] and [`crash`]. Turn it off (as the
+//!   pure `converge-sync` crate does) to depend on the trait, its types and
+//!   [`MemoryStore`] without compiling a storage engine.
+//!
 //! ## Example
 //!
 //! ```
@@ -46,15 +52,18 @@
 mod error;
 mod logic;
 mod memory;
+#[cfg(feature = "redb")]
 mod redb_store;
 
 pub mod conformance;
+#[cfg(feature = "redb")]
 pub mod crash;
 pub mod format;
 
 pub use converge_crdt::{ReplicaId, VersionVector};
 pub use error::{AppendError, BoxError, ObjectIdError, ReadError, SnapshotError, StoreError};
 pub use memory::MemoryStore;
+#[cfg(feature = "redb")]
 pub use redb_store::{CommitStats, RedbStore, VerifyReport};
 
 /// The longest object id accepted, in bytes.
