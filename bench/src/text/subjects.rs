@@ -193,6 +193,16 @@ impl Subject for Converge {
     fn cold_copy(&mut self) -> Option<Self> {
         Some(self.clone())
     }
+
+    fn encode(&mut self) -> Result<Vec<u8>, String> {
+        Ok(self.0.encode())
+    }
+
+    fn load(bytes: &[u8]) -> Result<Self, String> {
+        Text::load(bytes, ReplicaId::from_u64(1))
+            .map(Self)
+            .map_err(|e| e.to_string())
+    }
 }
 
 // ---------------------------------------------------------------- automerge

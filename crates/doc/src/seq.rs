@@ -104,6 +104,22 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
         }
     }
 
+    /// Forgets the replay state: the sequence at version `[lv]` becomes one
+    /// placeholder.
+    fn reset_to(&mut self, lv: Lv) {
+        self.items.clear();
+        self.items.push(Item {
+            lv: UNDERWATER,
+            len: UNDERWATER_LEN,
+            origin_left: ROOT,
+            origin_right: ROOT,
+            cur: 1,
+            ever_deleted: false,
+        });
+        self.deletes.clear();
+        self.version = smallvec::smallvec![lv];
+    }
+
     /// Splits the item at `i` so that offset `k` starts a new item.
     fn split(&mut self, i: usize, k: usize) {
         if k == 0 || k >= self.items[i].len {
@@ -336,29 +352,46 @@ pub(crate) fn replay<S: SeqSource>(
             Side::A | Side::Shared => &mut before,
             Side::B => &mut new,
         };
-        list.extend(span.filter(|lv| src.seq_op(*lv).is_some()));
+        list.extend(span);
     });
     before.sort_unstable();
     new.sort_unstable();
-    let mut tracker = Tracker::new(src, common);
+    // For each new op, the lowest parent of any later new op (-1: the root).
+    // When it is not below op X, every later op descends from X.
+    let mut later_min_parent = vec![isize::MAX; new.len()];
+    let mut running = isize::MAX;
+    for i in (0..new.len()).rev() {
+        later_min_parent[i] = running;
+        let lowest = graph.parents_of(new[i]).first().map_or(-1, |p| *p as isize);
+        running = running.min(lowest);
+    }
+    let mut tracker = Tracker::new(src, common.clone());
+    let mut processed: Frontier = common;
     let mut edits = Vec::new();
     // Operations the sequence already has first (in causal order), then the
     // new ones: both orders are topological, and this way the tracker's
     // resulting state is always exactly the current sequence.
     for (lvs, emit) in [(&before, false), (&new, true)] {
-        for &lv in lvs {
-            let Some((kind, pos)) = src.seq_op(lv) else {
-                continue;
-            };
+        for (i, &lv) in lvs.iter().enumerate() {
             let parents = graph.parents_of(lv);
-            tracker.move_to(&parents);
-            if let Some(edit) = tracker
-                .apply(lv, kind, pos, emit)
-                .map_err(|why| (lv, why))?
-            {
-                edits.push(edit);
+            Graph::advance_frontier(&mut processed, &parents, &(lv..lv + 1));
+            if let Some((kind, pos)) = src.seq_op(lv) {
+                tracker.move_to(&parents);
+                if let Some(edit) = tracker
+                    .apply(lv, kind, pos, emit)
+                    .map_err(|why| (lv, why))?
+                {
+                    edits.push(edit);
+                }
+                tracker.version = smallvec::smallvec![lv];
             }
-            tracker.version = smallvec::smallvec![lv];
+            // A critical version: everything processed is in `lv`'s history
+            // and everything still to come descends from it. The replay
+            // state can then be forgotten and replaced by a placeholder,
+            // which keeps long histories with occasional concurrency linear.
+            if emit && processed.as_slice() == [lv] && later_min_parent[i] >= lv as isize {
+                tracker.reset_to(lv);
+            }
         }
     }
     Ok(edits)
