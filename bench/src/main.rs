@@ -10,6 +10,7 @@
 
 mod crdt;
 mod harness;
+mod store;
 
 use std::process::ExitCode;
 
@@ -57,13 +58,20 @@ struct Suite {
     run: fn(&Options) -> Result<(), String>,
 }
 
-/// Every suite, in the order `usage` lists them. `store`, `text`, `sync`
+/// Every suite, in the order `usage` lists them. `text`, `sync`
 /// and `node` join here as their crates land.
-const SUITES: &[Suite] = &[Suite {
-    name: "crdt",
-    about: "state-based CRDT merges, adds and memory vs crdts 7.3.2",
-    run: run_crdt,
-}];
+const SUITES: &[Suite] = &[
+    Suite {
+        name: "crdt",
+        about: "state-based CRDT merges, adds and memory vs crdts 7.3.2",
+        run: run_crdt,
+    },
+    Suite {
+        name: "store",
+        about: "durable appends, scans, version vectors: RedbStore vs SQLite vs raw disk",
+        run: store::run,
+    },
+];
 
 const DEFAULT_RUNS: usize = 7;
 
