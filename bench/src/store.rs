@@ -3,9 +3,10 @@
 //! `synchronous=FULL`), all on the same disk in one run.
 //!
 //! Durable appends are time-boxed: every writer thread appends in a loop
-//! while the coordinator samples a shared completion counter over a warm-up
-//! and then [`WINDOWS`] consecutive windows of [`WINDOW`]; each window gives
-//! one ops/s sample and the median is reported. Reads (a 1M-entry scan and
+//! while the coordinator samples a shared completion counter after a
+//! [`WARMUP`] and over one [`WINDOW`], giving one ops/s sample. The disk's
+//! sync cost drifts, so subjects take turns, one window each per round, and
+//! the median over [`ROUNDS`] rounds is reported. Reads (a 1M-entry scan and
 //! version-vector lookups) use the usual warm-up + `--runs` repetitions.
 //! Every workload's result is checked (what was written is there, in order).
 
@@ -59,11 +60,12 @@ const VV_LOADERS: usize = 128;
 const BANDWIDTH_CHUNK: usize = 1 << 20;
 const BANDWIDTH_CHUNKS: usize = 128;
 
-/// Warm-up before the first window of a time-boxed loop.
-const WARMUP: Duration = Duration::from_millis(500);
-/// Length of one window, and windows per time-boxed loop.
-const WINDOW: Duration = Duration::from_secs(3);
-const WINDOWS: usize = 3;
+/// Warm-up before the window of a time-boxed loop.
+const WARMUP: Duration = Duration::from_millis(300);
+/// Length of the window of a time-boxed loop (one sample).
+const WINDOW: Duration = Duration::from_secs(2);
+/// Rounds of the append workloads: every subject runs once per round.
+const ROUNDS: usize = 5;
 
 /// The rows of the table, in order, with what each subject does there.
 const ROWS: &[(&str, &str)] = &[
@@ -98,8 +100,8 @@ fn err(e: impl std::fmt::Display) -> String {
 // ---------------------------------------------------------------------------
 // The time-boxed driver.
 
-/// Runs `threads` workers until [`WARMUP`] plus [`WINDOWS`] × [`WINDOW`] have
-/// passed and returns one rate (completed calls per second) per window.
+/// Runs `threads` workers for [`WARMUP`] then one [`WINDOW`], and returns
+/// the rate of completed calls per second in the window.
 ///
 /// Each worker builds its operation with `make(thread)` on its own thread
 /// (so it may hold a per-thread connection), then calls it with 1, 2, 3...
@@ -140,19 +142,11 @@ where
         }
         ready.wait();
         std::thread::sleep(WARMUP);
-        let mut samples = Vec::with_capacity(WINDOWS);
-        let (mut count, mut at) = (done.load(Ordering::Relaxed), Instant::now());
-        for _ in 0..WINDOWS {
-            std::thread::sleep(WINDOW);
-            let (now_count, now) = (done.load(Ordering::Relaxed), Instant::now());
-            samples.push((now_count - count) as f64 / (now - at).as_secs_f64());
-            (count, at) = (now_count, now);
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-        }
+        let (count, at) = (done.load(Ordering::Relaxed), Instant::now());
+        std::thread::sleep(WINDOW);
+        let (now_count, now) = (done.load(Ordering::Relaxed), Instant::now());
         stop.store(true, Ordering::Relaxed);
-        samples
+        vec![(now_count - count) as f64 / (now - at).as_secs_f64()]
     });
     match failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
         Some(e) => Err(e),
@@ -599,37 +593,61 @@ fn push(
     out.push(record);
 }
 
+/// One append workload: its case name, writer threads, entries per append.
+type Shape = (&'static str, usize, usize);
+
+/// The durable-append workloads. The disk here is shared and its sync cost
+/// drifts by several times within minutes, so the subjects take turns: each
+/// round runs one window of every subject (fresh files, order rotated), and
+/// each subject's median is over [`ROUNDS`] rounds.
 fn append_cases(opts: &Options, dir: &Path, out: &mut Vec<Record>) {
-    let shapes = [
+    const SHAPES: [Shape; 3] = [
         ("append-1-writer", 1, 1),
         ("append-16-writers", WRITERS, 1),
         ("append-batch-100", 1, BATCH),
     ];
-    for (case, threads, batch) in shapes {
+    for (case, threads, batch) in SHAPES {
         if !opts.wants(case) {
             continue;
         }
+        // (case, subject): the preallocated floor rides along with 1 writer.
+        let mut turns: Vec<(&str, &str)> = vec![(case, CONVERGE), (case, SQLITE)];
         if threads == 1 {
-            push(
-                out,
-                case,
-                FLOOR,
-                OPS,
-                floor_syncs(dir, batch * ENTRY_BYTES, false),
-            );
+            turns.insert(0, (case, FLOOR));
         }
-        match converge_appends(dir, threads, batch) {
-            Ok((samples, per_commit)) => {
-                push(out, case, CONVERGE, OPS, Ok(samples));
-                push(out, case, CONVERGE, PER_COMMIT, Ok(vec![per_commit]));
+        if threads == 1 && batch == 1 {
+            turns.push(("fdatasync-preallocated", FLOOR));
+        }
+        let mut samples: Vec<Result<Vec<f64>, String>> = vec![Ok(Vec::new()); turns.len()];
+        let mut per_commit = Vec::new();
+        for round in 0..ROUNDS {
+            for i in 0..turns.len() {
+                let i = (i + round) % turns.len();
+                let (turn_case, subject) = turns[i];
+                let Ok(so_far) = &mut samples[i] else {
+                    continue;
+                };
+                let got = match (turn_case, subject) {
+                    ("fdatasync-preallocated", _) => floor_syncs(dir, ENTRY_BYTES, true),
+                    (_, FLOOR) => floor_syncs(dir, batch * ENTRY_BYTES, false),
+                    (_, CONVERGE) => converge_appends(dir, threads, batch).map(|(s, c)| {
+                        per_commit.push(c);
+                        s
+                    }),
+                    _ => sqlite_appends(dir, threads, batch),
+                };
+                match got {
+                    Ok(s) => so_far.extend(s),
+                    Err(e) => samples[i] = Err(e),
+                }
             }
-            Err(e) => push(out, case, CONVERGE, OPS, Err(e)),
         }
-        push(out, case, SQLITE, OPS, sqlite_appends(dir, threads, batch));
-    }
-    let case = "fdatasync-preallocated";
-    if opts.wants(case) {
-        push(out, case, FLOOR, OPS, floor_syncs(dir, ENTRY_BYTES, true));
+        for ((turn_case, subject), got) in turns.into_iter().zip(samples) {
+            push(out, turn_case, subject, OPS, got);
+        }
+        if !per_commit.is_empty() {
+            push(out, case, CONVERGE, PER_COMMIT, Ok(per_commit));
+        }
     }
 }
 
@@ -831,8 +849,9 @@ pub(crate) fn run(opts: &Options) -> Result<(), String> {
          vs the raw disk\n"
     );
     println!(
-        "Entries of {ENTRY_BYTES} B; files in {} ({}). Durable appends: median of {WINDOWS} \
-         windows of {} s after {} ms warm-up; reads: median of {} runs.\n",
+        "Entries of {ENTRY_BYTES} B; files in {} ({}). Durable appends: median of {ROUNDS} \
+         rounds (subjects take turns; one {} s window after {} ms warm-up each); \
+         reads: median of {} runs.\n",
         parent.display(),
         "same disk for every subject",
         WINDOW.as_secs(),
