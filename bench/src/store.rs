@@ -181,9 +181,9 @@ fn floor_syncs(dir: &Path, bytes: usize, preallocated: bool) -> Result<Vec<f64>,
         Ok(move |_| {
             if preallocated {
                 use std::os::unix::fs::FileExt as _;
-                file.write_all_at(&buf, 0).map_err(err)?;
+                file.write_all_at(buf, 0).map_err(err)?;
             } else {
-                file.write_all(&buf).map_err(err)?;
+                file.write_all(buf).map_err(err)?;
             }
             file.sync_data().map_err(err)
         })
@@ -849,11 +849,10 @@ pub(crate) fn run(opts: &Options) -> Result<(), String> {
          vs the raw disk\n"
     );
     println!(
-        "Entries of {ENTRY_BYTES} B; files in {} ({}). Durable appends: median of {ROUNDS} \
+        "Entries of {ENTRY_BYTES} B; files in {} (same disk for every subject). Durable appends: median of {ROUNDS} \
          rounds (subjects take turns; one {} s window after {} ms warm-up each); \
          reads: median of {} runs.\n",
         parent.display(),
-        "same disk for every subject",
         WINDOW.as_secs(),
         WARMUP.as_millis(),
         opts.runs,
