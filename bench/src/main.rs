@@ -11,6 +11,7 @@
 
 mod crdt;
 mod harness;
+mod store;
 mod text;
 mod trace;
 
@@ -111,8 +112,8 @@ struct Suite {
     run: fn(&Options) -> Result<(), String>,
 }
 
-/// Every suite, in the order `usage` lists them. `store`, `sync` and
-/// `node` join here as their crates land.
+/// Every suite, in the order `usage` lists them. `sync` and `node`
+/// join here as their crates land.
 const SUITES: &[Suite] = &[
     Suite {
         name: "crdt",
@@ -123,6 +124,11 @@ const SUITES: &[Suite] = &[
         name: "text",
         about: "editing traces vs automerge, yrs, loro, diamond-types and a rope",
         run: run_text,
+    },
+    Suite {
+        name: "store",
+        about: "durable appends, scans, version vectors: RedbStore vs SQLite vs raw disk",
+        run: store::run,
     },
 ];
 

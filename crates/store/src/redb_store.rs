@@ -20,6 +20,10 @@
 //! fsync for the whole batch), then answers every caller. While it syncs, new
 //! jobs queue up and form the next batch, so under concurrency many appends
 //! share one sync, and no caller returns before its own data is durable.
+//! Before starting a batch, the writer waits briefly (at most 200 µs and a
+//! quarter of the last commit) until as many jobs are queued as callers were
+//! active at the last answer, so that writers in a loop all share each sync
+//! instead of splitting into two alternating groups.
 //!
 //! Each job checks everything before writing anything, so a job rejected for
 //! its input (a gap, a conflict) leaves the shared transaction untouched and
@@ -34,6 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use converge_crdt::{ReplicaId, VersionVector};
 use redb::{
@@ -72,6 +77,11 @@ const TAIL_CHECK_ENTRIES: u64 = 16;
 /// Bounds on one group commit, so one batch cannot hold unbounded memory.
 const MAX_BATCH_JOBS: usize = 1024;
 const MAX_BATCH_BYTES: usize = 64 << 20;
+
+/// How long the writer may wait for active callers to join a batch (see
+/// `gather`): at most this, and at most 1/`GATHER_SHARE` of the last commit.
+const GATHER_MAX: Duration = Duration::from_micros(200);
+const GATHER_SHARE: u32 = 4;
 
 /// The embedded default [`Store`]: one redb file, crash-safe, no server.
 ///
@@ -533,12 +543,17 @@ fn write_loop(shared: &Shared) {
         }
     }
     let _stopped = Stopped(shared);
+    // Callers known to be active: those answered last time plus those that
+    // were already queued then. Writers in a loop come straight back after
+    // their answer, so the next batch waits briefly for them (see `gather`).
+    let mut expected = 0;
+    let mut last_commit = Duration::ZERO;
     loop {
         let jobs = {
             let mut queue = shared.queue();
             loop {
                 if !queue.jobs.is_empty() {
-                    break take_batch(&mut queue.jobs);
+                    break;
                 }
                 if queue.closing {
                     return;
@@ -548,15 +563,49 @@ fn write_loop(shared: &Shared) {
                     .wait(queue)
                     .unwrap_or_else(PoisonError::into_inner);
             }
+            let wait = GATHER_MAX.min(last_commit / GATHER_SHARE);
+            queue = gather(shared, queue, expected, wait);
+            take_batch(&mut queue.jobs)
         };
+        let started = Instant::now();
         let replies = commit_batch(shared, &jobs);
+        last_commit = started.elapsed();
         shared.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        expected = (jobs.len() + shared.queue().jobs.len()).min(MAX_BATCH_JOBS);
         for (job, reply) in jobs.into_iter().zip(replies) {
             // A caller that went away (it cannot while blocked, but a panic
             // could unwind it) does not need its answer.
             let _ = job.reply.send(reply);
         }
     }
+}
+
+/// Waits up to `wait` for the queue to hold `expected` jobs (or to close).
+///
+/// Without this, steady writers split into two groups that alternate: the
+/// first caller back after an answer starts a batch of its own, and the
+/// rest queue behind it for the next one, so each sync is shared by half
+/// the writers. A single writer never waits here (its own job is the one
+/// expected), and callers that do not come back cost at most `wait`, a
+/// small share of a commit.
+fn gather<'a>(
+    shared: &'a Shared,
+    mut queue: MutexGuard<'a, Queue>,
+    expected: usize,
+    wait: Duration,
+) -> MutexGuard<'a, Queue> {
+    let deadline = Instant::now() + wait;
+    while queue.jobs.len() < expected && !queue.closing {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        queue = shared
+            .wake
+            .wait_timeout(queue, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+    queue
 }
 
 fn take_batch(queue: &mut VecDeque<Job>) -> Vec<Job> {
