@@ -94,8 +94,19 @@ impl Agents {
             .map(|r| (r.lvs.clone(), r.replica, r.counter))
     }
 
+    /// The LV runs holding every operation `version` lacks, in LV order
+    /// (a causal order: what a replica at `version` needs, ready to ship).
+    pub(crate) fn missing_from(&self, version: &VersionVector) -> Vec<Range<Lv>> {
+        let mut spans = Vec::new();
+        for (replica, _) in self.version.iter() {
+            spans.extend(self.lvs_after(replica, version.get(replica)));
+        }
+        spans.sort_by_key(|s| s.start);
+        spans
+    }
+
     /// The LV runs holding `replica`'s operations with counters above `after`.
-    pub(crate) fn lvs_after(&self, replica: ReplicaId, after: u64) -> Vec<Range<Lv>> {
+    fn lvs_after(&self, replica: ReplicaId, after: u64) -> Vec<Range<Lv>> {
         let Some(runs) = self.by_replica.get(&replica) else {
             return Vec::new();
         };

@@ -465,13 +465,8 @@ impl Doc {
 
     /// The changes a replica at `version` lacks, in causal order.
     pub fn changes_since(&self, version: &VersionVector) -> Vec<Change> {
-        let mut spans = Vec::new();
-        for (replica, _) in self.agents.version().iter() {
-            spans.extend(self.agents.lvs_after(replica, version.get(replica)));
-        }
-        spans.sort_by_key(|s| s.start);
         let mut out = Vec::new();
-        for span in spans {
+        for span in self.agents.missing_from(version) {
             let mut lv = span.start;
             while lv < span.end {
                 let id = self.agents.dot(lv);

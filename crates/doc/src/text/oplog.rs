@@ -279,13 +279,8 @@ impl OpLog {
     /// The operations a replica at `version` lacks, as self-contained runs
     /// in causal order, ready to ship.
     pub fn changes_since(&self, version: &VersionVector) -> Vec<TextChange> {
-        let mut spans: Vec<Range<Lv>> = Vec::new();
-        for (replica, _) in self.agents.version().iter() {
-            spans.extend(self.agents.lvs_after(replica, version.get(replica)));
-        }
-        spans.sort_by_key(|s| s.start);
         let mut out = Vec::new();
-        for span in spans {
+        for span in self.agents.missing_from(version) {
             let mut lv = span.start;
             while lv < span.end {
                 let change = self.change_at(lv, span.end);
