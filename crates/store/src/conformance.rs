@@ -4,7 +4,7 @@
 //! (and whatever keeps it alive, such as a temporary directory), then call
 //! [`conformance_tests!`](crate::conformance_tests) with a constructor:
 //!
-//! ```ignore
+//! ```text
 //! converge_store::conformance_tests!(|| MyHandle::fresh());
 //! ```
 //!
