@@ -94,6 +94,14 @@ impl Agents {
             .map(|r| (r.lvs.clone(), r.replica, r.counter))
     }
 
+    /// `replica`'s operations as LV runs, in counter order.
+    pub(crate) fn replica_runs(&self, replica: ReplicaId) -> impl Iterator<Item = Range<Lv>> + '_ {
+        self.by_replica
+            .get(&replica)
+            .into_iter()
+            .flat_map(|runs| runs.values().map(|(lv, len)| *lv..*lv + *len as usize))
+    }
+
     /// The LV runs holding every operation `version` lacks, in LV order
     /// (a causal order: what a replica at `version` needs, ready to ship).
     pub(crate) fn missing_from(&self, version: &VersionVector) -> Vec<Range<Lv>> {

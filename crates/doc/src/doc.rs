@@ -504,7 +504,7 @@ impl Doc {
     pub fn encode(&self) -> Vec<u8> {
         let order: Vec<Lv> = self
             .graph
-            .canonical_order(|lv| self.agents.dot(lv))
+            .canonical_order(&self.agents)
             .unwrap_or_else(|| (0..self.ops.len()).collect());
         let mut changes: Vec<Change> = Vec::new();
         let mut prev: Option<Lv> = None;

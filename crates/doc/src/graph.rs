@@ -11,6 +11,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::ops::Range;
 
+use converge_crdt::Dot;
+
 use smallvec::{SmallVec, smallvec};
 
 /// A local version: an operation's index in this replica's log.
@@ -102,22 +104,91 @@ impl Graph {
         out
     }
 
-    /// The canonical order of the ops: by (Lamport timestamp, id). It is a
-    /// topological order that depends only on which ops are held, not on
-    /// the order they arrived in, so replicas holding the same ops encode
-    /// them identically. `None` if LV order already is canonical.
-    pub(crate) fn canonical_order(
-        &self,
-        dot: impl Fn(Lv) -> converge_crdt::Dot,
-    ) -> Option<Vec<Lv>> {
-        let lamports = self.lamports();
-        let key = |lv: Lv| (lamports[lv], dot(lv));
-        if (1..lamports.len()).all(|lv| key(lv - 1) < key(lv)) {
+    /// The canonical order of the ops: a topological order that depends
+    /// only on which ops are held (their ids and parents), not on the order
+    /// they arrived in, so replicas holding the same ops encode them
+    /// identically. Each replica's ops are cut into maximal chains (each op
+    /// made right after the previous one of its replica); chains are emitted
+    /// whole, the ready one with the least (Lamport timestamp, id) first,
+    /// which keeps runs long and encodings small. `None` if LV order already
+    /// is canonical.
+    pub(crate) fn canonical_order(&self, agents: &crate::agents::Agents) -> Option<Vec<Lv>> {
+        let n = self.next_lv();
+        if n == 0 {
             return None;
         }
-        let mut order: Vec<Lv> = (0..lamports.len()).collect();
-        order.sort_by_key(|lv| key(*lv));
-        Some(order)
+        let lamports = self.lamports();
+        // Chains: LV ranges, cut where an op's parents are not exactly the
+        // previous op of its replica.
+        let mut chains: Vec<Vec<Range<Lv>>> = Vec::new();
+        for (replica, _) in agents.version().iter() {
+            let mut prev: Option<Lv> = None;
+            for run in agents.replica_runs(replica) {
+                let mut lv = run.start;
+                while lv < run.end {
+                    let end = self.chain_end(lv).min(run.end);
+                    let continues = prev.is_some_and(|p| self.parents_of(lv).as_slice() == [p]);
+                    match chains.last_mut() {
+                        Some(chain) if continues => chain.push(lv..end),
+                        _ => chains.push(std::iter::once(lv..end).collect()),
+                    }
+                    prev = Some(end - 1);
+                    lv = end;
+                }
+            }
+        }
+        // Which chain holds each LV.
+        let mut owner: Vec<(Lv, Lv, usize)> = chains
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| c.iter().map(move |r| (r.start, r.end, i)))
+            .collect();
+        owner.sort_unstable();
+        let chain_of = |lv: Lv| {
+            let i = owner.partition_point(|(_, end, _)| *end <= lv);
+            owner[i].2
+        };
+        let mut waiting = vec![0usize; chains.len()];
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); chains.len()];
+        for (i, chain) in chains.iter().enumerate() {
+            let mut deps: Vec<usize> = self
+                .parents_of(chain[0].start)
+                .iter()
+                .map(|p| chain_of(*p))
+                .collect();
+            deps.sort_unstable();
+            deps.dedup();
+            waiting[i] = deps.len();
+            for d in deps {
+                children[d].push(i);
+            }
+        }
+        let key = |i: usize| {
+            let first = chains[i][0].start;
+            Reverse((lamports[first], agents.dot(first)))
+        };
+        let mut ready: BinaryHeap<(Reverse<(u64, Dot)>, usize)> = (0..chains.len())
+            .filter(|i| waiting[*i] == 0)
+            .map(|i| (key(i), i))
+            .collect();
+        let mut order = Vec::with_capacity(n);
+        while let Some((_, i)) = ready.pop() {
+            for r in &chains[i] {
+                order.extend(r.clone());
+            }
+            for &c in &children[i] {
+                waiting[c] -= 1;
+                if waiting[c] == 0 {
+                    ready.push((key(c), c));
+                }
+            }
+        }
+        debug_assert_eq!(order.len(), n, "every op lies on exactly one chain");
+        if order.iter().enumerate().all(|(i, lv)| i == *lv) {
+            None
+        } else {
+            Some(order)
+        }
     }
 
     /// Forgets every operation from `lv` on.

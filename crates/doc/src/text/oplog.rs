@@ -244,7 +244,7 @@ impl OpLog {
     /// This log with its ops in canonical order (see
     /// [`Graph::canonical_order`]), or `None` if it already is.
     pub(crate) fn canonical(&self) -> Option<Self> {
-        let order = self.graph.canonical_order(|lv| self.agents.dot(lv))?;
+        let order = self.graph.canonical_order(&self.agents)?;
         let mut new_lv = vec![0; order.len()];
         for (i, lv) in order.iter().enumerate() {
             new_lv[*lv] = i;
