@@ -22,8 +22,9 @@ struct Run {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Agents {
     by_lv: Vec<Run>,
-    /// Per replica: counter of a run's start → LV of its start, run length.
-    by_replica: BTreeMap<ReplicaId, BTreeMap<u64, (Lv, u64)>>,
+    /// Per replica: counter of a run's start → the run's index in `by_lv`
+    /// (so extending the last run touches only `by_lv`).
+    by_replica: BTreeMap<ReplicaId, BTreeMap<u64, usize>>,
     version: VersionVector,
 }
 
@@ -35,19 +36,18 @@ impl Agents {
             return;
         }
         self.version.set(replica, counter + len - 1);
-        let runs = self.by_replica.entry(replica).or_default();
         if let Some(last) = self.by_lv.last_mut()
             && last.replica == replica
             && last.lvs.end == lvs.start
             && last.counter + (last.lvs.end - last.lvs.start) as u64 == counter
         {
             last.lvs.end = lvs.end;
-            if let Some(run) = runs.get_mut(&last.counter) {
-                run.1 += len;
-            }
             return;
         }
-        runs.insert(counter, (lvs.start, len));
+        self.by_replica
+            .entry(replica)
+            .or_default()
+            .insert(counter, self.by_lv.len());
         self.by_lv.push(Run {
             lvs,
             replica,
@@ -78,8 +78,10 @@ impl Agents {
     /// The LV of operation `dot`, if this log holds it.
     pub fn lv(&self, dot: Dot) -> Option<Lv> {
         let runs = self.by_replica.get(&dot.replica)?;
-        let (start, (lv, len)) = runs.range(..=dot.counter).next_back()?;
-        (dot.counter < start + len).then(|| lv + (dot.counter - start) as usize)
+        let (_, &idx) = runs.range(..=dot.counter).next_back()?;
+        let run = &self.by_lv[idx];
+        let offset = dot.counter - run.counter;
+        (offset < (run.lvs.end - run.lvs.start) as u64).then(|| run.lvs.start + offset as usize)
     }
 
     /// The operations held, per replica.
@@ -99,7 +101,7 @@ impl Agents {
         self.by_replica
             .get(&replica)
             .into_iter()
-            .flat_map(|runs| runs.values().map(|(lv, len)| *lv..*lv + *len as usize))
+            .flat_map(|runs| runs.values().map(|idx| self.by_lv[*idx].lvs.clone()))
     }
 
     /// The LV runs holding every operation `version` lacks, in LV order
@@ -119,7 +121,10 @@ impl Agents {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for (&start, &(lv, len)) in runs {
+        for &idx in runs.values() {
+            let run = &self.by_lv[idx];
+            let (start, lv) = (run.counter, run.lvs.start);
+            let len = (run.lvs.end - run.lvs.start) as u64;
             let end = start + len;
             if end <= after + 1 {
                 continue;

@@ -226,6 +226,12 @@ impl Graph {
         if span.is_empty() {
             return;
         }
+        if frontier.as_slice() == parents {
+            // Made on exactly this version (the common case).
+            frontier.clear();
+            frontier.push(span.end - 1);
+            return;
+        }
         frontier.retain(|f| !parents.contains(f));
         let last = span.end - 1;
         let i = frontier.partition_point(|f| *f < last);

@@ -16,7 +16,6 @@ use jumprope::JumpRopeBuf;
 
 use crate::error::DocError;
 pub use crate::error::LoadError;
-use crate::graph::Frontier;
 pub use encode::LoadLimits;
 pub use oplog::{Limits, OpKind, OpLog, TextChange};
 
@@ -43,10 +42,8 @@ pub use oplog::{Limits, OpKind, OpLog, TextChange};
 pub struct Text {
     replica: ReplicaId,
     oplog: OpLog,
+    /// The text at the log's whole version (between calls, always).
     content: JumpRopeBuf,
-    /// The version `content` reflects (always the oplog's full version
-    /// between calls).
-    frontier: Frontier,
     limits: Limits,
 }
 
@@ -57,7 +54,6 @@ impl Text {
             replica,
             oplog: OpLog::default(),
             content: JumpRopeBuf::new(),
-            frontier: Frontier::new(),
             limits: Limits::default(),
         }
     }
@@ -168,15 +164,8 @@ impl Text {
         if n == 0 {
             return Ok(());
         }
-        self.oplog.push_local(
-            self.replica,
-            &self.frontier.clone(),
-            OpKind::Insert,
-            pos,
-            n,
-            text,
-        );
-        self.frontier = self.oplog.frontier.clone();
+        self.oplog
+            .push_local(self.replica, OpKind::Insert, pos, n, text);
         self.content.insert(pos, text);
         Ok(())
     }
@@ -193,15 +182,8 @@ impl Text {
         if len == 0 {
             return Ok(());
         }
-        self.oplog.push_local(
-            self.replica,
-            &self.frontier.clone(),
-            OpKind::Delete,
-            pos,
-            len,
-            "",
-        );
-        self.frontier = self.oplog.frontier.clone();
+        self.oplog
+            .push_local(self.replica, OpKind::Delete, pos, len, "");
         self.content.remove(pos..pos + len);
         Ok(())
     }
@@ -226,10 +208,9 @@ impl Text {
     ) -> Result<Self, LoadError> {
         let oplog = encode::decode(bytes, limits)?;
         let mut text = Self::new(replica);
-        let (edits, frontier) = merge::merge(&oplog, &[], &oplog.frontier, 0)
+        let (edits, _) = merge::merge(&oplog, &[], &oplog.frontier, 0)
             .map_err(|e| LoadError::Malformed(format!("history does not replay: {e}")))?;
         apply_edits(&mut text.content, edits);
-        text.frontier = frontier;
         text.oplog = oplog;
         Ok(text)
     }
@@ -253,10 +234,10 @@ impl Text {
         }
         let len = self.len_chars();
         let merged = match pushed {
-            Ok(()) => merge::merge(&self.oplog, &self.frontier, &self.oplog.frontier, len),
+            Ok(()) => merge::merge(&self.oplog, &old_frontier, &self.oplog.frontier, len),
             Err(e) => Err(e),
         };
-        let (edits, frontier) = match merged {
+        let (edits, _) = match merged {
             Ok(m) => m,
             Err(e) => {
                 self.oplog.truncate(start, old_frontier);
@@ -264,7 +245,6 @@ impl Text {
             }
         };
         apply_edits(&mut self.content, edits);
-        self.frontier = frontier;
         Ok(())
     }
 }

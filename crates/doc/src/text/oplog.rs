@@ -88,17 +88,27 @@ impl OpLog {
 
     /// Appends `replica`'s next operations, made on version `parents`:
     /// inserting `text` at `pos`, or deleting `len` characters from `pos`.
+    /// Appends `replica`'s next operations, made on the log's whole
+    /// version (local edits): inserting `text` at `pos`, or deleting `len`
+    /// characters from `pos`.
     pub(crate) fn push_local(
         &mut self,
         replica: ReplicaId,
-        parents: &[Lv],
         kind: OpKind,
         pos: usize,
         len: usize,
         text: &str,
     ) -> Range<Lv> {
         let counter = self.agents.version().get(replica) + 1;
-        self.push_run(replica, counter, parents, kind, pos, len, true, text)
+        let start = self.graph.next_lv();
+        let lvs = start..start + len;
+        self.graph.push(&self.frontier, lvs.clone());
+        self.agents.push(lvs.clone(), replica, counter);
+        // Made on the whole version: the new op alone is the frontier.
+        self.frontier.clear();
+        self.frontier.push(lvs.end - 1);
+        self.push_ops(lvs.clone(), kind, pos, true, text);
+        lvs
     }
 
     #[allow(clippy::too_many_arguments)]
