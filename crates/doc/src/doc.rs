@@ -181,6 +181,27 @@ pub struct Change {
     pub ops: Vec<WireOp>,
 }
 
+/// A unit for positions in text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PosUnit {
+    /// Unicode scalar values (what the document counts).
+    Chars,
+    /// UTF-8 bytes.
+    Utf8,
+    /// UTF-16 code units (JavaScript, browsers).
+    Utf16,
+}
+
+impl PosUnit {
+    fn len_of(self, ch: char) -> usize {
+        match self {
+            Self::Chars => 1,
+            Self::Utf8 => ch.len_utf8(),
+            Self::Utf16 => ch.len_utf16(),
+        }
+    }
+}
+
 /// A change in the path-based change API (the JSON forms of the HTTP API).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
@@ -444,6 +465,47 @@ impl Doc {
         match self.resolve(path).ok()? {
             Target::Container(c) => Some(self.materialize(c, 0)),
             Target::Value(lv) => Some(self.content_json(lv)),
+        }
+    }
+
+    /// Converts a position in the text at `path` between units: characters
+    /// (what this API counts), UTF-8 bytes, or UTF-16 code units (what
+    /// browsers count). Positions inside a character are refused.
+    pub fn text_position(
+        &self,
+        path: &[PathSeg],
+        pos: usize,
+        from: PosUnit,
+        to: PosUnit,
+    ) -> Result<usize, DocError> {
+        let Target::Container(c) = self.resolve(path)? else {
+            return Err(DocError::InvalidPath {
+                why: format!("{} is not a text", path_string(path)),
+            });
+        };
+        let Some(ContainerState::Text(chars)) = self.containers.get(&c) else {
+            return Err(DocError::InvalidPath {
+                why: format!("{} is not a text", path_string(path)),
+            });
+        };
+        let (mut done_from, mut done_to) = (0usize, 0usize);
+        for ch in chars {
+            if done_from == pos {
+                return Ok(done_to);
+            }
+            done_from += from.len_of(*ch);
+            done_to += to.len_of(*ch);
+            if done_from > pos {
+                break;
+            }
+        }
+        if done_from == pos {
+            Ok(done_to)
+        } else {
+            Err(DocError::OutOfBounds {
+                pos,
+                len: done_from,
+            })
         }
     }
 

@@ -31,8 +31,9 @@
 //! transformed to the current version. None of them needs a new storage
 //! format.
 //!
-//! Not done yet: moving list elements, UTF-16 positions for document
-//! texts, fuzz targets, and a columnar (smaller) encoding for documents.
+//! Not done yet: moving list elements (Kleppmann's move: a new slot in
+//! the sequence plus a last-writer-wins choice of slot per element) and a
+//! columnar (smaller) encoding for documents.
 
 mod agents;
 mod doc;
@@ -45,7 +46,7 @@ pub mod text;
 pub use agents::Agents;
 pub use doc::{
     Change, ContainerKind, Content, Doc, DocLimits, OpBody, Patch, PatchAction, PathChange,
-    PathSeg, Scalar, Tx, WireOp, decode_changes, encode_changes,
+    PathSeg, PosUnit, Scalar, Tx, WireOp, decode_changes, encode_changes,
 };
 pub use error::{DocError, LoadError};
 

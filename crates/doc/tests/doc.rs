@@ -199,6 +199,29 @@ fn text_containers_merge_without_interleaving() {
 }
 
 #[test]
+fn text_positions_convert_between_units() {
+    use converge_doc::PosUnit::{Chars, Utf8, Utf16};
+    let mut d = Doc::new(ReplicaId::from_u64(1));
+    d.apply(&[PathChange::Splice {
+        path: vec![key("t")],
+        index: 0,
+        delete: 0,
+        insert: json!("aé😀b"),
+    }])
+    .unwrap();
+    let t = [key("t")];
+    assert_eq!(d.text_position(&t, 3, Chars, Utf16).unwrap(), 4);
+    assert_eq!(d.text_position(&t, 4, Utf16, Chars).unwrap(), 3);
+    assert_eq!(d.text_position(&t, 3, Chars, Utf8).unwrap(), 7);
+    assert!(
+        d.text_position(&t, 3, Utf16, Chars).is_err(),
+        "inside a surrogate pair"
+    );
+    assert!(d.text_position(&t, 9, Chars, Utf8).is_err());
+    assert!(d.text_position(&[key("missing")], 0, Chars, Utf8).is_err());
+}
+
+#[test]
 fn bad_changes_change_nothing() {
     let mut a = Doc::new(ReplicaId::from_u64(1));
     a.apply(&[PathChange::Set {
