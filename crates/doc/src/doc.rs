@@ -24,8 +24,7 @@ use crate::agents::Agents;
 use crate::error::{DocError, LoadError};
 use crate::framing;
 use crate::graph::{Frontier, Graph, Lv};
-use crate::seq::{self, SeqEdit, SeqSource};
-use crate::text::OpKind;
+use crate::seq::{self, SeqEdit, SeqOp, SeqSource};
 
 /// One step of a path: a map key or a list index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -151,6 +150,16 @@ pub enum OpBody {
         /// Position.
         pos: usize,
     },
+    /// Move the list element at `from` to a new place: a new slot inserted
+    /// at `to` (counted with the element still at `from`), both in the
+    /// author's version. Concurrent moves of one element leave it in exactly
+    /// one place: the move with the greatest (Lamport, id) wins.
+    Move {
+        /// Where the element is.
+        from: usize,
+        /// Where its new slot goes.
+        to: usize,
+    },
     /// Add to a counter.
     Increment {
         /// The amount (negative to subtract).
@@ -232,6 +241,19 @@ pub enum PathChange {
         #[serde(default = "empty_insert")]
         insert: Json,
     },
+    /// In the list at `path`, move the `count` items starting at `index` so
+    /// that the first of them ends at index `to` of the resulting list.
+    Move {
+        /// The list.
+        path: Vec<PathSeg>,
+        /// First item to move.
+        index: usize,
+        /// How many items.
+        #[serde(default = "one")]
+        count: usize,
+        /// Where the first moved item ends up.
+        to: usize,
+    },
     /// Add `by` to the counter at `path` (created at 0 if missing).
     Increment {
         /// The counter.
@@ -239,6 +261,10 @@ pub enum PathChange {
         /// The amount.
         by: i64,
     },
+}
+
+fn one() -> usize {
+    1
 }
 
 fn empty_insert() -> Json {
@@ -383,6 +409,8 @@ pub struct Doc {
     limits: DocLimits,
     /// Changes received before their dependencies.
     pending: Vec<Change>,
+    /// The element shown in each move's slot (other slots show their own).
+    moved: HashMap<Lv, Lv>,
 }
 
 impl Doc {
@@ -400,6 +428,7 @@ impl Doc {
             containers,
             limits: DocLimits::default(),
             pending: Vec::new(),
+            moved: HashMap::new(),
         }
     }
 
@@ -676,6 +705,7 @@ impl Doc {
         self.agents.truncate(start);
         self.ops.truncate(start);
         self.lamport.truncate(start);
+        self.moved.clear();
         self.containers.clear();
         self.containers
             .insert(None, ContainerState::Map(BTreeMap::new()));
@@ -798,7 +828,10 @@ impl Doc {
         };
         match body {
             OpBody::MapSet { key, .. } | OpBody::MapDelete { key } => key_ok(key),
-            OpBody::Insert { .. } | OpBody::Delete { .. } | OpBody::Increment { .. } => Ok(()),
+            OpBody::Insert { .. }
+            | OpBody::Delete { .. }
+            | OpBody::Move { .. }
+            | OpBody::Increment { .. } => Ok(()),
         }
     }
 
@@ -871,9 +904,13 @@ impl Doc {
                         seq_containers.push(c);
                     }
                 }
-                OpBody::Delete { .. } => {
+                OpBody::Delete { .. } | OpBody::Move { .. } => {
                     let c = self.ops[lv].container;
-                    self.check_container(lv, c, &[ContainerKind::List, ContainerKind::Text])?;
+                    let kinds: &[ContainerKind] = match self.ops[lv].body {
+                        OpBody::Move { .. } => &[ContainerKind::List],
+                        _ => &[ContainerKind::List, ContainerKind::Text],
+                    };
+                    self.check_container(lv, c, kinds)?;
                     if !seq_containers.contains(&c) {
                         seq_containers.push(c);
                     }
@@ -1018,6 +1055,20 @@ impl Doc {
                 }
                 self.apply_seq_edit(c, SeqEdit::Delete(pos), patches);
             }
+            OpBody::Move { from, to } => {
+                self.check_container(lv, c, &[ContainerKind::List])?;
+                let len = self.seq_len(c);
+                if from >= len || to > len {
+                    return Err(fail(
+                        self,
+                        format!("move from {from} to {to} is out of bounds ({len})"),
+                    ));
+                }
+                // The new slot goes in with the element still in place; the
+                // element then leaves its old slot.
+                let to = if to > from { to - 1 } else { to };
+                self.apply_seq_edit(c, SeqEdit::Move { from, to, lv }, patches);
+            }
         }
         Ok(())
     }
@@ -1053,6 +1104,17 @@ impl Doc {
                 chars.remove(pos);
                 PatchAction::Remove { index: pos }
             }
+            (Some(ContainerState::List(items)), SeqEdit::Move { from, to, lv }) => {
+                let slot = items.remove(from);
+                items.insert(to, lv);
+                let elem = self.moved.get(&slot).copied().unwrap_or(slot);
+                self.moved.insert(lv, elem);
+                self.push_patch(patches, c, PatchAction::Remove { index: from });
+                PatchAction::Insert {
+                    index: to,
+                    value: Json::Null,
+                }
+            }
             _ => return,
         };
         let action = match (action, edit) {
@@ -1061,10 +1123,10 @@ impl Doc {
                     index,
                     value: Json::Null,
                 },
-                SeqEdit::Insert(_, lv),
+                SeqEdit::Insert(_, lv) | SeqEdit::Move { lv, .. },
             ) => PatchAction::Insert {
                 index,
-                value: self.content_json(lv),
+                value: self.content_json(self.element(lv)),
             },
             (a, _) => a,
         };
@@ -1076,6 +1138,12 @@ impl Doc {
         if let Some(path) = self.path_of(c) {
             patches.push(Patch { path, action });
         }
+    }
+
+    /// The element shown in list slot `slot` (a move's slot shows the
+    /// element it moved).
+    fn element(&self, slot: Lv) -> Lv {
+        self.moved.get(&slot).copied().unwrap_or(slot)
     }
 
     fn seq_len(&self, c: Cid) -> usize {
@@ -1129,7 +1197,7 @@ impl Doc {
             Some(ContainerState::List(items)) => Json::Array(
                 items
                     .iter()
-                    .map(|lv| self.content_json_depth(*lv, depth + 1))
+                    .map(|lv| self.content_json_depth(self.element(*lv), depth + 1))
                     .collect(),
             ),
             Some(ContainerState::Text(chars)) => Json::String(chars.iter().collect()),
@@ -1170,7 +1238,9 @@ impl Doc {
                     let Some(ContainerState::List(items)) = self.containers.get(&parent) else {
                         return None;
                     };
-                    path.push(PathSeg::Index(items.iter().position(|x| *x == lv)?));
+                    path.push(PathSeg::Index(
+                        items.iter().position(|x| self.element(*x) == lv)?,
+                    ));
                 }
                 _ => return None,
             }
@@ -1194,7 +1264,7 @@ impl Doc {
                     self.map_winner(c, k).ok_or_else(not_found)?
                 }
                 (Some(ContainerState::List(items)), PathSeg::Index(i)) => {
-                    *items.get(*i).ok_or_else(not_found)?
+                    self.element(*items.get(*i).ok_or_else(not_found)?)
                 }
                 _ => return Err(not_found()),
             };
@@ -1248,16 +1318,20 @@ impl SeqSource for SeqView<'_> {
     fn agents(&self) -> &Agents {
         &self.doc.agents
     }
-    fn seq_op(&self, lv: Lv) -> Option<(OpKind, usize)> {
+    fn seq_op(&self, lv: Lv) -> Option<SeqOp> {
         let op = self.doc.ops.get(lv)?;
         if op.container != self.container {
             return None;
         }
         match op.body {
-            OpBody::Insert { pos, .. } => Some((OpKind::Insert, pos)),
-            OpBody::Delete { pos } => Some((OpKind::Delete, pos)),
+            OpBody::Insert { pos, .. } => Some(SeqOp::Insert(pos)),
+            OpBody::Delete { pos } => Some(SeqOp::Delete(pos)),
+            OpBody::Move { from, to } => Some(SeqOp::Move { from, to }),
             _ => None,
         }
+    }
+    fn lamport(&self, lv: Lv) -> u64 {
+        self.doc.lamport.get(lv).copied().unwrap_or(0)
     }
 }
 
@@ -1280,6 +1354,12 @@ impl Tx<'_> {
                 delete,
                 insert,
             } => self.splice(path, *index, *delete, insert),
+            PathChange::Move {
+                path,
+                index,
+                count,
+                to,
+            } => self.move_items(path, *index, *count, *to),
             PathChange::Increment { path, by } => self.increment(path, *by),
         }
     }
@@ -1380,6 +1460,49 @@ impl Tx<'_> {
             other => vec![other.clone()],
         };
         self.splice_raw(c, index, delete, &items)
+    }
+
+    /// In the list at `path`, moves the `count` items starting at `index` so
+    /// that the first of them ends up at index `to` of the result.
+    pub fn move_items(
+        &mut self,
+        path: &[PathSeg],
+        index: usize,
+        count: usize,
+        to: usize,
+    ) -> Result<(), DocError> {
+        let c = self.container_at(path)?;
+        if self.kind_of(c) != ContainerKind::List {
+            return Err(DocError::InvalidPath {
+                why: format!("{} is not a list: only list items move", path_string(path)),
+            });
+        }
+        let len = self.doc.seq_len(c);
+        let bad = index.checked_add(count).is_none_or(|e| e > len)
+            || to.checked_add(count).is_none_or(|e| e > len);
+        if bad {
+            return Err(DocError::OutOfBounds {
+                pos: index.max(to).saturating_add(count),
+                len,
+            });
+        }
+        // One move per item; moving forward, the last item first, so the
+        // ones still to move keep their positions.
+        let order: Vec<usize> = if to > index {
+            (0..count).rev().collect()
+        } else {
+            (0..count).collect()
+        };
+        for k in order {
+            let (from, dest) = (index + k, to + k);
+            if from == dest {
+                continue;
+            }
+            // `to` counts with the item still at `from`.
+            let slot = if dest > from { dest + 1 } else { dest };
+            self.op(c, OpBody::Move { from, to: slot })?;
+        }
+        Ok(())
     }
 
     /// Adds `by` to the counter at `path`, creating it at 0 under a missing map key.

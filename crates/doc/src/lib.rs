@@ -31,9 +31,12 @@
 //! transformed to the current version. None of them needs a new storage
 //! format.
 //!
-//! Not done yet: moving list elements (Kleppmann's move: a new slot in
-//! the sequence plus a last-writer-wins choice of slot per element) and a
-//! columnar (smaller) encoding for documents.
+//! List items move with Kleppmann's design (*Moving elements in list
+//! CRDTs*, 2020): a move inserts a new slot for the element and the
+//! element shows in its greatest-ranked slot, so concurrent moves of one
+//! item leave it in exactly one place; a delete concurrent with a move wins.
+//!
+//! Not done yet: a columnar (smaller) encoding for documents.
 
 mod agents;
 mod doc;

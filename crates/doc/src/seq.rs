@@ -17,7 +17,6 @@ use converge_crdt::Dot;
 
 use crate::agents::Agents;
 use crate::graph::{Frontier, Graph, Lv, Side};
-use crate::text::OpKind;
 
 /// Where a sequence's operations come from: the shared causal graph and a
 /// view of which operations belong to this sequence.
@@ -26,9 +25,30 @@ pub(crate) trait SeqSource {
     fn graph(&self) -> &Graph;
     /// Who wrote each operation (for ordering concurrent inserts).
     fn agents(&self) -> &Agents;
-    /// The operation at `lv` if it belongs to this sequence: its kind and
-    /// its position in its author's version.
-    fn seq_op(&self, lv: Lv) -> Option<(OpKind, usize)>;
+    /// The operation at `lv` if it belongs to this sequence, with positions
+    /// in its author's version.
+    fn seq_op(&self, lv: Lv) -> Option<SeqOp>;
+    /// The Lamport timestamp of `lv` (only moves need it).
+    fn lamport(&self, _lv: Lv) -> u64 {
+        0
+    }
+}
+
+/// A sequence operation, with positions in its author's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SeqOp {
+    /// Insert a new element at `pos`.
+    Insert(usize),
+    /// Delete the element at `pos`.
+    Delete(usize),
+    /// Move the element at `from` to a new slot inserted at `to` (counted
+    /// with the element still at `from`).
+    Move {
+        /// Where the element is.
+        from: usize,
+        /// Where its new slot goes.
+        to: usize,
+    },
 }
 
 /// An edit to the current sequence produced by a replay.
@@ -38,6 +58,16 @@ pub(crate) enum SeqEdit {
     Insert(usize, Lv),
     /// Delete the element at position `.0`.
     Delete(usize),
+    /// Take the element at `from` out, and put it back at `to` (counted
+    /// after the removal) in the slot created by move op `lv`.
+    Move {
+        /// Current position.
+        from: usize,
+        /// Position after removal.
+        to: usize,
+        /// The move op (its slot).
+        lv: Lv,
+    },
 }
 
 /// Sentinels for "start of text" / "end of text" origins.
@@ -48,38 +78,76 @@ const UNDERWATER: Lv = usize::MAX / 4;
 /// The placeholder's length: more characters than any text can have.
 const UNDERWATER_LEN: usize = usize::MAX / 8;
 
+/// A run of slots (a single slot, except for untouched placeholder runs).
+/// A slot is where an element sits: its insert, or a move's new place.
 #[derive(Debug, Clone, Copy)]
 struct Item {
     lv: Lv,
     len: usize,
-    /// Origin of the first character; later ones have the character before.
+    /// Origin of the first slot; later ones have the slot before.
     origin_left: Lv,
     origin_right: Lv,
-    /// 0: not inserted yet in the version being replayed; 1: inserted;
-    /// 1 + n: deleted by n operations.
-    cur: u32,
-    /// Deleted in the resulting text.
-    ever_deleted: bool,
+    /// Whether the slot's op is in the version being replayed.
+    inserted: bool,
+    /// The element of a move's slot (other slots hold their own element).
+    elem: Option<Lv>,
+    /// Whether the element has state in `Tracker::elems` (deleted or moved).
+    touched: bool,
 }
 
 impl Item {
-    fn cur_len(&self) -> usize {
-        if self.cur == 1 { self.len } else { 0 }
-    }
-    fn end_len(&self) -> usize {
-        if self.ever_deleted { 0 } else { self.len }
-    }
     fn contains(&self, lv: Lv) -> bool {
         lv >= self.lv && lv - self.lv < self.len
+    }
+    /// The element in slot `lv` of this item.
+    fn key(&self, lv: Lv) -> Lv {
+        self.elem.unwrap_or(lv)
+    }
+}
+
+/// Per-element state for elements that were deleted or moved.
+#[derive(Debug, Default)]
+struct Elem {
+    /// Deletes in the version being replayed.
+    del_cur: u32,
+    /// Deleted in the resulting sequence.
+    ever_deleted: bool,
+    /// For moved elements, every slot: (slot, rank, in the replayed version).
+    /// The visible slot is the greatest-ranked one (last writer wins).
+    slots: Vec<(Lv, (u64, Dot), bool)>,
+}
+
+impl Elem {
+    fn winner(&self, only_inserted: bool) -> Option<Lv> {
+        self.slots
+            .iter()
+            .filter(|(_, _, ins)| *ins || !only_inserted)
+            .max_by_key(|(_, rank, _)| *rank)
+            .map(|(lv, _, _)| *lv)
     }
 }
 
 struct Tracker<'a, S> {
     src: &'a S,
     items: Vec<Item>,
-    /// Delete op → the character it deleted.
+    elems: HashMap<Lv, Elem>,
+    /// Slot → element, for the slots of moved elements.
+    slot_owner: HashMap<Lv, Lv>,
+    /// Delete op → the element it deleted.
     deletes: HashMap<Lv, Lv>,
     version: Frontier,
+}
+
+fn placeholder() -> Item {
+    Item {
+        lv: UNDERWATER,
+        len: UNDERWATER_LEN,
+        origin_left: ROOT,
+        origin_right: ROOT,
+        inserted: true,
+        elem: None,
+        touched: false,
+    }
 }
 
 impl<'a, S: SeqSource> Tracker<'a, S> {
@@ -87,18 +155,13 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
         let items = if common.is_empty() {
             Vec::new()
         } else {
-            vec![Item {
-                lv: UNDERWATER,
-                len: UNDERWATER_LEN,
-                origin_left: ROOT,
-                origin_right: ROOT,
-                cur: 1,
-                ever_deleted: false,
-            }]
+            vec![placeholder()]
         };
         Self {
             src,
             items,
+            elems: HashMap::new(),
+            slot_owner: HashMap::new(),
             deletes: HashMap::new(),
             version: common,
         }
@@ -108,14 +171,9 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
     /// placeholder.
     fn reset_to(&mut self, lv: Lv) {
         self.items.clear();
-        self.items.push(Item {
-            lv: UNDERWATER,
-            len: UNDERWATER_LEN,
-            origin_left: ROOT,
-            origin_right: ROOT,
-            cur: 1,
-            ever_deleted: false,
-        });
+        self.items.push(placeholder());
+        self.elems.clear();
+        self.slot_owner.clear();
         self.deletes.clear();
         self.version = smallvec::smallvec![lv];
     }
@@ -136,7 +194,7 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
         self.items.insert(i + 1, right);
     }
 
-    /// Index of the single-character item holding `lv`, splitting as needed.
+    /// Index of the single-slot item holding `lv`, splitting as needed.
     fn isolate(&mut self, lv: Lv) -> usize {
         let i = self.index_of(lv);
         let k = lv - self.items[i].lv;
@@ -169,32 +227,71 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
         }
     }
 
-    fn set_cur(&mut self, lv: Lv, f: impl FnOnce(u32) -> u32) {
+    /// Visible slots of item `it` in the replayed version.
+    fn cur_len(&self, it: &Item) -> usize {
+        if !it.inserted {
+            return 0;
+        }
+        if !it.touched {
+            return it.len;
+        }
+        match self.elems.get(&it.key(it.lv)) {
+            None => it.len,
+            Some(e) => {
+                usize::from(e.del_cur == 0 && (e.slots.is_empty() || e.winner(true) == Some(it.lv)))
+            }
+        }
+    }
+
+    /// Visible slots of item `it` in the resulting sequence.
+    fn end_len(&self, it: &Item) -> usize {
+        if !it.touched {
+            return it.len;
+        }
+        match self.elems.get(&it.key(it.lv)) {
+            None => it.len,
+            Some(e) => usize::from(
+                !e.ever_deleted && (e.slots.is_empty() || e.winner(false) == Some(it.lv)),
+            ),
+        }
+    }
+
+    fn set_inserted(&mut self, lv: Lv, inserted: bool) {
         let i = self.isolate(lv);
-        self.items[i].cur = f(self.items[i].cur);
+        self.items[i].inserted = inserted;
+        if let Some(key) = self.slot_owner.get(&lv)
+            && let Some(e) = self.elems.get_mut(key)
+            && let Some(slot) = e.slots.iter_mut().find(|(s, _, _)| *s == lv)
+        {
+            slot.2 = inserted;
+        }
+    }
+
+    fn change_deletes(&mut self, lv: Lv, up: bool) {
+        if let Some(key) = self.deletes.get(&lv)
+            && let Some(e) = self.elems.get_mut(key)
+        {
+            e.del_cur = if up {
+                e.del_cur + 1
+            } else {
+                e.del_cur.saturating_sub(1)
+            };
+        }
     }
 
     fn retreat(&mut self, lv: Lv) {
         match self.src.seq_op(lv) {
             None => {}
-            Some((OpKind::Insert, _)) => self.set_cur(lv, |_| 0),
-            Some((OpKind::Delete, _)) => {
-                if let Some(&target) = self.deletes.get(&lv) {
-                    self.set_cur(target, |c| c - 1);
-                }
-            }
+            Some(SeqOp::Insert(_) | SeqOp::Move { .. }) => self.set_inserted(lv, false),
+            Some(SeqOp::Delete(_)) => self.change_deletes(lv, false),
         }
     }
 
     fn advance(&mut self, lv: Lv) {
         match self.src.seq_op(lv) {
             None => {}
-            Some((OpKind::Insert, _)) => self.set_cur(lv, |_| 1),
-            Some((OpKind::Delete, _)) => {
-                if let Some(&target) = self.deletes.get(&lv) {
-                    self.set_cur(target, |c| c + 1);
-                }
-            }
+            Some(SeqOp::Insert(_) | SeqOp::Move { .. }) => self.set_inserted(lv, true),
+            Some(SeqOp::Delete(_)) => self.change_deletes(lv, true),
         }
     }
 
@@ -218,12 +315,12 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
         self.version = to.iter().copied().collect();
     }
 
-    /// The item index and offset of the `pos`-th visible character in the
+    /// The item index and offset of the `pos`-th visible slot in the
     /// replayed version.
     fn find_cur(&self, pos: usize) -> Option<(usize, usize)> {
         let mut left = pos;
         for (i, it) in self.items.iter().enumerate() {
-            let n = it.cur_len();
+            let n = self.cur_len(it);
             if left < n {
                 return Some((i, left));
             }
@@ -233,69 +330,129 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
     }
 
     fn end_pos(&self, index: usize) -> usize {
-        self.items[..index].iter().map(Item::end_len).sum()
+        self.items[..index].iter().map(|it| self.end_len(it)).sum()
     }
 
     fn dot(&self, lv: Lv) -> Dot {
         self.src.agents().dot(lv)
     }
 
-    /// Replays op `lv`; returns the edit to the text if it is new.
-    fn apply(
-        &mut self,
-        lv: Lv,
-        kind: OpKind,
-        pos: usize,
-        emit: bool,
-    ) -> Result<Option<SeqEdit>, String> {
-        match kind {
-            OpKind::Insert => {
-                let (start, origin_left) = if pos == 0 {
-                    (0, ROOT)
-                } else {
-                    let (i, k) = self.find_cur(pos - 1).ok_or_else(|| {
-                        format!("insert at {} is past the end of its version", pos)
-                    })?;
-                    let left = self.items[i].lv + k;
-                    let i = self.isolate(left);
-                    (i + 1, left)
-                };
-                let origin_right = self.items[start..]
-                    .iter()
-                    .find(|it| it.cur != 0)
-                    .map_or(ROOT, |it| it.lv);
-                let at = self.integrate(lv, start, origin_right);
-                self.items.insert(
-                    at,
-                    Item {
-                        lv,
-                        len: 1,
-                        origin_left,
-                        origin_right,
-                        cur: 1,
-                        ever_deleted: false,
-                    },
-                );
+    /// The order of a slot among an element's slots: placeholder slots
+    /// (from before the replay) first, then by Lamport timestamp and id.
+    fn rank(&self, lv: Lv) -> (u64, Dot) {
+        if lv >= UNDERWATER {
+            (0, Dot::new(converge_crdt::ReplicaId::from_u64(0), 0))
+        } else {
+            (self.src.lamport(lv), self.dot(lv))
+        }
+    }
+
+    /// The visible slot at `pos` in the replayed version, isolated:
+    /// (item index, slot lv, element).
+    fn slot_at(&mut self, pos: usize, what: &str) -> Result<(usize, Lv, Lv), String> {
+        let (i, k) = self
+            .find_cur(pos)
+            .ok_or_else(|| format!("{what} at {pos} is past the end of its version"))?;
+        let slot = self.items[i].lv + k;
+        let i = self.isolate(slot);
+        Ok((i, slot, self.items[i].key(slot)))
+    }
+
+    /// Inserts a new slot `lv` at `pos` (FugueMax placement); returns its index.
+    fn insert_slot(&mut self, lv: Lv, pos: usize, elem: Option<Lv>) -> Result<usize, String> {
+        let (start, origin_left) = if pos == 0 {
+            (0, ROOT)
+        } else {
+            let (i, slot, _) = self.slot_at(pos - 1, "insert")?;
+            (i + 1, slot)
+        };
+        let origin_right = self.items[start..]
+            .iter()
+            .find(|it| it.inserted)
+            .map_or(ROOT, |it| it.lv);
+        let at = self.integrate(lv, start, origin_right);
+        self.items.insert(
+            at,
+            Item {
+                lv,
+                len: 1,
+                origin_left,
+                origin_right,
+                inserted: true,
+                elem,
+                touched: elem.is_some(),
+            },
+        );
+        Ok(at)
+    }
+
+    /// Replays op `lv`; returns the edit to the sequence if it is new.
+    fn apply(&mut self, lv: Lv, op: SeqOp, emit: bool) -> Result<Option<SeqEdit>, String> {
+        match op {
+            SeqOp::Insert(pos) => {
+                let at = self.insert_slot(lv, pos, None)?;
                 Ok(emit.then(|| SeqEdit::Insert(self.end_pos(at), lv)))
             }
-            OpKind::Delete => {
-                let (i, k) = self
-                    .find_cur(pos)
-                    .ok_or_else(|| format!("delete at {} is past the end of its version", pos))?;
-                let target = self.items[i].lv + k;
-                let i = self.isolate(target);
-                self.deletes.insert(lv, target);
-                self.items[i].cur += 1;
-                if self.items[i].ever_deleted {
+            SeqOp::Delete(pos) => {
+                let (i, _, key) = self.slot_at(pos, "delete")?;
+                self.items[i].touched = true;
+                self.deletes.insert(lv, key);
+                let e = self.elems.entry(key).or_default();
+                e.del_cur += 1;
+                if e.ever_deleted {
                     return Ok(None);
                 }
-                self.items[i].ever_deleted = true;
-                Ok(emit.then(|| SeqEdit::Delete(self.end_pos(i))))
+                // The element's visible slot may be another one than the
+                // deleted position's (a concurrent move won): delete that.
+                let shown = if e.slots.is_empty() {
+                    None
+                } else {
+                    e.winner(false)
+                };
+                let at = match shown {
+                    Some(s) => self.index_of(s),
+                    None => i,
+                };
+                let edit = emit.then(|| SeqEdit::Delete(self.end_pos(at)));
+                if let Some(e) = self.elems.get_mut(&key) {
+                    e.ever_deleted = true;
+                }
+                Ok(edit)
+            }
+            SeqOp::Move { from, to } => {
+                let (i, slot, key) = self.slot_at(from, "move")?;
+                self.items[i].touched = true;
+                let rank = self.rank(slot);
+                let e = self.elems.entry(key).or_default();
+                if e.slots.is_empty() {
+                    e.slots.push((slot, rank, true));
+                    self.slot_owner.insert(slot, key);
+                }
+                let deleted = e.ever_deleted;
+                let before = e.winner(false);
+                let from_end = match before {
+                    Some(s) if emit && !deleted => Some(self.end_pos(self.index_of(s))),
+                    _ => None,
+                };
+                let at = self.insert_slot(lv, to, Some(key))?;
+                let rank = self.rank(lv);
+                self.slot_owner.insert(lv, key);
+                let e = self.elems.entry(key).or_default();
+                e.slots.push((lv, rank, true));
+                let after = e.winner(false);
+                match from_end {
+                    Some(from) if after == Some(lv) && before != after => Ok(Some(SeqEdit::Move {
+                        from,
+                        to: self.end_pos(at),
+                        lv,
+                    })),
+                    _ => Ok(None),
+                }
             }
         }
     }
 
-    /// Where a new character with these origins goes among the concurrent
+    /// Where a new slot with these origins goes among the concurrent
     /// insertions that follow `start` (FugueMax / YjsMod).
     fn integrate(&self, lv: Lv, start: usize, origin_right: Lv) -> usize {
         let left_index = start;
@@ -305,7 +462,7 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
         let mut scan_start = start;
         while i < self.items.len() {
             let other = &self.items[i];
-            if other.cur != 0 {
+            if other.inserted {
                 break;
             }
             let other_left = self.index_after(other.origin_left);
@@ -375,12 +532,9 @@ pub(crate) fn replay<S: SeqSource>(
         for (i, &lv) in lvs.iter().enumerate() {
             let parents = graph.parents_of(lv);
             Graph::advance_frontier(&mut processed, &parents, &(lv..lv + 1));
-            if let Some((kind, pos)) = src.seq_op(lv) {
+            if let Some(op) = src.seq_op(lv) {
                 tracker.move_to(&parents);
-                if let Some(edit) = tracker
-                    .apply(lv, kind, pos, emit)
-                    .map_err(|why| (lv, why))?
-                {
+                if let Some(edit) = tracker.apply(lv, op, emit).map_err(|why| (lv, why))? {
                     edits.push(edit);
                 }
                 tracker.version = smallvec::smallvec![lv];

@@ -198,6 +198,137 @@ fn text_containers_merge_without_interleaving() {
     );
 }
 
+fn list(d: &Doc) -> Json {
+    d.get(&[key("l")]).unwrap_or(Json::Null)
+}
+
+fn sync_both(a: &mut Doc, b: &mut Doc) {
+    let (fa, fb) = (a.changes_since(b.version()), b.changes_since(a.version()));
+    a.apply_changes(&fb).unwrap();
+    b.apply_changes(&fa).unwrap();
+}
+
+#[test]
+fn moving_list_items() {
+    let mut a = Doc::new(ReplicaId::from_u64(1));
+    a.apply(&[PathChange::Set {
+        path: vec![key("l")],
+        value: json!(["a", "b", "c", "d", "e"]),
+    }])
+    .unwrap();
+    let mv = |index, count, to| PathChange::Move {
+        path: vec![key("l")],
+        index,
+        count,
+        to,
+    };
+    a.apply(&[mv(0, 2, 3)]).unwrap();
+    assert_eq!(list(&a), json!(["c", "d", "e", "a", "b"]));
+    a.apply(&[mv(3, 2, 0)]).unwrap();
+    assert_eq!(list(&a), json!(["a", "b", "c", "d", "e"]));
+    a.apply(&[mv(4, 1, 1)]).unwrap();
+    assert_eq!(list(&a), json!(["a", "e", "b", "c", "d"]));
+    assert!(a.apply(&[mv(4, 2, 0)]).is_err());
+    assert!(a.apply(&[mv(0, 1, 5)]).is_err());
+    // A moved map element keeps its identity: paths and edits follow it.
+    a.apply(&[PathChange::Set {
+        path: vec![key("m")],
+        value: json!([{"n": 1}, {"n": 2}]),
+    }])
+    .unwrap();
+    a.apply(&[PathChange::Move {
+        path: vec![key("m")],
+        index: 0,
+        count: 1,
+        to: 1,
+    }])
+    .unwrap();
+    a.apply(&[PathChange::Set {
+        path: vec![key("m"), 1.into(), key("n")],
+        value: json!(10),
+    }])
+    .unwrap();
+    assert_eq!(a.get(&[key("m")]), Some(json!([{"n": 2}, {"n": 10}])));
+    let mut b = Doc::new(ReplicaId::from_u64(2));
+    b.apply_changes(&a.changes_since(b.version())).unwrap();
+    assert_eq!(b.to_json(), a.to_json());
+}
+
+#[test]
+fn concurrent_moves_of_one_item_leave_it_in_one_place() {
+    let mut a = Doc::new(ReplicaId::from_u64(1));
+    a.apply(&[PathChange::Set {
+        path: vec![key("l")],
+        value: json!(["a", "b", "c", "d"]),
+    }])
+    .unwrap();
+    let mut b = Doc::new(ReplicaId::from_u64(2));
+    b.apply_changes(&a.changes_since(b.version())).unwrap();
+    let mut c = Doc::new(ReplicaId::from_u64(3));
+    c.apply_changes(&a.changes_since(c.version())).unwrap();
+    a.apply(&[PathChange::Move {
+        path: vec![key("l")],
+        index: 0,
+        count: 1,
+        to: 3,
+    }])
+    .unwrap();
+    b.apply(&[PathChange::Move {
+        path: vec![key("l")],
+        index: 0,
+        count: 1,
+        to: 1,
+    }])
+    .unwrap();
+    c.apply(&[PathChange::Delete {
+        path: vec![key("l"), 2.into()],
+    }])
+    .unwrap();
+    sync_both(&mut a, &mut b);
+    sync_both(&mut b, &mut c);
+    sync_both(&mut a, &mut c);
+    assert_eq!(a.to_json(), b.to_json());
+    assert_eq!(b.to_json(), c.to_json());
+    let items = list(&a);
+    let items = items.as_array().unwrap();
+    assert_eq!(
+        items.iter().filter(|x| **x == json!("a")).count(),
+        1,
+        "{items:?}"
+    );
+    assert_eq!(
+        items.len(),
+        3,
+        "c deleted, a in exactly one place: {items:?}"
+    );
+}
+
+#[test]
+fn delete_wins_over_a_concurrent_move() {
+    let mut a = Doc::new(ReplicaId::from_u64(1));
+    a.apply(&[PathChange::Set {
+        path: vec![key("l")],
+        value: json!(["a", "b", "c"]),
+    }])
+    .unwrap();
+    let mut b = Doc::new(ReplicaId::from_u64(2));
+    b.apply_changes(&a.changes_since(b.version())).unwrap();
+    a.apply(&[PathChange::Move {
+        path: vec![key("l")],
+        index: 0,
+        count: 1,
+        to: 2,
+    }])
+    .unwrap();
+    b.apply(&[PathChange::Delete {
+        path: vec![key("l"), 0.into()],
+    }])
+    .unwrap();
+    sync_both(&mut a, &mut b);
+    assert_eq!(a.to_json(), b.to_json());
+    assert_eq!(list(&a), json!(["b", "c"]));
+}
+
 #[test]
 fn text_positions_convert_between_units() {
     use converge_doc::PosUnit::{Chars, Utf8, Utf16};

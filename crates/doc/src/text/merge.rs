@@ -4,7 +4,7 @@
 
 use crate::error::DocError;
 use crate::graph::{Frontier, Graph, Lv};
-use crate::seq::{self, SeqEdit, SeqSource};
+use crate::seq::{self, SeqEdit, SeqOp, SeqSource};
 use crate::text::oplog::{OpKind, OpLog};
 
 /// An edit to apply to the text, in current positions.
@@ -83,6 +83,8 @@ pub(crate) fn merge<'a>(
                 Edit::InsertChar(pos, oplog.op(lv).ch.unwrap_or('\u{fffd}'))
             }
             SeqEdit::Delete(pos) => Edit::Delete(pos, 1),
+            // Texts have no move operation, so their replay never emits one.
+            SeqEdit::Move { .. } => unreachable!("text replay emitted a move"),
         });
     }
     for lv in rest {
@@ -98,8 +100,11 @@ impl SeqSource for OpLog {
     fn agents(&self) -> &crate::agents::Agents {
         &self.agents
     }
-    fn seq_op(&self, lv: Lv) -> Option<(OpKind, usize)> {
+    fn seq_op(&self, lv: Lv) -> Option<SeqOp> {
         let op = self.op(lv);
-        Some((op.kind, op.pos))
+        Some(match op.kind {
+            OpKind::Insert => SeqOp::Insert(op.pos),
+            OpKind::Delete => SeqOp::Delete(op.pos),
+        })
     }
 }
