@@ -98,18 +98,21 @@ fn http_contract_and_bad_input() {
     );
     assert_eq!(status, 200, "{body}");
     assert!(body["version"].as_object().is_some_and(|v| v.len() == 1));
-    let (status, _) = post(
+    let (status, body) = post(
         &s,
         "/v1/docs/todo/changes",
-        r#"[
-        {"op":"move","path":["items"],"index":0,"count":1,"to":2}
-    ]"#,
+        r#"[{"op":"move","path":["items"],"index":0,"count":1,"to":2}]"#,
     );
-    assert_eq!(status, 400, "move is not accepted yet, and says so");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        get(&s, "/v1/docs/todo").1["items"],
+        json!([{"t": "b"}, {"t": "c"}, {"t": "a"}])
+    );
     let (status, body) = post(
         &s,
         "/v1/docs/todo/changes",
         r#"[
+        {"op":"move","path":["items"],"index":2,"count":1,"to":0},
         {"op":"delete","path":["items",1]},
         {"op":"splice","path":["text"],"index":5,"delete":0,"insert":" world"},
         {"op":"increment","path":["n"],"by":-2}
