@@ -75,6 +75,11 @@ impl Agents {
         Dot::new(run.replica, run.counter + (lv - run.lvs.start) as u64)
     }
 
+    /// The ids of the operations at `lvs` (a version, as exchanged).
+    pub(crate) fn dots(&self, lvs: &[Lv]) -> Vec<Dot> {
+        lvs.iter().map(|lv| self.dot(*lv)).collect()
+    }
+
     /// The LV of operation `dot`, if this log holds it.
     pub fn lv(&self, dot: Dot) -> Option<Lv> {
         let runs = self.by_replica.get(&dot.replica)?;

@@ -570,12 +570,7 @@ impl Doc {
                 }
                 out.push(Change {
                     id,
-                    parents: self
-                        .graph
-                        .parents_of(lv)
-                        .iter()
-                        .map(|p| self.agents.dot(*p))
-                        .collect(),
+                    parents: self.agents.dots(&self.graph.parents_of(lv)),
                     ops: (lv..end)
                         .map(|l| WireOp {
                             container: self.ops[l].container.map(|c| self.agents.dot(c)),

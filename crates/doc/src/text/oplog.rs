@@ -327,12 +327,7 @@ impl OpLog {
         };
         TextChange {
             id,
-            parents: self
-                .graph
-                .parents_of(lv)
-                .iter()
-                .map(|p| self.agents.dot(*p))
-                .collect(),
+            parents: self.agents.dots(&self.graph.parents_of(lv)),
             kind: run.kind,
             pos: run.pos_at(k),
             len,
