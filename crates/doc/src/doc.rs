@@ -607,7 +607,7 @@ impl Doc {
             {
                 last.ops.push(op);
             } else {
-                let mut parents: Vec<Dot> = parents.iter().map(|p| self.agents.dot(*p)).collect();
+                let mut parents = self.agents.dots(&parents);
                 parents.sort_unstable();
                 changes.push(Change {
                     id,
