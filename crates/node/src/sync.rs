@@ -201,8 +201,9 @@ pub(crate) async fn run_peer(node: Arc<Node>, index: usize) {
         return;
     };
     let mut stop = node.sync().stop.subscribe();
-    let mut backoff = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
             return;
@@ -210,8 +211,13 @@ pub(crate) async fn run_peer(node: Arc<Node>, index: usize) {
         let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(max_ws_message()))
             .max_frame_size(Some(max_ws_message()));
+        let connect =
+            tokio_tungstenite::connect_async_with_config(peer.url.as_str(), Some(ws_config), true);
+        // A black-holed address would otherwise hang for the OS's TCP timeout.
         let connected = tokio::select! {
-            r = tokio_tungstenite::connect_async_with_config(peer.url.as_str(), Some(ws_config), true) => r,
+            r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => r.unwrap_or_else(|_| {
+                Err(tokio_tungstenite::tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()))
+            }),
             _ = stop.changed() => return,
         };
         let lived_long = match connected {
