@@ -66,6 +66,25 @@ struct ServeArgs {
     /// Create a demo TODO document named `demo` if it does not exist.
     #[arg(long)]
     demo: bool,
+    /// A peer to sync with, e.g. ws://10.0.0.2:7878/v1/sync (repeatable;
+    /// the environment variable takes a comma-separated list). The node
+    /// keeps reconnecting while the peer is down.
+    #[arg(long = "peer", env = "CONVERGE_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    peers: Vec<String>,
+}
+
+/// A peer URL: plain `ws://` (TLS is not supported yet).
+fn parse_peer(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    match s.strip_prefix("ws://") {
+        Some(rest) if !rest.is_empty() => Ok(s.to_string()),
+        _ if s.starts_with("wss://") => {
+            Err("wss:// (TLS) is not supported yet; use ws://HOST:PORT/v1/sync".into())
+        }
+        _ => Err(format!(
+            "{s:?} is not a ws:// URL; use ws://HOST:PORT/v1/sync"
+        )),
+    }
 }
 
 #[derive(Subcommand)]
@@ -103,6 +122,24 @@ fn main() -> Result<()> {
                 println!("replica   {}", status["replica"].as_str().unwrap_or("?"));
                 println!("open docs {}", status["open_docs"]);
                 println!("feed head {}", status["feed_head"]);
+                let sync = &status["sync"];
+                println!("sessions  {} incoming", sync["incoming_sessions"]);
+                for p in sync["peers"].as_array().into_iter().flatten() {
+                    let state = if p["connected"] == true {
+                        "connected"
+                    } else {
+                        "down"
+                    };
+                    print!(
+                        "peer      {} {state}, feed position {}",
+                        p["url"].as_str().unwrap_or("?"),
+                        p["feed_position"]
+                    );
+                    match p["last_error"].as_str() {
+                        Some(e) if p["connected"] != true => println!(" ({e})"),
+                        _ => println!(),
+                    }
+                }
             }
             Ok(())
         }
@@ -123,6 +160,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     runtime.block_on(async move {
         let mut config = NodeConfig::new(&args.data);
         config.replica = args.replica_id;
+        config.peers = args.peers.clone();
         let node = Arc::new(
             Node::open(config)
                 .with_context(|| format!("opening data directory {}", args.data.display()))?,

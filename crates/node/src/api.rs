@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -13,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use converge_crdt::VersionVector;
 use converge_doc::PathChange;
+use futures_util::SinkExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -21,6 +23,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::node::{Node, NodeError};
+use crate::sync::{WsIn, max_ws_message};
 
 /// Largest request body accepted: 16 MiB.
 const MAX_BODY: usize = 16 << 20;
@@ -42,6 +45,7 @@ pub fn router(node: Arc<Node>, metrics: Option<PrometheusHandle>) -> Router {
         .route("/v1/docs/{id}", get(get_doc))
         .route("/v1/docs/{id}/changes", post(post_changes))
         .route("/v1/docs/{id}/watch", get(watch_doc))
+        .route("/v1/sync", get(sync_socket))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route".into())
         })
@@ -59,9 +63,22 @@ pub async fn serve(
     // One global recorder per process; a second node in the same process
     // (tests) serves without metrics.
     let metrics = PrometheusBuilder::new().install_recorder().ok();
-    axum::serve(listener, router(node, metrics))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let peers: Vec<_> = (0..node.config().peers.len())
+        .map(|i| tokio::spawn(crate::sync::run_peer(node.clone(), i)))
+        .collect();
+    let stopping = node.clone();
+    let served = axum::serve(listener, router(node, metrics))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Sync sessions are upgraded connections, which graceful
+            // shutdown does not wait for: tell them to close.
+            stopping.sync().stop();
+        })
+        .await;
+    for p in peers {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), p).await;
+    }
+    served
 }
 
 /// A JSON error response: `{"error": {"code", "message"}}`.
@@ -140,7 +157,7 @@ async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         "replica": node.replica().to_string(),
         "open_docs": node.open_docs(),
         "feed_head": feed_head,
-        "peers": [],
+        "sync": node.sync().status(),
         "version": env!("CARGO_PKG_VERSION"),
     })))
 }
@@ -199,4 +216,44 @@ async fn watch_doc(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// `GET /v1/sync`: a WebSocket speaking the sync protocol, one frame per
+/// binary message. Peers are trusted (authentication is future work).
+async fn sync_socket(
+    State(state): State<AppState>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let Some(permit) = state.node.sync().try_admit() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sessions",
+            "this node serves its most sync sessions already; retry later".into(),
+        ));
+    };
+    let node = state.node.clone();
+    Ok(ws
+        .max_message_size(max_ws_message())
+        .max_frame_size(max_ws_message())
+        .on_upgrade(move |socket| async move {
+            crate::sync::serve_connection(node, server_socket(socket)).await;
+            drop(permit);
+        }))
+}
+
+/// Adapts axum's WebSocket to the sync driver's shape.
+fn server_socket(
+    socket: WebSocket,
+) -> impl futures_util::Stream<Item = Result<WsIn, axum::Error>>
++ futures_util::Sink<Vec<u8>, Error = axum::Error>
++ Unpin {
+    futures_util::StreamExt::map(socket, |m| {
+        m.map(|m| match m {
+            Message::Binary(b) => WsIn::Binary(b.into()),
+            Message::Ping(_) | Message::Pong(_) => WsIn::Ignore,
+            Message::Close(_) => WsIn::Close,
+            Message::Text(_) => WsIn::Unexpected,
+        })
+    })
+    .with(|frame: Vec<u8>| std::future::ready(Ok(Message::Binary(frame.into()))))
 }

@@ -19,18 +19,27 @@
 //! | `GET /v1/docs/{id}` | the document as JSON (404 if unknown) |
 //! | `POST /v1/docs/{id}/changes` | a JSON array of changes, applied as one change; answers with the new version vector once durable |
 //! | `GET /v1/docs/{id}/watch` | server-sent events, one per patch |
-//! | `GET /v1/status` | replica id, documents, store figures |
+//! | `GET /v1/status` | replica id, documents, store figures, sync peers |
+//! | `GET /v1/sync` | WebSocket: the sync protocol (`converge-sync`), one frame per binary message |
 //! | `GET /healthz` | liveness |
 //! | `GET /metrics` | Prometheus metrics |
 //!
 //! Errors are JSON: `{"error": {"code": "...", "message": "..."}}` with a 4xx
 //! or 5xx status; a refused request writes nothing.
 //!
-//! Replication with peers and clients (WebSocket, gossip) comes with the
-//! sync layer.
+//! ## Replication
+//!
+//! Nodes sync over WebSocket with the `converge-sync` protocol: every node
+//! accepts sessions on `/v1/sync` and keeps one connection to each peer in
+//! [`NodeConfig::peers`], reconnecting with backoff. Entries peers append go
+//! to the store, then into the open documents, whose watchers get the
+//! patches. Peers are trusted (any peer may write as any replica):
+//! authentication is future work. Each connection is one task pumping a
+//! sans-IO session; store calls run on blocking threads.
 
 mod api;
 mod node;
+mod sync;
 
 pub use api::{router, serve};
 pub use converge_doc::PathChange;

@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use converge_crdt::{ReplicaId, VersionVector};
-use converge_doc::{Doc, DocError, Patch, PathChange, decode_changes, encode_changes};
+use converge_doc::{Change, Doc, DocError, Patch, PathChange, decode_changes, encode_changes};
 use converge_store::{
     AppendError, Entry, ReadError, RedbStore, Store, StoreError, validate_object_id,
 };
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
+
+use crate::sync::SyncHub;
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -21,6 +23,10 @@ pub struct NodeConfig {
     pub replica: Option<ReplicaId>,
     /// Most changes in one request.
     pub max_changes_per_request: usize,
+    /// Peers to connect to and sync with (`ws://HOST:PORT/v1/sync`).
+    pub peers: Vec<String>,
+    /// Most sync sessions accepted at once on `/v1/sync`.
+    pub max_sync_sessions: usize,
 }
 
 impl NodeConfig {
@@ -30,6 +36,8 @@ impl NodeConfig {
             data_dir: data_dir.into(),
             replica: None,
             max_changes_per_request: 10_000,
+            peers: Vec::new(),
+            max_sync_sessions: 256,
         }
     }
 }
@@ -71,6 +79,9 @@ struct OpenDoc {
     doc: Doc,
     /// This node's next entry seq in the document's log.
     next_seq: u64,
+    /// The log entries folded into `doc`: replica -> last seq read. Entries
+    /// that peers append are read from here on ([`Node::refresh`]).
+    seen: VersionVector,
     patches: broadcast::Sender<Arc<Vec<Patch>>>,
 }
 
@@ -80,6 +91,10 @@ pub struct Node {
     store: Arc<dyn Store>,
     docs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<OpenDoc>>>>,
     config: NodeConfig,
+    /// Bumped after every append that added entries, local or from a peer:
+    /// sync sessions watch it to stream new entries (live mode).
+    appended: watch::Sender<u64>,
+    sync: SyncHub,
 }
 
 impl std::fmt::Debug for Node {
@@ -127,11 +142,14 @@ impl Node {
 
     /// A node on any store (tests use [`converge_store::MemoryStore`]).
     pub fn with_store(replica: ReplicaId, store: Arc<dyn Store>, config: NodeConfig) -> Self {
+        let sync = SyncHub::new(&config);
         Self {
             replica,
             store,
             docs: Mutex::new(HashMap::new()),
             config,
+            appended: watch::channel(0).0,
+            sync,
         }
     }
 
@@ -143,6 +161,26 @@ impl Node {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Replication state: peers, sessions, shutdown.
+    pub(crate) fn sync(&self) -> &SyncHub {
+        &self.sync
+    }
+
+    /// A receiver that changes after every append that added entries.
+    pub(crate) fn subscribe_appends(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// Tells sync sessions that the store gained entries.
+    pub(crate) fn notify_appended(&self) {
+        self.appended.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Number of documents open in memory.
@@ -185,7 +223,11 @@ impl Node {
                     .await
                     .map_err(|e| NodeError::Storage(format!("append task failed: {e}")));
             match appended {
-                Ok(Ok(_)) => guard.next_seq += 1,
+                Ok(Ok(_)) => {
+                    let seq = guard.next_seq;
+                    guard.seen.set(self.replica, seq);
+                    guard.next_seq += 1;
+                }
                 Ok(Err(e)) => {
                     drop(guard);
                     self.evict(id);
@@ -204,6 +246,7 @@ impl Node {
                 // No watcher is fine: send only fails when nobody listens.
                 let _ = guard.patches.send(Arc::new(patches));
             }
+            self.notify_appended();
         }
         drop(guard);
         self.log_version(id).await
@@ -240,6 +283,55 @@ impl Node {
             .map_err(read_error)
     }
 
+    /// Brings the open document `id` up to date with its logs in the store
+    /// (after a peer appended entries): reads each replica's entries past
+    /// those already folded, hands them to the document, and sends the
+    /// patches to watchers. A document that is not open needs nothing: it
+    /// loads from the store on first use.
+    pub async fn refresh(&self, id: &str) -> Result<(), NodeError> {
+        let Some(open) = self.docs.lock().ok().and_then(|d| d.get(id).cloned()) else {
+            return Ok(());
+        };
+        let mut guard = open.lock().await;
+        let store = self.store.clone();
+        let (object, seen) = (id.to_string(), guard.seen.clone());
+        let read = tokio::task::spawn_blocking(move || read_new(&*store, &object, &seen))
+            .await
+            .map_err(|e| NodeError::Storage(format!("read task failed: {e}")))
+            .and_then(|r| r);
+        let (changes, seen) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                drop(guard);
+                self.evict(id);
+                return Err(e);
+            }
+        };
+        if changes.is_empty() && seen == guard.seen {
+            return Ok(());
+        }
+        // Our own log only grows through `change` unless a peer hands back
+        // entries this store lost (a data directory restored from an old
+        // copy): never reuse a seq that exists elsewhere.
+        guard.next_seq = guard.next_seq.max(seen.get(self.replica) + 1);
+        guard.seen = seen;
+        match guard.doc.receive_changes(changes) {
+            Ok(patches) => {
+                metrics::counter!("converge_remote_changes_applied_total").increment(1);
+                if !patches.is_empty() {
+                    let _ = guard.patches.send(Arc::new(patches));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // The in-memory state may be half-updated: reload on next use.
+                drop(guard);
+                self.evict(id);
+                Err(NodeError::Doc(e))
+            }
+        }
+    }
+
     fn evict(&self, id: &str) {
         if let Ok(mut docs) = self.docs.lock() {
             docs.remove(id);
@@ -263,15 +355,26 @@ impl Node {
         })
         .await
         .map_err(|e| NodeError::Storage(e.to_string()))??;
-        let mut docs = self
-            .docs
-            .lock()
-            .map_err(|_| NodeError::Storage("document table poisoned".into()))?;
-        // Another request may have loaded it meanwhile: keep the first.
-        let entry = docs
-            .entry(id.to_string())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(loaded)));
-        Ok(entry.clone())
+        let (open, inserted) = {
+            let mut docs = self
+                .docs
+                .lock()
+                .map_err(|_| NodeError::Storage("document table poisoned".into()))?;
+            // Another request may have loaded it meanwhile: keep the first.
+            match docs.entry(id.to_string()) {
+                std::collections::hash_map::Entry::Occupied(e) => (e.get().clone(), false),
+                std::collections::hash_map::Entry::Vacant(e) => (
+                    e.insert(Arc::new(tokio::sync::Mutex::new(loaded))).clone(),
+                    true,
+                ),
+            }
+        };
+        if inserted {
+            // A peer may have appended between the load and the insert,
+            // when no refresh could find the document open.
+            self.refresh(id).await?;
+        }
+        Ok(open)
     }
 }
 
@@ -291,9 +394,43 @@ fn load_doc(
         Err(e) => return Err(read_error(e)),
     };
     let mut doc = Doc::new(replica);
+    let (changes, seen) = read_new(store, object, &VersionVector::new())?;
+    // Entries of different replicas may depend on each other: hold and retry.
+    doc.receive_changes(changes)?;
+    if doc.pending_changes() > 0 {
+        // Peers deliver each replica's log in order but the logs in any
+        // order, so an entry may be stored before one of another replica
+        // it depends on. The document holds it until that arrives.
+        tracing::debug!(
+            object,
+            pending = doc.pending_changes(),
+            "stored changes wait for their dependencies"
+        );
+    }
+    let (patches, _) = broadcast::channel(256);
+    Ok(OpenDoc {
+        doc,
+        next_seq: vv.get(replica).max(seen.get(replica)) + 1,
+        seen,
+        patches,
+    })
+}
+
+/// The changes in `object`'s logs past `seen`, decoded, and the new `seen`.
+fn read_new(
+    store: &dyn Store,
+    object: &str,
+    seen: &VersionVector,
+) -> Result<(Vec<Change>, VersionVector), NodeError> {
+    let vv = match store.version_vector(object) {
+        Ok(vv) => vv,
+        Err(ReadError::UnknownObject { .. }) => return Ok((Vec::new(), seen.clone())),
+        Err(e) => return Err(read_error(e)),
+    };
+    let mut seen = seen.clone();
     let mut changes = Vec::new();
     for (r, last) in vv.iter() {
-        let mut seq = 1;
+        let mut seq = seen.get(r) + 1;
         while seq <= last {
             let entries = store.read(object, r, seq, 1024).map_err(read_error)?;
             if entries.is_empty() {
@@ -309,22 +446,10 @@ fn load_doc(
                 changes.extend(batch);
                 seq = e.seq + 1;
             }
+            seen.set(r, seq - 1);
         }
     }
-    // Entries of different replicas may depend on each other: hold and retry.
-    doc.receive_changes(changes)?;
-    if doc.pending_changes() > 0 {
-        return Err(NodeError::Storage(format!(
-            "document {object:?}: {} stored changes miss their dependencies",
-            doc.pending_changes()
-        )));
-    }
-    let (patches, _) = broadcast::channel(256);
-    Ok(OpenDoc {
-        doc,
-        next_seq: vv.get(replica) + 1,
-        patches,
-    })
+    Ok((changes, seen))
 }
 
 fn read_error(e: ReadError) -> NodeError {

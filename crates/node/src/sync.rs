@@ -1,0 +1,442 @@
+//! Replication with peers: the tokio driver of [`converge_sync::Session`].
+//!
+//! One task per connection owns one session and pumps it (STYLE habit 2):
+//!
+//! - each WebSocket binary message is one sync frame, fed to
+//!   [`Session::handle_bytes`];
+//! - [`Session::poll_transmit`] frames go out as binary messages;
+//! - [`Session::poll_timeout`] arms a tokio sleep that calls
+//!   [`Session::handle_timeout`];
+//! - every append to the node's store (a local write, or entries another
+//!   session stored) bumps a `watch` channel, and the task calls
+//!   [`Session::handle_store_change`] so new entries stream at once;
+//! - [`Event::ObjectUpdated`] brings the open document up to date
+//!   ([`Node::refresh`]) and wakes the other sessions, so entries relay
+//!   through this node to its other peers.
+//!
+//! The store is synchronous and a redb append blocks until durable, so every
+//! session call that may touch it runs on a blocking thread: the session is
+//! moved into `spawn_blocking` and back.
+//!
+//! Incoming connections arrive on `GET /v1/sync` (at most
+//! [`NodeConfig::max_sync_sessions`] at once); outgoing ones are made by one
+//! task per configured peer, which reconnects with exponential backoff and
+//! resumes from the peer's change feed position it last confirmed (kept in
+//! memory: a restart compares version vectors once).
+//!
+//! Peers are trusted ([`Policy::trusted`]): any peer may write as any
+//! replica. Authentication of peers is future work.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use converge_sync::{Config, Event, Interest, Limits, Policy, Session, SessionError};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde::Serialize;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+
+use crate::node::{Node, NodeConfig};
+
+/// Largest WebSocket message accepted: one frame at the protocol's limit.
+pub(crate) fn max_ws_message() -> usize {
+    Limits::default().max_frame_bytes + 64
+}
+
+/// Replication state shared by the node's sync tasks.
+pub(crate) struct SyncHub {
+    /// The zero of the sessions' millisecond clock.
+    epoch: Instant,
+    /// Permits for incoming sessions.
+    sessions: Arc<Semaphore>,
+    max_sessions: usize,
+    /// Outgoing peers, in configuration order.
+    peers: Vec<Arc<PeerState>>,
+    /// Set to `true` once to close every session.
+    stop: watch::Sender<bool>,
+}
+
+impl SyncHub {
+    pub(crate) fn new(config: &NodeConfig) -> Self {
+        Self {
+            epoch: Instant::now(),
+            sessions: Arc::new(Semaphore::new(config.max_sync_sessions)),
+            max_sessions: config.max_sync_sessions,
+            peers: config
+                .peers
+                .iter()
+                .map(|url| Arc::new(PeerState::new(url.clone())))
+                .collect(),
+            stop: watch::channel(false).0,
+        }
+    }
+
+    /// Milliseconds since the hub was made: the sessions' `now`.
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn instant_at(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
+    /// A permit for one more incoming session, if under the limit.
+    pub(crate) fn try_admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.sessions.clone().try_acquire_owned().ok()
+    }
+
+    /// Closes every session (with a shutdown message) and stops reconnecting.
+    pub(crate) fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// What `/v1/status` shows.
+    pub(crate) fn status(&self) -> SyncStatus {
+        SyncStatus {
+            incoming_sessions: self.max_sessions - self.sessions.available_permits(),
+            peers: self.peers.iter().map(|p| p.snapshot()).collect(),
+        }
+    }
+}
+
+/// Replication as `/v1/status` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct SyncStatus {
+    incoming_sessions: usize,
+    peers: Vec<PeerStatus>,
+}
+
+/// One outgoing peer as reported.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct PeerStatus {
+    url: String,
+    connected: bool,
+    /// The peer's replica id, once it said hello.
+    replica: Option<String>,
+    /// Everything of the peer's change feed up to here is held durably.
+    feed_position: Option<u64>,
+    /// Successful connections so far.
+    connects: u64,
+    last_error: Option<String>,
+}
+
+/// An outgoing peer's live state.
+struct PeerState {
+    url: String,
+    status: Mutex<PeerStatus>,
+}
+
+impl PeerState {
+    fn new(url: String) -> Self {
+        Self {
+            status: Mutex::new(PeerStatus {
+                url: url.clone(),
+                ..PeerStatus::default()
+            }),
+            url,
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut PeerStatus)) {
+        // A poisoned lock only means a panic elsewhere mid-update of plain
+        // status fields: keep using them.
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut s);
+    }
+
+    fn snapshot(&self) -> PeerStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A WebSocket message as the driver sees it, whichever library carried it.
+pub(crate) enum WsIn {
+    /// A binary message: one sync frame.
+    Binary(Vec<u8>),
+    /// Ping, pong: nothing to do.
+    Ignore,
+    /// Text, or anything else the protocol has no use for.
+    Unexpected,
+    /// The peer closed.
+    Close,
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Ending {
+    /// The session closed (error, timeout, shutdown, or by the peer).
+    Session(SessionError),
+    /// The transport failed or ended without a closing message.
+    Transport(String),
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Session(e) => write!(f, "{e}"),
+            Self::Transport(e) => write!(f, "connection lost: {e}"),
+        }
+    }
+}
+
+/// Serves one incoming connection until it ends.
+pub(crate) async fn serve_connection<S, E>(node: Arc<Node>, socket: S)
+where
+    S: Stream<Item = Result<WsIn, E>> + Sink<Vec<u8>> + Unpin,
+    E: std::fmt::Display,
+    <S as Sink<Vec<u8>>>::Error: std::fmt::Display,
+{
+    let config = Config::new(Interest::Prefix(String::new()));
+    let ending = drive(&node, socket, config, None).await;
+    tracing::debug!(%ending, "incoming sync session ended");
+}
+
+/// Keeps a connection to the peer at `url` (the `index`th configured peer)
+/// until the node stops: reconnects with exponential backoff and jitter.
+pub(crate) async fn run_peer(node: Arc<Node>, index: usize) {
+    let Some(peer) = node.sync().peers.get(index).cloned() else {
+        return;
+    };
+    let mut stop = node.sync().stop.subscribe();
+    const MAX_BACKOFF: Duration = Duration::from_secs(5);
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(max_ws_message()))
+            .max_frame_size(Some(max_ws_message()));
+        let connect =
+            tokio_tungstenite::connect_async_with_config(peer.url.as_str(), Some(ws_config), true);
+        // A black-holed address would otherwise hang for the OS's TCP timeout.
+        let connected = tokio::select! {
+            r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => r.unwrap_or_else(|_| {
+                Err(tokio_tungstenite::tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()))
+            }),
+            _ = stop.changed() => return,
+        };
+        let lived_long = match connected {
+            Ok((ws, _response)) => {
+                let mut config = Config::new(Interest::Prefix(String::new()));
+                config.resume_after = peer.snapshot().feed_position;
+                let socket = client_socket(ws);
+                let started = Instant::now();
+                let ending = drive(&node, socket, config, Some(&peer)).await;
+                tracing::info!(peer = %peer.url, %ending, "sync connection ended");
+                peer.update(|s| {
+                    s.connected = false;
+                    s.last_error = Some(ending.to_string());
+                });
+                started.elapsed() > Duration::from_secs(2)
+            }
+            Err(e) => {
+                tracing::debug!(peer = %peer.url, error = %e, "cannot connect to peer");
+                peer.update(|s| s.last_error = Some(format!("cannot connect: {e}")));
+                false
+            }
+        };
+        if lived_long {
+            backoff = Duration::from_millis(100);
+        }
+        // Full jitter over the upper half: peers that dropped together do
+        // not all come back in the same instant.
+        let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Adapts a tokio-tungstenite client stream to the driver's shape.
+fn client_socket<T>(
+    ws: tokio_tungstenite::WebSocketStream<T>,
+) -> impl Stream<Item = Result<WsIn, tokio_tungstenite::tungstenite::Error>>
++ Sink<Vec<u8>, Error = tokio_tungstenite::tungstenite::Error>
++ Unpin
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::Message;
+    ws.map(|m| {
+        m.map(|m| match m {
+            Message::Binary(b) => WsIn::Binary(b.into()),
+            Message::Ping(_) | Message::Pong(_) => WsIn::Ignore,
+            Message::Close(_) => WsIn::Close,
+            Message::Text(_) | Message::Frame(_) => WsIn::Unexpected,
+        })
+    })
+    .with(|frame: Vec<u8>| std::future::ready(Ok(Message::Binary(frame.into()))))
+}
+
+/// What a blocking step hands back: the session and its result.
+type Stepped = (Box<Session>, Result<(), SessionError>);
+
+/// Runs `f` on the session on a blocking thread (it may read or append the
+/// store, which blocks until durable).
+async fn step(
+    node: &Arc<Node>,
+    session: Box<Session>,
+    f: impl FnOnce(&mut Session, &dyn converge_store::Store) -> Result<(), SessionError>
+    + Send
+    + 'static,
+) -> Result<Stepped, Ending> {
+    let store = node.store().clone();
+    tokio::task::spawn_blocking(move || {
+        let mut session = session;
+        let r = f(&mut session, &*store);
+        (session, r)
+    })
+    .await
+    .map_err(|e| Ending::Transport(format!("session task failed: {e}")))
+}
+
+/// Pumps one session over one WebSocket until either ends.
+async fn drive<S, E>(
+    node: &Arc<Node>,
+    mut socket: S,
+    config: Config,
+    peer: Option<&PeerState>,
+) -> Ending
+where
+    S: Stream<Item = Result<WsIn, E>> + Sink<Vec<u8>> + Unpin,
+    E: std::fmt::Display,
+    <S as Sink<Vec<u8>>>::Error: std::fmt::Display,
+{
+    let hub = node.sync();
+    let mut stop = hub.stop.subscribe();
+    let mut appended = node.subscribe_appends();
+    let mut session = Box::new(Session::new(
+        hub.now(),
+        config,
+        node.replica(),
+        Policy::trusted(),
+    ));
+    let mut closed: Option<SessionError> = None;
+    if *stop.borrow_and_update() {
+        session.close("the node is shutting down");
+    }
+    loop {
+        // Flush what the session wants to say, then act on what happened.
+        while let Some(frame) = session.poll_transmit() {
+            if let Err(e) = socket.send(frame).await {
+                return Ending::Transport(e.to_string());
+            }
+        }
+        let mut updated = false;
+        while let Some(event) = session.poll_event() {
+            match event {
+                Event::Connected { peer: id } => {
+                    if id == node.replica() {
+                        session.close("a node does not sync with itself");
+                        continue;
+                    }
+                    tracing::info!(peer = %id, "sync session open");
+                    if let Some(p) = peer {
+                        p.update(|s| {
+                            s.connected = true;
+                            s.replica = Some(id.to_string());
+                            s.connects += 1;
+                            s.last_error = None;
+                        });
+                    }
+                }
+                Event::ObjectUpdated { object } => {
+                    updated = true;
+                    if let Err(e) = node.refresh(&object).await {
+                        tracing::warn!(object, error = %e, "cannot apply remote entries to the open document");
+                    }
+                }
+                Event::PeerFeedPosition { position, .. } => {
+                    if let Some(p) = peer {
+                        p.update(|s| s.feed_position = Some(position));
+                    }
+                }
+                Event::PeerConflict {
+                    object,
+                    replica,
+                    seq,
+                } => {
+                    tracing::error!(object, %replica, seq, "peer sent an entry contradicting a stored one");
+                }
+                Event::Closed { reason } => closed = Some(reason),
+                _ => {}
+            }
+        }
+        if updated {
+            metrics::counter!("converge_sync_objects_updated_total").increment(1);
+            node.notify_appended();
+        }
+        if session.is_closed() {
+            // Whatever the session queued last (its Error frame) is out.
+            while let Some(frame) = session.poll_transmit() {
+                let _ = socket.send(frame).await;
+            }
+            let _ = socket.close().await;
+            return Ending::Session(closed.unwrap_or_else(|| SessionError::Local("closed".into())));
+        }
+        let deadline = session.poll_timeout().map(|at| hub.instant_at(at));
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = socket.next() => {
+                let bytes = match msg {
+                    Some(Ok(WsIn::Binary(b))) => b,
+                    Some(Ok(WsIn::Ignore)) => continue,
+                    Some(Ok(WsIn::Unexpected)) => {
+                        session.close("the sync protocol speaks binary WebSocket messages only");
+                        continue;
+                    }
+                    Some(Ok(WsIn::Close)) | None => {
+                        return Ending::Transport("the peer closed the connection".into());
+                    }
+                    Some(Err(e)) => return Ending::Transport(e.to_string()),
+                };
+                let now = hub.now();
+                let (s, r) = match step(node, session, move |s, store| {
+                    s.handle_bytes(now, &bytes, store)?;
+                    // One WebSocket message carries whole frames: a partial
+                    // frame left over would wait forever.
+                    if s.queue_sizes().recv_bytes > 0 {
+                        s.close("a WebSocket message must carry whole sync frames");
+                    }
+                    Ok(())
+                })
+                .await
+                {
+                    Ok(x) => x,
+                    Err(e) => return e,
+                };
+                session = s;
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "sync session failed");
+                }
+            }
+            () = sleep => {
+                let now = hub.now();
+                match step(node, session, move |s, store| s.handle_timeout(now, store)).await {
+                    Ok((s, _)) => session = s,
+                    Err(e) => return e,
+                }
+            }
+            Ok(()) = appended.changed() => {
+                let now = hub.now();
+                match step(node, session, move |s, store| s.handle_store_change(now, store)).await {
+                    Ok((s, _)) => session = s,
+                    Err(e) => return e,
+                }
+            }
+            _ = stop.changed() => session.close("the node is shutting down"),
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Two nodes in one process, syncing over loopback WebSocket: entries a
+//! peer appends reach the open document and its watchers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use converge_crdt::ReplicaId;
+use converge_node::{Node, NodeConfig, PathChange};
+use converge_store::MemoryStore;
+use serde_json::json;
+
+async fn start(replica: u64, peers: Vec<String>) -> (Arc<Node>, String) {
+    let mut config = NodeConfig::new("unused");
+    config.peers = peers;
+    let node = Arc::new(Node::with_store(
+        ReplicaId::from_u64(replica),
+        Arc::new(MemoryStore::new()),
+        config,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(converge_node::serve(
+        listener,
+        node.clone(),
+        std::future::pending(),
+    ));
+    (node, format!("ws://{addr}/v1/sync"))
+}
+
+fn set(key: &str, value: i64) -> Vec<PathChange> {
+    vec![PathChange::Set {
+        path: vec![key.into()],
+        value: json!(value),
+    }]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_entries_reach_open_documents_and_watchers() {
+    let (a, a_url) = start(1, Vec::new()).await;
+    let (b, _) = start(2, vec![a_url]).await;
+    a.change("doc", &set("x", 1)).await.expect("write on a");
+
+    // b learns the document from a.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.get("doc").await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never got the document"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut watch = b.watch("doc").await.expect("watch on b");
+
+    // A write on a arrives at b's open document as patches.
+    a.change("doc", &set("y", 2))
+        .await
+        .expect("second write on a");
+    let patches = tokio::time::timeout(Duration::from_secs(10), watch.recv())
+        .await
+        .expect("a patch within 10 s")
+        .expect("the channel is open");
+    let text = serde_json::to_string(&*patches).expect("patches as JSON");
+    assert!(text.contains(r#""key":"y""#), "{text}");
+    assert_eq!(b.get("doc").await.expect("doc"), json!({"x": 1, "y": 2}));
+
+    // b's own writes continue its own log after the remote entries.
+    let vv = b.change("doc", &set("z", 3)).await.expect("write on b");
+    assert_eq!(vv.get(ReplicaId::from_u64(2)), 1);
+    assert_eq!(vv.get(ReplicaId::from_u64(1)), 2);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.get("doc").await.expect("doc on a") != json!({"x": 1, "y": 2, "z": 3}) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a never got b's write"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
