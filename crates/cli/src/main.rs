@@ -241,15 +241,20 @@ fn agent() -> ureq::Agent {
 }
 
 fn get_json(url: &str) -> Result<Value> {
-    let mut resp = agent()
+    let resp = agent()
         .get(url)
         .call()
         .with_context(|| format!("GET {url}"))?;
+    answer(resp, &format!("GET {url}"))
+}
+
+/// The JSON body of a node's answer, or its error message as an error.
+fn answer(mut resp: ureq::http::Response<ureq::Body>, what: &str) -> Result<Value> {
     let status = resp.status();
     let body: Value = resp
         .body_mut()
         .read_json()
-        .with_context(|| format!("reading the answer of GET {url}"))?;
+        .with_context(|| format!("reading the answer of {what}"))?;
     if !status.is_success() {
         bail!(
             "{status}: {}",
@@ -277,20 +282,11 @@ fn doc(url: &str, command: DocCommand, raw: bool) -> Result<()> {
         DocCommand::Edit { id, changes } => {
             let parsed: Value =
                 serde_json::from_str(&changes).context("the changes are not valid JSON")?;
-            let mut resp = agent()
+            let resp = agent()
                 .post(&format!("{url}/v1/docs/{id}/changes"))
                 .send_json(&parsed)
                 .with_context(|| format!("POST {url}/v1/docs/{id}/changes"))?;
-            let status = resp.status();
-            let body: Value = resp.body_mut().read_json().context("reading the answer")?;
-            if !status.is_success() {
-                bail!(
-                    "{status}: {}",
-                    body["error"]["message"]
-                        .as_str()
-                        .unwrap_or("request failed")
-                );
-            }
+            let body = answer(resp, &format!("POST {url}/v1/docs/{id}/changes"))?;
             if raw {
                 println!("{body}");
             } else {
