@@ -143,6 +143,16 @@ pub enum Message {
     },
     /// Nothing else to say; proves the sender is alive.
     KeepAlive,
+    // Variants added after version 1's first release go last, so that the
+    // postcard indices of the earlier ones (and their golden bytes) stay.
+    /// The object was deleted: the receiver deletes it too (keeping a
+    /// tombstone) instead of sending its entries back. Deletion wins.
+    Deleted {
+        /// Data message number.
+        n: u64,
+        /// The object.
+        object: String,
+    },
 }
 
 impl Message {
@@ -150,6 +160,7 @@ impl Message {
     pub fn data_number(&self) -> Option<u64> {
         match self {
             Self::Entries { n, .. }
+            | Self::Deleted { n, .. }
             | Self::SnapshotBegin { n, .. }
             | Self::SnapshotChunk { n, .. } => Some(*n),
             _ => None,
@@ -210,6 +221,7 @@ impl Message {
                 limits.object(object)?;
                 limits.version_vector(version_vector)
             }
+            Self::Deleted { object, .. } => limits.object(object),
             Self::SnapshotChunk { bytes, .. } => {
                 if bytes.is_empty() {
                     return Err(LimitError::Invalid("a snapshot chunk is empty"));
