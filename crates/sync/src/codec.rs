@@ -194,6 +194,14 @@ mod tests {
                 n: 4,
                 object: "a".into(),
             },
+            Message::EntryBegin {
+                n: 5,
+                id: 2,
+                object: "a".into(),
+                replica: ReplicaId::from_u64(1),
+                seq: 7,
+                total_len: 5 << 20,
+            },
             Message::SnapshotBegin {
                 n: 2,
                 id: 1,

@@ -106,7 +106,8 @@ pub enum Message {
         /// The snapshot's length in bytes.
         total_len: u64,
     },
-    /// One chunk of a snapshot, in order.
+    /// One chunk of a snapshot (or of an entry, after
+    /// [`Message::EntryBegin`]), in order.
     SnapshotChunk {
         /// Data message number.
         n: u64,
@@ -153,6 +154,22 @@ pub enum Message {
         /// The object.
         object: String,
     },
+    /// One entry too large for a frame follows in chunks
+    /// ([`Message::SnapshotChunk`]s naming the same `id`).
+    EntryBegin {
+        /// Data message number.
+        n: u64,
+        /// Names this transfer in its chunks (shared with snapshot transfers).
+        id: u64,
+        /// The object.
+        object: String,
+        /// The replica whose log it is.
+        replica: ReplicaId,
+        /// The entry's seq.
+        seq: u64,
+        /// The entry's length in bytes.
+        total_len: u64,
+    },
 }
 
 impl Message {
@@ -161,6 +178,7 @@ impl Message {
         match self {
             Self::Entries { n, .. }
             | Self::Deleted { n, .. }
+            | Self::EntryBegin { n, .. }
             | Self::SnapshotBegin { n, .. }
             | Self::SnapshotChunk { n, .. } => Some(*n),
             _ => None,
@@ -222,6 +240,13 @@ impl Message {
                 limits.version_vector(version_vector)
             }
             Self::Deleted { object, .. } => limits.object(object),
+            Self::EntryBegin { object, seq, .. } => {
+                limits.object(object)?;
+                if *seq == 0 {
+                    return Err(LimitError::Invalid("a chunked entry has seq 0"));
+                }
+                Ok(())
+            }
             Self::SnapshotChunk { bytes, .. } => {
                 if bytes.is_empty() {
                     return Err(LimitError::Invalid("a snapshot chunk is empty"));

@@ -45,6 +45,9 @@ pub struct Config {
     pub max_objects: usize,
     /// The largest snapshot reassembled. Default 64 MiB.
     pub max_snapshot_bytes: usize,
+    /// The largest entry sent or reassembled (an entry larger than a frame
+    /// goes in chunks). Default 16 MiB, as `StoreConfig::max_entry_bytes`.
+    pub max_entry_bytes: usize,
     /// The most queued events (presence beyond it is dropped). Default 1024.
     pub max_events: usize,
     /// Milliseconds between keep-alives. Default 10 s.
@@ -71,6 +74,7 @@ impl Default for Config {
             max_pending_bytes: 1 << 20,
             max_objects: 100_000,
             max_snapshot_bytes: 64 << 20,
+            max_entry_bytes: 16 << 20,
             max_events: 1024,
             keepalive_ms: 10_000,
             idle_timeout_ms: 30_000,
@@ -349,6 +353,8 @@ struct Inflight {
 struct SnapOut {
     id: u64,
     object: String,
+    /// For a chunked entry: its replica and seq (the bytes are in `snapshot`).
+    entry: Option<(ReplicaId, u64)>,
     snapshot: Snapshot,
     offset: usize,
     begun: bool,
@@ -358,6 +364,8 @@ struct SnapOut {
 struct Assembly {
     id: u64,
     object: String,
+    /// For a chunked entry: its replica and seq; else a snapshot.
+    entry: Option<(ReplicaId, u64)>,
     version_vector: VersionVector,
     total: usize,
     buf: Vec<u8>,
@@ -845,6 +853,14 @@ impl Session {
                 total_len,
                 ..
             } => self.handle_snapshot_begin(id, object, version_vector, total_len, store),
+            Message::EntryBegin {
+                id,
+                object,
+                replica,
+                seq,
+                total_len,
+                ..
+            } => self.handle_entry_begin(id, object, (replica, seq), total_len, store),
             Message::SnapshotChunk {
                 id, offset, bytes, ..
             } => self.handle_snapshot_chunk(id, offset, bytes, store),
@@ -1094,6 +1110,51 @@ impl Session {
         if !self.config.interest.matches(&object) {
             return Ok(());
         }
+        self.begin_assembly(id, object, None, version_vector, total, store)
+    }
+
+    fn handle_entry_begin(
+        &mut self,
+        id: u64,
+        object: String,
+        (replica, seq): (ReplicaId, u64),
+        total_len: u64,
+        store: &dyn Store,
+    ) -> Result<(), SessionError> {
+        let total = usize::try_from(total_len).unwrap_or(usize::MAX);
+        if total > self.config.max_entry_bytes {
+            return Err(SessionError::Limit(format!(
+                "entry {object}/{replica} seq {seq} is {total_len} bytes, this side takes at most {}; raise Config::max_entry_bytes",
+                self.config.max_entry_bytes
+            )));
+        }
+        // Checked before anything is buffered, as for a batch.
+        if !self.policy.allows(replica) {
+            return Err(SessionError::Unauthorised { replica });
+        }
+        if !self.config.interest.matches(&object) {
+            return Ok(());
+        }
+        self.begin_assembly(
+            id,
+            object,
+            Some((replica, seq)),
+            VersionVector::new(),
+            total,
+            store,
+        )
+    }
+
+    /// Starts reassembling a snapshot or a chunked entry (at most two at a time).
+    fn begin_assembly(
+        &mut self,
+        id: u64,
+        object: String,
+        entry: Option<(ReplicaId, u64)>,
+        version_vector: VersionVector,
+        total: usize,
+        store: &dyn Store,
+    ) -> Result<(), SessionError> {
         if self.assemblies.iter().any(|a| a.object == object) {
             self.checkpoint_poisoned = true;
         }
@@ -1105,6 +1166,7 @@ impl Session {
         let assembly = Assembly {
             id,
             object,
+            entry,
             version_vector,
             total,
             buf: Vec::new(),
@@ -1151,6 +1213,10 @@ impl Session {
     }
 
     fn install(&mut self, a: Assembly, store: &dyn Store) -> Result<(), SessionError> {
+        if let Some((replica, seq)) = a.entry {
+            // A whole entry: from here on, exactly a one-entry batch.
+            return self.handle_entries(a.object, replica, seq, vec![a.buf], store);
+        }
         let local = match store.latest_snapshot(&a.object) {
             Ok(s) => s,
             Err(ReadError::UnknownObject { .. }) => None,
@@ -1341,15 +1407,16 @@ impl Session {
                     replica,
                     first,
                     last,
-                } => match self.peer_vv.get_mut(&object) {
-                    Some((vv, _)) => {
-                        if vv.get(replica) >= first {
-                            vv.set(replica, first - 1);
-                        }
-                        self.work.insert(object);
+                } => {
+                    if self
+                        .snap_out
+                        .as_ref()
+                        .is_some_and(|s| s.object == object && s.entry == Some((replica, first)))
+                    {
+                        self.snap_out = None;
                     }
-                    None => self.ranges.push_back((object, replica, first, last)),
-                },
+                    self.replan(object, replica, first, last);
+                }
                 Sent::Deleted { object } => {
                     self.peer_tombs.remove(&object);
                     self.tomb(&object);
@@ -1367,6 +1434,19 @@ impl Session {
         }
         self.inflight_bytes = 0;
         self.last_ack_progress = now;
+    }
+
+    /// Plans `first..=last` of a log again (its data message was lost).
+    fn replan(&mut self, object: String, replica: ReplicaId, first: u64, last: u64) {
+        match self.peer_vv.get_mut(&object) {
+            Some((vv, _)) => {
+                if vv.get(replica) >= first {
+                    vv.set(replica, first - 1);
+                }
+                self.work.insert(object);
+            }
+            None => self.ranges.push_back((object, replica, first, last)),
+        }
     }
 
     /// Does what can be done now: list our interest into `Have`s, and send
@@ -1624,11 +1704,30 @@ impl Session {
                 break;
             }
             if size > budget {
-                return Err(SessionError::Limit(format!(
-                    "entry {object}/{replica} seq {} is {} bytes, more than a frame holds; raise Limits::max_frame_bytes",
-                    e.seq,
-                    e.bytes.len()
-                )));
+                if e.bytes.len() > self.config.max_entry_bytes {
+                    return Err(SessionError::Limit(format!(
+                        "entry {object}/{replica} seq {} is {} bytes, more than Config::max_entry_bytes ({})",
+                        e.seq,
+                        e.bytes.len(),
+                        self.config.max_entry_bytes
+                    )));
+                }
+                // Too large for a frame: send it alone, in chunks.
+                let seq = e.seq;
+                let id = self.next_snap_id;
+                self.next_snap_id += 1;
+                self.snap_out = Some(SnapOut {
+                    id,
+                    object: object.to_owned(),
+                    entry: Some((replica, seq)),
+                    snapshot: Snapshot {
+                        version_vector: VersionVector::new(),
+                        bytes: e.bytes,
+                    },
+                    offset: 0,
+                    begun: false,
+                });
+                return Ok(Some(seq));
             }
             entries.push(e.bytes);
         }
@@ -1683,6 +1782,7 @@ impl Session {
         self.snap_out = Some(SnapOut {
             id,
             object: object.to_owned(),
+            entry: None,
             snapshot,
             offset: 0,
             begun: false,
@@ -1696,10 +1796,31 @@ impl Session {
         };
         let n = self.next_n;
         self.next_n += 1;
-        let sent = Sent::Snapshot {
-            object: s.object.clone(),
+        let sent = match s.entry {
+            Some((replica, seq)) => Sent::Entries {
+                object: s.object.clone(),
+                replica,
+                first: seq,
+                last: seq,
+            },
+            None => Sent::Snapshot {
+                object: s.object.clone(),
+            },
         };
-        if !s.begun {
+        if !s.begun
+            && let Some((replica, seq)) = s.entry
+        {
+            s.begun = true;
+            let msg = Message::EntryBegin {
+                n,
+                id: s.id,
+                object: s.object.clone(),
+                replica,
+                seq,
+                total_len: s.snapshot.bytes.len() as u64,
+            };
+            self.send_data(n, &msg, sent);
+        } else if !s.begun {
             s.begun = true;
             let msg = Message::SnapshotBegin {
                 n,

@@ -355,7 +355,10 @@ impl Sim {
             }
             Err(_) => 1,
         };
-        let len = if self.rng.u8(..20) == 0 {
+        let len = if self.rng.u8(..60) == 0 {
+            // Larger than a (4 KiB) frame: sent in chunks.
+            self.rng.usize(5_000..20_000)
+        } else if self.rng.u8(..20) == 0 {
             1500
         } else {
             self.rng.usize(1..40)

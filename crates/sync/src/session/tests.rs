@@ -238,6 +238,51 @@ fn a_lost_deletion_is_sent_again() {
 }
 
 #[test]
+fn an_entry_larger_than_a_frame_goes_in_chunks() {
+    // 3 MiB entries under the default 1 MiB frame limit, between small ones.
+    let big = |seq: u64| Entry::new(seq, vec![seq as u8; 3 << 20]);
+    let mut p = Pair::new(everything(), everything());
+    let small = |seq: u64| Entry::new(seq, vec![seq as u8; 10]);
+    p.sx.append("doc", A, &[small(1), big(2), small(3), big(4)])
+        .unwrap();
+    p.drive();
+    assert_eq!(
+        p.sy.read("doc", A, 1, 10).unwrap(),
+        vec![small(1), big(2), small(3), big(4)]
+    );
+    assert!(p.x.is_idle() && p.y.is_idle());
+    assert!(!p.x.is_closed() && !p.y.is_closed());
+    // Live, too: a big entry written later streams the same way.
+    p.sx.append("doc", A, &[big(5)]).unwrap();
+    p.x.handle_store_change(p.now, &p.sx).unwrap();
+    p.drive();
+    assert_eq!(p.sy.read("doc", A, 5, 10).unwrap(), vec![big(5)]);
+}
+
+#[test]
+fn a_chunked_entry_over_the_receivers_limit_closes_the_session() {
+    let mut small = everything();
+    small.max_entry_bytes = 2 << 20;
+    let mut p = Pair::new(everything(), small);
+    p.sx.append("doc", A, &[Entry::new(1, vec![7u8; 3 << 20])])
+        .unwrap();
+    p.drive();
+    assert!(p.y.is_closed());
+    let closed = events(&mut p.y).into_iter().find_map(|e| match e {
+        Event::Closed { reason } => Some(reason),
+        _ => None,
+    });
+    assert!(
+        matches!(closed, Some(SessionError::Limit(ref m)) if m.contains("max_entry_bytes")),
+        "{closed:?}"
+    );
+    assert!(matches!(
+        p.sy.version_vector("doc"),
+        Err(ReadError::UnknownObject { .. })
+    ));
+}
+
+#[test]
 fn a_thousand_object_subscription_costs_one_round() {
     let objects: Vec<String> = (0..2000).map(|i| format!("doc/{i:04}")).collect();
     let server = MemoryStore::new();
