@@ -16,8 +16,8 @@ use std::thread;
 use converge_crdt::{ReplicaId, VersionVector};
 
 use crate::{
-    AppendError, Entry, FeedItem, MAX_OBJECT_ID_BYTES, MemoryStore, ObjectIdError, ReadError,
-    SnapshotError, Store, StoreConfig,
+    AppendError, DeleteError, Entry, FeedItem, FeedKind, MAX_OBJECT_ID_BYTES, MemoryStore,
+    ObjectIdError, ReadError, SnapshotError, Store, StoreConfig,
 };
 
 /// A store under test, with a way to close and reopen it.
@@ -60,6 +60,9 @@ macro_rules! conformance_tests {
             concurrent_appenders,
             extreme_seqs_do_not_overflow,
             survives_reopen,
+            deletion_leaves_a_tombstone,
+            deletion_is_idempotent_and_final,
+            tombstones_are_listed_and_survive_reopen,
         );
     };
     (@each $make:expr; $($check:ident),* $(,)?) => {
@@ -375,6 +378,7 @@ pub fn change_feed_reports_arrivals<S: Subject>(make: &dyn Fn() -> S) {
         replica,
         first,
         last,
+        kind: FeedKind::Append,
     };
     assert_eq!(
         store.changes_since(0, 10).unwrap(),
@@ -618,6 +622,142 @@ pub fn survives_reopen<S: Subject>(make: &dyn Fn() -> S) {
     let next = store.append("doc", A, &batch(A, 5..=5)).unwrap();
     assert_eq!(next.position, Some(feed.len() as u64 + 1));
     assert_eq!(store.version_vector("doc").unwrap(), vv(&[(A, 5)]));
+}
+
+/// Deleting an object reclaims its logs and snapshot and leaves a
+/// tombstone with what was held; every operation on it then says so.
+pub fn deletion_leaves_a_tombstone<S: Subject>(make: &dyn Fn() -> S) {
+    let subject = make();
+    let store = subject.store();
+    store.append("doc", A, &batch(A, 1..=4)).unwrap();
+    store.append("doc", B, &batch(B, 1..=2)).unwrap();
+    store.append("other", A, &batch(A, 1..=1)).unwrap();
+    store.put_snapshot("doc", &vv(&[(A, 2)]), b"snap").unwrap();
+    store.compact("doc", &vv(&[(A, 2)])).unwrap();
+    assert!(!store.is_deleted("doc").unwrap());
+    assert_eq!(store.tombstone("doc").unwrap(), None);
+    let head = store.feed_head().unwrap();
+
+    let outcome = store.delete_object("doc").unwrap();
+    assert!(outcome.deleted);
+    assert_eq!(outcome.dropped, 4, "A 3..=4 and B 1..=2 were in the log");
+    assert_eq!(outcome.position, Some(head + 1));
+    assert_eq!(outcome.tombstone.version_vector, vv(&[(A, 4), (B, 2)]));
+    assert!(store.is_deleted("doc").unwrap());
+    assert_eq!(store.tombstone("doc").unwrap(), Some(outcome.tombstone));
+
+    let deleted = |e: &ReadError| matches!(e, ReadError::Deleted { object } if object == "doc");
+    assert!(deleted(&store.read("doc", A, 3, 10).unwrap_err()));
+    assert!(deleted(&store.version_vector("doc").unwrap_err()));
+    assert!(deleted(&store.latest_snapshot("doc").unwrap_err()));
+    assert!(matches!(
+        store.append("doc", A, &batch(A, 5..=5)),
+        Err(AppendError::Deleted { .. })
+    ));
+    // Re-delivering what it held is refused too: deletion wins.
+    assert!(matches!(
+        store.append("doc", B, &batch(B, 1..=2)),
+        Err(AppendError::Deleted { .. })
+    ));
+    assert!(matches!(
+        store.put_snapshot("doc", &vv(&[(A, 9)]), b"later"),
+        Err(SnapshotError::Deleted { .. })
+    ));
+    assert!(matches!(
+        store.compact("doc", &vv(&[(A, 1)])),
+        Err(SnapshotError::Deleted { .. })
+    ));
+    assert_eq!(store.list_objects("", None, 10).unwrap(), ["other"]);
+    assert_eq!(store.read("other", A, 1, 10).unwrap(), batch(A, 1..=1));
+    // The deletion is an arrival in the change feed; nothing else is.
+    let items = store.changes_since(head, 10).unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        (items[0].object.as_str(), items[0].kind),
+        ("doc", FeedKind::Delete)
+    );
+    assert_eq!((items[0].first, items[0].last), (0, 0));
+}
+
+/// Deleting again changes nothing; an object never stored can be deleted
+/// (a peer's deletion may come first) and then never comes into existence.
+pub fn deletion_is_idempotent_and_final<S: Subject>(make: &dyn Fn() -> S) {
+    let subject = make();
+    let store = subject.store();
+    store.append("doc", A, &batch(A, 1..=2)).unwrap();
+    let first = store.delete_object("doc").unwrap();
+    let head = store.feed_head().unwrap();
+    let again = store.delete_object("doc").unwrap();
+    assert!(!again.deleted);
+    assert_eq!((again.dropped, again.position), (0, None));
+    assert_eq!(again.tombstone, first.tombstone);
+    assert_eq!(store.feed_head().unwrap(), head, "no second arrival");
+
+    let fresh = store.delete_object("never").unwrap();
+    assert!(fresh.deleted);
+    assert!(fresh.tombstone.version_vector.is_empty());
+    assert!(matches!(
+        store.append("never", A, &batch(A, 1..=1)),
+        Err(AppendError::Deleted { .. })
+    ));
+    assert!(matches!(
+        store.put_snapshot("never", &vv(&[(A, 1)]), b"s"),
+        Err(SnapshotError::Deleted { .. })
+    ));
+    assert!(matches!(
+        store.version_vector("never"),
+        Err(ReadError::Deleted { .. })
+    ));
+    // An empty batch writes nothing, so it is no error even here.
+    assert_eq!(store.append("never", A, &[]).unwrap().appended, 0);
+    assert!(matches!(
+        store.delete_object(""),
+        Err(DeleteError::ObjectId(ObjectIdError::Empty))
+    ));
+    assert_eq!(
+        store.list_objects("", None, 10).unwrap(),
+        Vec::<String>::new()
+    );
+}
+
+/// Tombstones are listed by prefix in pages, and survive a reopen.
+pub fn tombstones_are_listed_and_survive_reopen<S: Subject>(make: &dyn Fn() -> S) {
+    let subject = make();
+    let store = subject.store();
+    for object in ["a/1", "a/2", "a/3", "b"] {
+        store.append(object, A, &batch(A, 1..=3)).unwrap();
+    }
+    for object in ["a/3", "a/1", "b", "z"] {
+        store.delete_object(object).unwrap();
+    }
+    assert_eq!(
+        store.list_tombstones("", None, 10).unwrap(),
+        ["a/1", "a/3", "b", "z"]
+    );
+    assert_eq!(store.list_tombstones("a/", None, 1).unwrap(), ["a/1"]);
+    assert_eq!(
+        store.list_tombstones("a/", Some("a/1"), 5).unwrap(),
+        ["a/3"]
+    );
+    assert_eq!(store.list_objects("", None, 10).unwrap(), ["a/2"]);
+    let feed = store.changes_since(0, 100).unwrap();
+
+    let subject = subject.reopen();
+    let store = subject.store();
+    assert_eq!(
+        store.list_tombstones("", None, 10).unwrap(),
+        ["a/1", "a/3", "b", "z"]
+    );
+    assert_eq!(
+        store.tombstone("a/1").unwrap().unwrap().version_vector,
+        vv(&[(A, 3)])
+    );
+    assert!(matches!(
+        store.append("a/1", A, &batch(A, 4..=4)),
+        Err(AppendError::Deleted { .. })
+    ));
+    assert_eq!(store.changes_since(0, 100).unwrap(), feed);
+    assert_eq!(store.read("a/2", A, 1, 10).unwrap(), batch(A, 1..=3));
 }
 
 /// A read stops at [`StoreConfig::max_read_bytes`], but always returns at

@@ -156,6 +156,12 @@ pub enum AppendError {
         /// The conflicting seq.
         seq: u64,
     },
+    /// The object was deleted; it takes no more entries (deletion wins).
+    #[error("object {object:?} was deleted; its id takes no more entries (write to a new id)")]
+    Deleted {
+        /// The object.
+        object: String,
+    },
     /// The storage layer failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -204,6 +210,12 @@ pub enum ReadError {
         from_seq: u64,
         /// The last dropped seq; the log resumes at `compacted + 1`.
         compacted: u64,
+    },
+    /// The object was deleted; see [`crate::Store::tombstone`].
+    #[error("object {object:?} was deleted")]
+    Deleted {
+        /// The object asked for.
+        object: String,
     },
     /// The storage layer failed.
     #[error(transparent)]
@@ -263,6 +275,24 @@ pub enum SnapshotError {
         /// What the latest snapshot covers (0 if there is none).
         covered: u64,
     },
+    /// The object was deleted; it takes no more snapshots (deletion wins).
+    #[error("object {object:?} was deleted; it takes no snapshot")]
+    Deleted {
+        /// The object.
+        object: String,
+    },
+    /// The storage layer failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Errors of [`crate::Store::delete_object`]. On any error nothing was written.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DeleteError {
+    /// The object id is invalid.
+    #[error(transparent)]
+    ObjectId(#[from] ObjectIdError),
     /// The storage layer failed.
     #[error(transparent)]
     Store(#[from] StoreError),

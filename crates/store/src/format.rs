@@ -12,8 +12,10 @@ use crate::StoreError;
 
 /// The eight bytes that open the meta record.
 pub const MAGIC: [u8; 8] = *b"CNVGSTOR";
-/// The on-disk format version this build reads and writes.
-pub const FORMAT_VERSION: u16 = 1;
+/// The on-disk format version this build writes.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format version this build opens (and upgrades in place on open).
+pub const OLDEST_FORMAT_VERSION: u16 = 1;
 /// Length of the meta record.
 pub const META_LEN: usize = 16;
 
@@ -179,7 +181,8 @@ pub fn decode_head(object: &str, replica: ReplicaId, record: &[u8]) -> Result<He
     Ok(head)
 }
 
-/// One item of the change feed, as stored.
+/// One item of the change feed, as stored. A deletion (format version 2)
+/// is stored with replica 0 and `first == last == 0`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedRecord {
     /// The replica whose log grew.
@@ -190,6 +193,13 @@ pub struct FeedRecord {
     pub last: u64,
     /// The object.
     pub object: String,
+}
+
+impl FeedRecord {
+    /// Whether the record is a deletion.
+    pub fn is_deletion(&self) -> bool {
+        self.first == 0
+    }
 }
 
 /// Encodes a feed record: `crc32 u32 | replica u64 | first u64 | last u64 | object (UTF-8, rest)`.
@@ -219,13 +229,15 @@ pub fn decode_feed(position: u64, record: &[u8]) -> Result<FeedRecord, StoreErro
         return Err(bad("fails its checksum"));
     }
     let object = std::str::from_utf8(&body[24..]).map_err(|_| bad("has a non-UTF-8 object id"))?;
+    let replica = read_u64(body, 0);
     let first = read_u64(body, 8);
     let last = read_u64(body, 16);
-    if first == 0 || first > last {
+    let deletion = first == 0 && last == 0 && replica == 0;
+    if !deletion && (first == 0 || first > last) {
         return Err(bad("has an empty seq range"));
     }
     Ok(FeedRecord {
-        replica: ReplicaId::from_u64(read_u64(body, 0)),
+        replica: ReplicaId::from_u64(replica),
         first,
         last,
         object: object.to_owned(),
@@ -284,10 +296,75 @@ pub fn decode_snapshot<'a>(
     Ok((vv, payload))
 }
 
+/// What a tombstone's checksum starts with, so that a snapshot record
+/// (whose layout it shares) is never taken for a tombstone.
+const TOMBSTONE_DOMAIN: &[u8] = b"tombstone";
+
+/// Encodes a tombstone record:
+/// `crc32 u32 | n u32 | n × (replica u64 | seq u64), replicas ascending`.
+/// The checksum covers `"tombstone" | len(object) u32 | object` and
+/// everything after the checksum.
+pub fn encode_tombstone(object: &str, vv: &VersionVector) -> Vec<u8> {
+    let pairs: Vec<(ReplicaId, u64)> = vv.iter().filter(|&(_, seq)| seq > 0).collect();
+    let mut out = Vec::with_capacity(8 + 16 * pairs.len());
+    out.extend_from_slice(&[0; 4]);
+    // As for snapshots, the count of replicas fits a u32.
+    out.extend_from_slice(&u32::try_from(pairs.len()).unwrap_or(u32::MAX).to_le_bytes());
+    for (replica, seq) in pairs {
+        out.extend_from_slice(&replica.as_u64().to_le_bytes());
+        out.extend_from_slice(&seq.to_le_bytes());
+    }
+    let crc = crc_of(&[
+        TOMBSTONE_DOMAIN,
+        &object_key(object),
+        object.as_bytes(),
+        &out[4..],
+    ]);
+    out[..4].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Checks and decodes a tombstone record into its version vector.
+pub fn decode_tombstone(object: &str, record: &[u8]) -> Result<VersionVector, StoreError> {
+    let bad = |why: &str| corrupt(format!("tombstone of {object:?} {why}"));
+    let Some((crc, body)) = split_crc(record) else {
+        return Err(bad("is truncated"));
+    };
+    if crc
+        != crc_of(&[
+            TOMBSTONE_DOMAIN,
+            &object_key(object),
+            object.as_bytes(),
+            body,
+        ])
+    {
+        return Err(bad("fails its checksum"));
+    }
+    let Some((count, pairs)) = body.split_first_chunk::<4>() else {
+        return Err(bad("is truncated"));
+    };
+    let count = u32::from_le_bytes(*count) as usize;
+    if count.checked_mul(16) != Some(pairs.len()) {
+        return Err(bad("has the wrong length"));
+    }
+    let mut vv = VersionVector::new();
+    let mut previous = None;
+    for pair in pairs.chunks_exact(16) {
+        let replica = read_u64(pair, 0);
+        if previous.is_some_and(|p| p >= replica) {
+            return Err(bad("has replicas out of order"));
+        }
+        previous = Some(replica);
+        vv.set(ReplicaId::from_u64(replica), read_u64(pair, 8));
+    }
+    Ok(vv)
+}
+
 #[cfg(test)]
 mod tests {
-    //! Golden bytes: these pin format version 1. If one fails, the on-disk
-    //! format changed: bump FORMAT_VERSION, write a migration, update FORMAT.md.
+    //! Golden bytes: these pin format version 2 (and the version 1 records
+    //! it still reads). If one fails, the on-disk format changed: bump
+    //! FORMAT_VERSION, write a migration, update FORMAT.md.
     use super::*;
 
     fn hex(bytes: &[u8]) -> String {
@@ -298,9 +375,59 @@ mod tests {
 
     #[test]
     fn meta_record_golden() {
+        let v1 = encode_meta(1);
+        assert_eq!(hex(&v1), "434e564753544f5201000000b173bdbe");
+        assert_eq!(decode_meta(&v1), Meta::Store { version: 1 });
         let meta = encode_meta(FORMAT_VERSION);
-        assert_eq!(hex(&meta), "434e564753544f5201000000b173bdbe");
-        assert_eq!(decode_meta(&meta), Meta::Store { version: 1 });
+        assert_eq!(hex(&meta), "434e564753544f52020000005fdc08ac");
+        assert_eq!(decode_meta(&meta), Meta::Store { version: 2 });
+    }
+
+    #[test]
+    fn deletion_feed_record_golden() {
+        let record = FeedRecord {
+            replica: ReplicaId::from_u64(0),
+            first: 0,
+            last: 0,
+            object: "todos".into(),
+        };
+        let bytes = encode_feed(8, &record);
+        assert_eq!(
+            hex(&bytes),
+            "5247d7f3000000000000000000000000000000000000000000000000746f646f73"
+        );
+        let back = decode_feed(8, &bytes).unwrap();
+        assert!(back.is_deletion());
+        assert_eq!(back, record);
+        // Only the all-zero form is a deletion; other empty ranges stay corrupt.
+        let odd = FeedRecord {
+            replica: R,
+            ..record
+        };
+        assert!(decode_feed(8, &encode_feed(8, &odd)).is_err());
+    }
+
+    #[test]
+    fn tombstone_record_golden() {
+        let vv: VersionVector = [(R, 9), (ReplicaId::from_u64(1), 2)].into_iter().collect();
+        let bytes = encode_tombstone("todos", &vv);
+        assert_eq!(
+            hex(&bytes),
+            "d591a74e020000000100000000000000020000000000000008070605040302010900000000000000"
+        );
+        assert_eq!(decode_tombstone("todos", &bytes).unwrap(), vv);
+        let empty = encode_tombstone("todos", &VersionVector::new());
+        assert_eq!(hex(&empty), "9d7eb71300000000");
+        assert_eq!(
+            decode_tombstone("todos", &empty).unwrap(),
+            VersionVector::new()
+        );
+        // A snapshot record is not a tombstone, even with an empty payload.
+        assert!(decode_tombstone("todos", &encode_snapshot("todos", &vv, b"")).is_err());
+        assert!(decode_tombstone("other", &bytes).is_err());
+        for len in 0..bytes.len() {
+            assert!(decode_tombstone("todos", &bytes[..len]).is_err());
+        }
     }
 
     #[test]
@@ -438,6 +565,7 @@ mod tests {
             let _ = decode_head("o", R, &bytes);
             let _ = decode_feed(1, &bytes);
             let _ = decode_snapshot("o", &bytes);
+            let _ = decode_tombstone("o", &bytes);
             // With a valid checksum, the structure is still checked.
             let mut sealed = vec![0; 4];
             sealed.extend_from_slice(&bytes);

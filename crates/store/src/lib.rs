@@ -14,8 +14,10 @@
 //!   Appends are durable when they return; concurrent appenders share one
 //!   disk sync (group commit). Every record carries a CRC-32; the latest
 //!   writes are checked on open, and [`RedbStore::verify`] checks everything.
-//! - Errors: [`AppendError`], [`ReadError`], [`SnapshotError`], and the
-//!   shared [`StoreError`].
+//! - [`Tombstone`]: what [`Store::delete_object`] leaves behind, so that a
+//!   deleted object stays deleted.
+//! - Errors: [`AppendError`], [`ReadError`], [`SnapshotError`],
+//!   [`DeleteError`], and the shared [`StoreError`].
 //! - [`conformance`]: the behaviour every backend must have, as a reusable
 //!   test suite.
 //! - [`crash::CrashBackend`]: a redb storage double that keeps written and
@@ -61,7 +63,9 @@ pub mod crash;
 pub mod format;
 
 pub use converge_crdt::{ReplicaId, VersionVector};
-pub use error::{AppendError, BoxError, ObjectIdError, ReadError, SnapshotError, StoreError};
+pub use error::{
+    AppendError, BoxError, DeleteError, ObjectIdError, ReadError, SnapshotError, StoreError,
+};
 pub use memory::MemoryStore;
 #[cfg(feature = "redb")]
 pub use redb_store::{CommitStats, RedbStore, VerifyReport};
@@ -112,7 +116,51 @@ pub struct CompactOutcome {
     pub dropped: u64,
 }
 
-/// One item of the change feed: a replica's log of an object grew by `first..=last`.
+/// What a deletion did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct DeleteOutcome {
+    /// Whether this call deleted the object (false: it was already deleted).
+    pub deleted: bool,
+    /// How many log entries were reclaimed.
+    pub dropped: u64,
+    /// The change feed position of the deletion, if this call deleted it.
+    pub position: Option<u64>,
+    /// The tombstone now stored.
+    pub tombstone: Tombstone,
+}
+
+/// The durable record that an object was deleted. An object id, once
+/// deleted, stays deleted: its logs and snapshot are gone, appends and
+/// snapshots are refused, and it is never listed again.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Tombstone {
+    /// What this store held of the object when it deleted it (empty if it
+    /// held nothing, e.g. when the deletion came from a peer first).
+    /// Informational: deletion wins over every write, before or after.
+    pub version_vector: VersionVector,
+}
+
+impl Tombstone {
+    /// A tombstone recording that `version_vector` was held at deletion.
+    pub fn new(version_vector: VersionVector) -> Self {
+        Self { version_vector }
+    }
+}
+
+/// What a change feed item records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FeedKind {
+    /// A replica's log of the object grew by `first..=last`.
+    Append,
+    /// The object was deleted (`replica` is 0, `first` and `last` are 0).
+    Delete,
+}
+
+/// One item of the change feed: a replica's log of an object grew by
+/// `first..=last`, or the object was deleted (see [`FeedItem::kind`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedItem {
     /// The local arrival position; strictly increasing, starting at 1.
@@ -125,6 +173,8 @@ pub struct FeedItem {
     pub first: u64,
     /// Last new seq.
     pub last: u64,
+    /// Whether the log grew or the object was deleted.
+    pub kind: FeedKind,
 }
 
 /// A snapshot of an object's folded state, tagged with what it covers.
@@ -186,7 +236,9 @@ impl StoreConfig {
 /// them on blocking threads. All writes are atomic: on error nothing was
 /// written. A write that returns `Ok` is durable (for persistent backends).
 ///
-/// An object comes into existence with its first append or snapshot.
+/// An object comes into existence with its first append or snapshot, and
+/// ends with [`Store::delete_object`], which leaves a durable tombstone: after
+/// it, the object id is dead for good (see [`Tombstone`]).
 pub trait Store: Send + Sync {
     /// Appends `entries`, which must carry consecutive seqs, to the log of
     /// `replica` in `object`.
@@ -195,7 +247,8 @@ pub trait Store: Send + Sync {
     /// re-delivery is harmless) and reported as [`AppendError::Conflict`] if
     /// not. Entries below a compacted horizon are taken as held. A batch that
     /// starts after the end of the log is an [`AppendError::Gap`]. The batch
-    /// is atomic: all new entries are written, or none.
+    /// is atomic: all new entries are written, or none. A deleted object
+    /// refuses every non-empty batch with [`AppendError::Deleted`].
     fn append(
         &self,
         object: &str,
@@ -262,6 +315,37 @@ pub trait Store: Send + Sync {
         object: &str,
         horizon: &VersionVector,
     ) -> Result<CompactOutcome, SnapshotError>;
+
+    /// Deletes `object`: durably records a [`Tombstone`] (with the version
+    /// vector held now), reclaims its logs and snapshot, and adds a
+    /// [`FeedKind::Delete`] item to the change feed.
+    ///
+    /// Afterwards appends, snapshots and compactions of the object are
+    /// refused (`Deleted` errors), reads and [`Store::version_vector`] report
+    /// [`ReadError::Deleted`], and [`Store::list_objects`] skips it. Deletion
+    /// wins over concurrent and later writes: the id is never revived.
+    /// Deleting is idempotent (a second call reports `deleted: false`), and
+    /// an object never stored can be deleted too (a peer's deletion may
+    /// arrive before its entries do).
+    fn delete_object(&self, object: &str) -> Result<DeleteOutcome, DeleteError>;
+
+    /// The tombstone of `object`, if it was deleted.
+    fn tombstone(&self, object: &str) -> Result<Option<Tombstone>, ReadError>;
+
+    /// Whether `object` was deleted.
+    fn is_deleted(&self, object: &str) -> Result<bool, ReadError> {
+        Ok(self.tombstone(object)?.is_some())
+    }
+
+    /// Up to `limit` ids of deleted objects that start with `prefix`, in byte
+    /// order, after `after` (exclusive) if given; pages like
+    /// [`Store::list_objects`].
+    fn list_tombstones(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, ReadError>;
 }
 
 /// Checks an object id: non-empty and at most [`MAX_OBJECT_ID_BYTES`] long.

@@ -10,8 +10,8 @@ use converge_crdt::{ReplicaId, VersionVector};
 
 use crate::format::Head;
 use crate::{
-    AppendError, AppendOutcome, CompactOutcome, Entry, FeedItem, ReadError, Snapshot,
-    SnapshotError, StoreConfig, StoreError, validate_object_id,
+    AppendError, AppendOutcome, CompactOutcome, DeleteError, DeleteOutcome, Entry, FeedItem,
+    ReadError, Snapshot, SnapshotError, StoreConfig, StoreError, Tombstone, validate_object_id,
 };
 
 /// Read access to the tables, in one consistent snapshot of the store.
@@ -48,6 +48,16 @@ pub(crate) trait View {
     fn feed_head(&self) -> Result<u64, StoreError>;
     /// The stored snapshot of `object`.
     fn snapshot(&self, object: &str) -> Result<Option<Snapshot>, StoreError>;
+    /// The tombstone of `object`, if it was deleted.
+    fn tombstone(&self, object: &str) -> Result<Option<Tombstone>, StoreError>;
+    /// Like [`View::objects`], over the ids of deleted objects.
+    fn tombstones(
+        &self,
+        prefix: &str,
+        start: &str,
+        exclusive: bool,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
 }
 
 /// Entries read from a log.
@@ -94,7 +104,16 @@ pub(crate) trait Txn: View {
     ) -> Result<(), StoreError>;
     /// Sets the head of a log.
     fn set_head(&mut self, object: &str, replica: ReplicaId, head: Head) -> Result<(), StoreError>;
-    /// Appends a change feed item at the next position and returns the position.
+    /// Unregisters an object.
+    fn remove_object(&mut self, object: &str) -> Result<(), StoreError>;
+    /// Removes the head of a log.
+    fn remove_head(&mut self, object: &str, replica: ReplicaId) -> Result<(), StoreError>;
+    /// Removes the snapshot of `object`, if any.
+    fn remove_snapshot(&mut self, object: &str) -> Result<(), StoreError>;
+    /// Stores the tombstone of `object`.
+    fn set_tombstone(&mut self, object: &str, tombstone: &Tombstone) -> Result<(), StoreError>;
+    /// Appends a change feed item at the next position and returns the
+    /// position. A deletion item has replica 0 and `first == last == 0`.
     fn push_feed(
         &mut self,
         object: &str,
@@ -157,6 +176,12 @@ pub(crate) fn append(
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
         return Ok(AppendOutcome::default());
     };
+    refuse_deleted(&*tx, object).map_err(|e| match e {
+        Refused::Deleted => AppendError::Deleted {
+            object: object.to_owned(),
+        },
+        Refused::Store(e) => e.into(),
+    })?;
     let head = tx.head(object, replica)?;
     if first.seq > head.last.saturating_add(1) {
         return Err(AppendError::Gap {
@@ -245,6 +270,12 @@ pub(crate) fn put_snapshot(
             max: config.max_snapshot_bytes,
         });
     }
+    refuse_deleted(&*tx, object).map_err(|e| match e {
+        Refused::Deleted => SnapshotError::Deleted {
+            object: object.to_owned(),
+        },
+        Refused::Store(e) => e.into(),
+    })?;
     if let Some(stored) = tx.snapshot(object)? {
         for (replica, stored) in stored.version_vector.iter() {
             let offered = version_vector.get(replica);
@@ -295,6 +326,11 @@ pub(crate) fn compact(
 ) -> Result<CompactOutcome, SnapshotError> {
     validate_object_id(object)?;
     if !tx.object_exists(object)? {
+        if tx.tombstone(object)?.is_some() {
+            return Err(SnapshotError::Deleted {
+                object: object.to_owned(),
+            });
+        }
         return Err(SnapshotError::UnknownObject {
             object: object.to_owned(),
         });
@@ -336,9 +372,77 @@ pub(crate) fn compact(
     Ok(CompactOutcome { dropped })
 }
 
+/// Why a write to an object is refused before anything else is checked.
+enum Refused {
+    Deleted,
+    Store(StoreError),
+}
+
+/// Refuses writes to a deleted object. A live object has no tombstone, so
+/// the tombstone is only looked up for objects not registered.
+fn refuse_deleted(view: &impl View, object: &str) -> Result<(), Refused> {
+    if view.object_exists(object).map_err(Refused::Store)? {
+        return Ok(());
+    }
+    match view.tombstone(object).map_err(Refused::Store)? {
+        Some(_) => Err(Refused::Deleted),
+        None => Ok(()),
+    }
+}
+
+/// Deletes an object (see [`crate::Store::delete_object`]).
+pub(crate) fn delete_object(tx: &mut impl Txn, object: &str) -> Result<DeleteOutcome, DeleteError> {
+    validate_object_id(object)?;
+    if let Some(tombstone) = tx.tombstone(object)? {
+        return Ok(DeleteOutcome {
+            deleted: false,
+            dropped: 0,
+            position: None,
+            tombstone,
+        });
+    }
+    let heads = if tx.object_exists(object)? {
+        tx.heads(object)?
+    } else {
+        Vec::new()
+    };
+    let tombstone = Tombstone::new(
+        heads
+            .iter()
+            .filter(|(_, head)| head.last > 0)
+            .map(|(replica, head)| (*replica, head.last))
+            .collect(),
+    );
+
+    // Every check passed: write.
+    let mut dropped = 0;
+    for (replica, head) in &heads {
+        if head.last > head.compacted {
+            tx.remove_entries(object, *replica, head.compacted + 1, head.last)?;
+            dropped += head.last - head.compacted;
+        }
+        tx.remove_head(object, *replica)?;
+    }
+    tx.remove_snapshot(object)?;
+    tx.remove_object(object)?;
+    tx.set_tombstone(object, &tombstone)?;
+    let position = tx.push_feed(object, ReplicaId::from_u64(0), 0, 0)?;
+    Ok(DeleteOutcome {
+        deleted: true,
+        dropped,
+        position: Some(position),
+        tombstone,
+    })
+}
+
 fn known(view: &impl View, object: &str) -> Result<(), ReadError> {
     validate_object_id(object)?;
     if !view.object_exists(object)? {
+        if view.tombstone(object)?.is_some() {
+            return Err(ReadError::Deleted {
+                object: object.to_owned(),
+            });
+        }
         return Err(ReadError::UnknownObject {
             object: object.to_owned(),
         });
@@ -410,13 +514,32 @@ pub(crate) fn version_vector(view: &impl View, object: &str) -> Result<VersionVe
         .collect())
 }
 
-/// Lists objects (see [`crate::Store::list_objects`]).
-pub(crate) fn list_objects(
+/// The tombstone of an object (see [`crate::Store::tombstone`]).
+pub(crate) fn tombstone(view: &impl View, object: &str) -> Result<Option<Tombstone>, ReadError> {
+    validate_object_id(object)?;
+    Ok(view.tombstone(object)?)
+}
+
+/// Lists deleted objects (see [`crate::Store::list_tombstones`]).
+pub(crate) fn list_tombstones(
     view: &impl View,
     prefix: &str,
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<String>, ReadError> {
+    let (start, exclusive) = match list_range(prefix, after, limit)? {
+        Some(range) => range,
+        None => return Ok(Vec::new()),
+    };
+    Ok(view.tombstones(prefix, start, exclusive, limit)?)
+}
+
+/// Where a listing starts: `None` for an empty listing.
+fn list_range<'a>(
+    prefix: &'a str,
+    after: Option<&'a str>,
+    limit: usize,
+) -> Result<Option<(&'a str, bool)>, ReadError> {
     if !prefix.is_empty() {
         validate_object_id(prefix)?;
     }
@@ -424,12 +547,26 @@ pub(crate) fn list_objects(
         validate_object_id(after)?;
     }
     if limit == 0 {
-        return Ok(Vec::new());
+        return Ok(None);
     }
-    match after {
-        Some(after) if after >= prefix => Ok(view.objects(prefix, after, true, limit)?),
-        _ => Ok(view.objects(prefix, prefix, false, limit)?),
-    }
+    Ok(Some(match after {
+        Some(after) if after >= prefix => (after, true),
+        _ => (prefix, false),
+    }))
+}
+
+/// Lists objects (see [`crate::Store::list_objects`]).
+pub(crate) fn list_objects(
+    view: &impl View,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<String>, ReadError> {
+    let (start, exclusive) = match list_range(prefix, after, limit)? {
+        Some(range) => range,
+        None => return Ok(Vec::new()),
+    };
+    Ok(view.objects(prefix, start, exclusive, limit)?)
 }
 
 /// The latest snapshot (see [`crate::Store::latest_snapshot`]).

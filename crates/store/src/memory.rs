@@ -9,8 +9,8 @@ use converge_crdt::{ReplicaId, VersionVector};
 use crate::format::Head;
 use crate::logic::{self, Page, Txn, View};
 use crate::{
-    AppendError, AppendOutcome, CompactOutcome, Entry, FeedItem, ReadError, Snapshot,
-    SnapshotError, Store, StoreConfig, StoreError,
+    AppendError, AppendOutcome, CompactOutcome, DeleteError, DeleteOutcome, Entry, FeedItem,
+    FeedKind, ReadError, Snapshot, SnapshotError, Store, StoreConfig, StoreError, Tombstone,
 };
 
 /// A [`Store`] that keeps everything in memory: for tests and for replicas
@@ -28,6 +28,7 @@ struct State {
     log: BTreeMap<(String, ReplicaId, u64), Vec<u8>>,
     feed: BTreeMap<u64, FeedItem>,
     snapshots: BTreeMap<String, Snapshot>,
+    tombstones: BTreeMap<String, Tombstone>,
 }
 
 impl MemoryStore {
@@ -128,6 +129,39 @@ impl Store for MemoryStore {
     ) -> Result<CompactOutcome, SnapshotError> {
         logic::compact(&mut *self.state(), object, horizon)
     }
+
+    fn delete_object(&self, object: &str) -> Result<DeleteOutcome, DeleteError> {
+        logic::delete_object(&mut *self.state(), object)
+    }
+
+    fn tombstone(&self, object: &str) -> Result<Option<Tombstone>, ReadError> {
+        logic::tombstone(&*self.state(), object)
+    }
+
+    fn list_tombstones(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, ReadError> {
+        logic::list_tombstones(&*self.state(), prefix, after, limit)
+    }
+}
+
+/// Up to `limit` keys of `keys` from `start` on, while they start with `prefix`.
+fn range_of<'a>(keys: impl Iterator<Item = &'a String>, prefix: &str, limit: usize) -> Vec<String> {
+    keys.take_while(|o| o.starts_with(prefix))
+        .take(limit)
+        .cloned()
+        .collect()
+}
+
+fn lower(start: &str, exclusive: bool) -> Bound<&str> {
+    if exclusive {
+        Bound::Excluded(start)
+    } else {
+        Bound::Included(start)
+    }
 }
 
 impl View for State {
@@ -181,18 +215,28 @@ impl View for State {
         exclusive: bool,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        let lower = if exclusive {
-            Bound::Excluded(start)
-        } else {
-            Bound::Included(start)
-        };
-        Ok(self
+        let keys = self
             .objects
-            .range::<str, _>((lower, Bound::Unbounded))
-            .take_while(|o| o.starts_with(prefix))
-            .take(limit)
-            .cloned()
-            .collect())
+            .range::<str, _>((lower(start, exclusive), Bound::Unbounded));
+        Ok(range_of(keys, prefix, limit))
+    }
+
+    fn tombstones(
+        &self,
+        prefix: &str,
+        start: &str,
+        exclusive: bool,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let keys = self
+            .tombstones
+            .range::<str, _>((lower(start, exclusive), Bound::Unbounded))
+            .map(|(k, _)| k);
+        Ok(range_of(keys, prefix, limit))
+    }
+
+    fn tombstone(&self, object: &str) -> Result<Option<Tombstone>, StoreError> {
+        Ok(self.tombstones.get(object).cloned())
     }
 
     fn feed(&self, after: u64, limit: usize) -> Result<Vec<FeedItem>, StoreError> {
@@ -249,6 +293,26 @@ impl Txn for State {
         Ok(())
     }
 
+    fn remove_object(&mut self, object: &str) -> Result<(), StoreError> {
+        self.objects.remove(object);
+        Ok(())
+    }
+
+    fn remove_head(&mut self, object: &str, replica: ReplicaId) -> Result<(), StoreError> {
+        self.heads.remove(&(object.to_owned(), replica));
+        Ok(())
+    }
+
+    fn remove_snapshot(&mut self, object: &str) -> Result<(), StoreError> {
+        self.snapshots.remove(object);
+        Ok(())
+    }
+
+    fn set_tombstone(&mut self, object: &str, tombstone: &Tombstone) -> Result<(), StoreError> {
+        self.tombstones.insert(object.to_owned(), tombstone.clone());
+        Ok(())
+    }
+
     fn push_feed(
         &mut self,
         object: &str,
@@ -265,6 +329,11 @@ impl Txn for State {
                 replica,
                 first,
                 last,
+                kind: if first == 0 {
+                    FeedKind::Delete
+                } else {
+                    FeedKind::Append
+                },
             },
         );
         Ok(position)

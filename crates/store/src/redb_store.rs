@@ -10,6 +10,7 @@
 //! | `log`       | `(object, replica, seq)`     | entry record (crc, bytes) |
 //! | `feed`      | position `u64`               | feed record              |
 //! | `snapshots` | object id `&str`             | snapshot record          |
+//! | `tombstones`| object id `&str`             | tombstone record (format 2) |
 //!
 //! ## Group commit
 //!
@@ -46,11 +47,11 @@ use redb::{
     ReadableTableMetadata, StorageBackend, Table, TableDefinition, WriteTransaction,
 };
 
-use crate::format::{self, FORMAT_VERSION, FeedRecord, Head, Meta};
+use crate::format::{self, FORMAT_VERSION, FeedRecord, Head, Meta, OLDEST_FORMAT_VERSION};
 use crate::logic::{self, Page, Txn, View};
 use crate::{
-    AppendError, AppendOutcome, CompactOutcome, Entry, FeedItem, ReadError, Snapshot,
-    SnapshotError, Store, StoreConfig, StoreError,
+    AppendError, AppendOutcome, CompactOutcome, DeleteError, DeleteOutcome, Entry, FeedItem,
+    FeedKind, ReadError, Snapshot, SnapshotError, Store, StoreConfig, StoreError, Tombstone,
 };
 
 type ObjectKey = &'static str;
@@ -64,7 +65,16 @@ const HEADS: TableDefinition<'_, HeadKey, Bytes> = TableDefinition::new("heads")
 const LOG: TableDefinition<'_, LogKey, Bytes> = TableDefinition::new("log");
 const FEED: TableDefinition<'_, u64, Bytes> = TableDefinition::new("feed");
 const SNAPSHOTS: TableDefinition<'_, ObjectKey, Bytes> = TableDefinition::new("snapshots");
-const TABLE_NAMES: [&str; 6] = ["meta", "objects", "heads", "log", "feed", "snapshots"];
+const TOMBSTONES: TableDefinition<'_, ObjectKey, Bytes> = TableDefinition::new("tombstones");
+const TABLE_NAMES: [&str; 7] = [
+    "meta",
+    "objects",
+    "heads",
+    "log",
+    "feed",
+    "snapshots",
+    "tombstones",
+];
 
 /// The key of the meta record in the `meta` table.
 const FORMAT_KEY: &str = "format";
@@ -136,6 +146,9 @@ enum Op {
         object: String,
         horizon: VersionVector,
     },
+    Delete {
+        object: String,
+    },
 }
 
 /// What [`RedbStore::verify`] checked.
@@ -152,6 +165,8 @@ pub struct VerifyReport {
     pub feed_items: u64,
     /// Snapshots.
     pub snapshots: u64,
+    /// Tombstones (deleted objects).
+    pub tombstones: u64,
 }
 
 /// Counters of the group-commit writer (see [`RedbStore::commit_stats`]).
@@ -168,6 +183,7 @@ enum Reply {
     Append(Result<AppendOutcome, AppendError>),
     PutSnapshot(Result<(), SnapshotError>),
     Compact(Result<CompactOutcome, SnapshotError>),
+    Delete(Result<DeleteOutcome, DeleteError>),
 }
 
 impl RedbStore {
@@ -237,7 +253,8 @@ impl RedbStore {
 
     /// Checks the whole store: every record's checksum, every log contiguous
     /// between its compacted horizon and its head with no entry outside it,
-    /// every object of a log, snapshot or feed item registered, and the feed
+    /// every object of a log or snapshot registered and not deleted, every feed
+    /// item naming a stored or deleted object, and the feed
     /// numbered 1, 2, 3... Reads everything, so it takes time in proportion to
     /// the store's size; run it after a suspected disk problem, or in tests.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
@@ -308,7 +325,15 @@ impl RedbStore {
                     )));
                 }
                 after = item.position;
-                exists(&item.object)?;
+                if item.kind == FeedKind::Delete || !view.object_exists(&item.object)? {
+                    if view.tombstone(&item.object)?.is_none() {
+                        return Err(corrupt(format!(
+                            "change feed item {} names {:?}, which is neither stored nor deleted",
+                            item.position, item.object
+                        )));
+                    }
+                    continue;
+                }
                 let head = view.head(&item.object, item.replica)?;
                 if item.last > head.last {
                     return Err(corrupt(format!(
@@ -326,6 +351,18 @@ impl RedbStore {
             format::decode_snapshot(object, record.value())?;
             exists(object)?;
             report.snapshots += 1;
+        }
+
+        for item in view.tombstones.iter().map_err(&read)? {
+            let (key, record) = item.map_err(&read)?;
+            let object = key.value();
+            format::decode_tombstone(object, record.value())?;
+            if view.object_exists(object)? {
+                return Err(corrupt(format!(
+                    "object {object:?} is both stored and deleted"
+                )));
+            }
+            report.tombstones += 1;
         }
         Ok(report)
     }
@@ -358,6 +395,7 @@ impl RedbStore {
             log: txn.open_table(LOG).map_err(open)?,
             feed: txn.open_table(FEED).map_err(open)?,
             snapshots: txn.open_table(SNAPSHOTS).map_err(open)?,
+            tombstones: txn.open_table(TOMBSTONES).map_err(open)?,
             wrote: false,
         })
     }
@@ -447,6 +485,16 @@ fn initialize(db: &Database, shown: &str) -> Result<(), StoreError> {
             Some(Meta::Store {
                 version: FORMAT_VERSION,
             }) => {}
+            Some(Meta::Store { version })
+                if (OLDEST_FORMAT_VERSION..FORMAT_VERSION).contains(&version) =>
+            {
+                // Version 1 lacks only the tombstones table (created below)
+                // and never holds a deletion feed record: upgrading is
+                // creating the table and rewriting the meta record, in the
+                // same transaction.
+                meta.insert(FORMAT_KEY, format::encode_meta(FORMAT_VERSION).as_slice())
+                    .map_err(storage("upgrading the meta record"))?;
+            }
             Some(Meta::Store { version }) => {
                 return Err(StoreError::UnsupportedFormat {
                     found: version,
@@ -476,6 +524,7 @@ fn initialize(db: &Database, shown: &str) -> Result<(), StoreError> {
         txn.open_table(LOG).map_err(open)?;
         txn.open_table(FEED).map_err(open)?;
         txn.open_table(SNAPSHOTS).map_err(open)?;
+        txn.open_table(TOMBSTONES).map_err(open)?;
     }
     txn.commit()
         .map_err(|e| StoreError::backend("committing the store's tables", e))
@@ -494,11 +543,24 @@ fn check_tail(db: &Database) -> Result<(), StoreError> {
         log: txn.open_table(LOG).map_err(open)?,
         feed: txn.open_table(FEED).map_err(open)?,
         snapshots: txn.open_table(SNAPSHOTS).map_err(open)?,
+        tombstones: txn.open_table(TOMBSTONES).map_err(open)?,
         wrote: false,
     };
     let head = tables.feed_head()?;
     let after = head.saturating_sub(TAIL_CHECK_ITEMS);
     for item in tables.feed(after, TAIL_CHECK_ITEMS as usize)? {
+        if item.kind == FeedKind::Delete || !tables.object_exists(&item.object)? {
+            // Deleted since: its logs were reclaimed, its tombstone remains.
+            if tables.tombstone(&item.object)?.is_none() {
+                return Err(StoreError::Corrupt {
+                    what: format!(
+                        "change feed item {} names {:?}, which is neither stored nor deleted",
+                        item.position, item.object
+                    ),
+                });
+            }
+            continue;
+        }
         let log = tables.head(&item.object, item.replica)?;
         if log.last < item.last {
             return Err(StoreError::Corrupt {
@@ -692,7 +754,7 @@ impl Op {
         match self {
             Self::Append { entries, .. } => entries.iter().map(|e| e.bytes.len() + 16).sum(),
             Self::PutSnapshot { bytes, .. } => bytes.len(),
-            Self::Compact { .. } => 0,
+            Self::Compact { .. } | Self::Delete { .. } => 0,
         }
     }
 
@@ -717,6 +779,7 @@ impl Op {
             Self::Compact { object, horizon } => {
                 Reply::Compact(logic::compact(tables, object, horizon))
             }
+            Self::Delete { object } => Reply::Delete(logic::delete_object(tables, object)),
         }
     }
 
@@ -726,6 +789,7 @@ impl Op {
             Self::Append { .. } => Reply::Append(Err(error.into())),
             Self::PutSnapshot { .. } => Reply::PutSnapshot(Err(error.into())),
             Self::Compact { .. } => Reply::Compact(Err(error.into())),
+            Self::Delete { .. } => Reply::Delete(Err(error.into())),
         }
     }
 }
@@ -736,6 +800,7 @@ impl Reply {
             Self::Append(r) => r.is_ok(),
             Self::PutSnapshot(r) => r.is_ok(),
             Self::Compact(r) => r.is_ok(),
+            Self::Delete(r) => r.is_ok(),
         }
     }
 
@@ -743,7 +808,8 @@ impl Reply {
         let error = match self {
             Self::Append(Err(AppendError::Store(e)))
             | Self::PutSnapshot(Err(SnapshotError::Store(e)))
-            | Self::Compact(Err(SnapshotError::Store(e))) => e,
+            | Self::Compact(Err(SnapshotError::Store(e)))
+            | Self::Delete(Err(DeleteError::Store(e))) => e,
             _ => return None,
         };
         Some(duplicate(error))
@@ -878,15 +944,39 @@ impl Store for RedbStore {
             _ => Err(unexpected_reply().into()),
         }
     }
+
+    fn delete_object(&self, object: &str) -> Result<DeleteOutcome, DeleteError> {
+        crate::validate_object_id(object)?;
+        match self.submit(Op::Delete {
+            object: object.to_owned(),
+        })? {
+            Reply::Delete(result) => result,
+            _ => Err(unexpected_reply().into()),
+        }
+    }
+
+    fn tombstone(&self, object: &str) -> Result<Option<Tombstone>, ReadError> {
+        logic::tombstone(&self.read_view()?, object)
+    }
+
+    fn list_tombstones(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, ReadError> {
+        logic::list_tombstones(&self.read_view()?, prefix, after, limit)
+    }
 }
 
 /// The store's tables, read-only or inside a write transaction.
-struct Tables<O, H, L, F, S> {
+struct Tables<O, H, L, F, S, T> {
     objects: O,
     heads: H,
     log: L,
     feed: F,
     snapshots: S,
+    tombstones: T,
     /// Whether the current job has written anything (write transactions only).
     wrote: bool,
 }
@@ -897,6 +987,7 @@ type ReadTables = Tables<
     ReadOnlyTable<LogKey, Bytes>,
     ReadOnlyTable<u64, Bytes>,
     ReadOnlyTable<ObjectKey, Bytes>,
+    ReadOnlyTable<ObjectKey, Bytes>,
 >;
 
 type WriteTables<'t> = Tables<
@@ -904,6 +995,7 @@ type WriteTables<'t> = Tables<
     Table<'t, HeadKey, Bytes>,
     Table<'t, LogKey, Bytes>,
     Table<'t, u64, Bytes>,
+    Table<'t, ObjectKey, Bytes>,
     Table<'t, ObjectKey, Bytes>,
 >;
 
@@ -915,17 +1007,19 @@ fn write_tables(txn: &WriteTransaction) -> Result<WriteTables<'_>, StoreError> {
         log: txn.open_table(LOG).map_err(open)?,
         feed: txn.open_table(FEED).map_err(open)?,
         snapshots: txn.open_table(SNAPSHOTS).map_err(open)?,
+        tombstones: txn.open_table(TOMBSTONES).map_err(open)?,
         wrote: false,
     })
 }
 
-impl<O, H, L, F, S> View for Tables<O, H, L, F, S>
+impl<O, H, L, F, S, T> View for Tables<O, H, L, F, S, T>
 where
     O: ReadableTable<ObjectKey, ()>,
     H: ReadableTable<HeadKey, Bytes>,
     L: ReadableTable<LogKey, Bytes>,
     F: ReadableTable<u64, Bytes>,
     S: ReadableTable<ObjectKey, Bytes>,
+    T: ReadableTable<ObjectKey, Bytes>,
 {
     fn object_exists(&self, object: &str) -> Result<bool, StoreError> {
         Ok(self
@@ -1000,26 +1094,31 @@ where
         exclusive: bool,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        let read = storage("listing objects");
-        let lower = if exclusive {
-            Bound::Excluded(start)
-        } else {
-            Bound::Included(start)
+        list_keys(&self.objects, prefix, start, exclusive, limit)
+    }
+
+    fn tombstones(
+        &self,
+        prefix: &str,
+        start: &str,
+        exclusive: bool,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        list_keys(&self.tombstones, prefix, start, exclusive, limit)
+    }
+
+    fn tombstone(&self, object: &str) -> Result<Option<Tombstone>, StoreError> {
+        let Some(record) = self
+            .tombstones
+            .get(object)
+            .map_err(storage("reading a tombstone"))?
+        else {
+            return Ok(None);
         };
-        let mut objects = Vec::new();
-        for item in self
-            .objects
-            .range::<&str>((lower, Bound::Unbounded))
-            .map_err(&read)?
-        {
-            let (key, _) = item.map_err(&read)?;
-            let object = key.value();
-            if !object.starts_with(prefix) || objects.len() >= limit {
-                break;
-            }
-            objects.push(object.to_owned());
-        }
-        Ok(objects)
+        Ok(Some(Tombstone::new(format::decode_tombstone(
+            object,
+            record.value(),
+        )?)))
     }
 
     fn feed(&self, after: u64, limit: usize) -> Result<Vec<FeedItem>, StoreError> {
@@ -1045,6 +1144,11 @@ where
                 replica,
                 first,
                 last,
+                kind: if first == 0 {
+                    FeedKind::Delete
+                } else {
+                    FeedKind::Append
+                },
             });
         }
         Ok(items)
@@ -1121,6 +1225,39 @@ impl Txn for WriteTables<'_> {
         Ok(())
     }
 
+    fn remove_object(&mut self, object: &str) -> Result<(), StoreError> {
+        self.wrote = true;
+        self.objects
+            .remove(object)
+            .map_err(storage("removing an object"))?;
+        Ok(())
+    }
+
+    fn remove_head(&mut self, object: &str, replica: ReplicaId) -> Result<(), StoreError> {
+        self.wrote = true;
+        self.heads
+            .remove((object, replica.as_u64()))
+            .map_err(storage("removing a log head"))?;
+        Ok(())
+    }
+
+    fn remove_snapshot(&mut self, object: &str) -> Result<(), StoreError> {
+        self.wrote = true;
+        self.snapshots
+            .remove(object)
+            .map_err(storage("removing a snapshot"))?;
+        Ok(())
+    }
+
+    fn set_tombstone(&mut self, object: &str, tombstone: &Tombstone) -> Result<(), StoreError> {
+        self.wrote = true;
+        let record = format::encode_tombstone(object, &tombstone.version_vector);
+        self.tombstones
+            .insert(object, record.as_slice())
+            .map_err(storage("writing a tombstone"))?;
+        Ok(())
+    }
+
     fn push_feed(
         &mut self,
         object: &str,
@@ -1158,4 +1295,33 @@ impl Txn for WriteTables<'_> {
             .map_err(storage("writing a snapshot"))?;
         Ok(())
     }
+}
+
+/// Up to `limit` keys of `table` from `start` on, while they start with `prefix`.
+fn list_keys<V: redb::Value + 'static>(
+    table: &impl ReadableTable<ObjectKey, V>,
+    prefix: &str,
+    start: &str,
+    exclusive: bool,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let read = storage("listing objects");
+    let lower = if exclusive {
+        Bound::Excluded(start)
+    } else {
+        Bound::Included(start)
+    };
+    let mut keys = Vec::new();
+    for item in table
+        .range::<&str>((lower, Bound::Unbounded))
+        .map_err(&read)?
+    {
+        let (key, _) = item.map_err(&read)?;
+        let key = key.value();
+        if !key.starts_with(prefix) || keys.len() >= limit {
+            break;
+        }
+        keys.push(key.to_owned());
+    }
+    Ok(keys)
 }

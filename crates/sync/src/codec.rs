@@ -15,7 +15,7 @@
 use crate::message::{LimitError, Limits, Message};
 
 /// The wire version this build reads and writes.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Bytes of the length prefix.
 pub const HEADER_BYTES: usize = 4;
@@ -190,6 +190,18 @@ mod tests {
                 entries: vec![b"x".to_vec(), b"yz".to_vec()],
             },
             Message::Ack { upto: 5 },
+            Message::Deleted {
+                n: 4,
+                object: "a".into(),
+            },
+            Message::EntryBegin {
+                n: 5,
+                id: 2,
+                object: "a".into(),
+                replica: ReplicaId::from_u64(1),
+                seq: 7,
+                total_len: 5 << 20,
+            },
             Message::SnapshotBegin {
                 n: 2,
                 id: 1,
@@ -234,11 +246,23 @@ mod tests {
         let limits = Limits::default();
         assert_eq!(
             encode(&Message::KeepAlive, &limits).unwrap(),
-            [2, 0, 0, 0, 1, 10]
+            [2, 0, 0, 0, 2, 10]
         );
         assert_eq!(
             encode(&Message::Ack { upto: 300 }, &limits).unwrap(),
-            [4, 0, 0, 0, 1, 4, 0xac, 0x02]
+            [4, 0, 0, 0, 2, 4, 0xac, 0x02]
+        );
+        // Version 2 adds messages after the last of version 1.
+        assert_eq!(
+            encode(
+                &Message::Deleted {
+                    n: 1,
+                    object: "a".into()
+                },
+                &limits
+            )
+            .unwrap(),
+            [5, 0, 0, 0, 2, 11, 1, 1, b'a']
         );
     }
 
@@ -296,11 +320,11 @@ mod tests {
             DecodeError::EmptyFrame
         );
         assert_eq!(
-            decode(&[3, 0, 0, 0, 1, 10, 0], &limits).unwrap_err(),
+            decode(&[3, 0, 0, 0, 2, 10, 0], &limits).unwrap_err(),
             DecodeError::TrailingBytes(1)
         );
         assert!(matches!(
-            decode(&[2, 0, 0, 0, 1, 200], &limits).unwrap_err(),
+            decode(&[2, 0, 0, 0, 2, 200], &limits).unwrap_err(),
             DecodeError::Malformed(_)
         ));
     }

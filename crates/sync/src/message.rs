@@ -106,7 +106,8 @@ pub enum Message {
         /// The snapshot's length in bytes.
         total_len: u64,
     },
-    /// One chunk of a snapshot, in order.
+    /// One chunk of a snapshot (or of an entry, after
+    /// [`Message::EntryBegin`]), in order.
     SnapshotChunk {
         /// Data message number.
         n: u64,
@@ -143,6 +144,32 @@ pub enum Message {
     },
     /// Nothing else to say; proves the sender is alive.
     KeepAlive,
+    // Variants added after version 1's first release go last, so that the
+    // postcard indices of the earlier ones (and their golden bytes) stay.
+    /// The object was deleted: the receiver deletes it too (keeping a
+    /// tombstone) instead of sending its entries back. Deletion wins.
+    Deleted {
+        /// Data message number.
+        n: u64,
+        /// The object.
+        object: String,
+    },
+    /// One entry too large for a frame follows in chunks
+    /// ([`Message::SnapshotChunk`]s naming the same `id`).
+    EntryBegin {
+        /// Data message number.
+        n: u64,
+        /// Names this transfer in its chunks (shared with snapshot transfers).
+        id: u64,
+        /// The object.
+        object: String,
+        /// The replica whose log it is.
+        replica: ReplicaId,
+        /// The entry's seq.
+        seq: u64,
+        /// The entry's length in bytes.
+        total_len: u64,
+    },
 }
 
 impl Message {
@@ -150,6 +177,8 @@ impl Message {
     pub fn data_number(&self) -> Option<u64> {
         match self {
             Self::Entries { n, .. }
+            | Self::Deleted { n, .. }
+            | Self::EntryBegin { n, .. }
             | Self::SnapshotBegin { n, .. }
             | Self::SnapshotChunk { n, .. } => Some(*n),
             _ => None,
@@ -209,6 +238,14 @@ impl Message {
             } => {
                 limits.object(object)?;
                 limits.version_vector(version_vector)
+            }
+            Self::Deleted { object, .. } => limits.object(object),
+            Self::EntryBegin { object, seq, .. } => {
+                limits.object(object)?;
+                if *seq == 0 {
+                    return Err(LimitError::Invalid("a chunked entry has seq 0"));
+                }
+                Ok(())
             }
             Self::SnapshotChunk { bytes, .. } => {
                 if bytes.is_empty() {

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use converge_crdt::{ReplicaId, VersionVector};
-use converge_store::{AppendError, Entry, ReadError, Snapshot, SnapshotError, Store};
+use converge_store::{AppendError, Entry, FeedKind, ReadError, Snapshot, SnapshotError, Store};
 
 use crate::codec::{self, DecodeError};
 use crate::message::{ErrorCode, Interest, Limits, Message};
@@ -45,6 +45,9 @@ pub struct Config {
     pub max_objects: usize,
     /// The largest snapshot reassembled. Default 64 MiB.
     pub max_snapshot_bytes: usize,
+    /// The largest entry sent or reassembled (an entry larger than a frame
+    /// goes in chunks). Default 16 MiB, as `StoreConfig::max_entry_bytes`.
+    pub max_entry_bytes: usize,
     /// The most queued events (presence beyond it is dropped). Default 1024.
     pub max_events: usize,
     /// Milliseconds between keep-alives. Default 10 s.
@@ -71,6 +74,7 @@ impl Default for Config {
             max_pending_bytes: 1 << 20,
             max_objects: 100_000,
             max_snapshot_bytes: 64 << 20,
+            max_entry_bytes: 16 << 20,
             max_events: 1024,
             keepalive_ms: 10_000,
             idle_timeout_ms: 30_000,
@@ -144,6 +148,12 @@ pub enum Event {
     },
     /// Entries or a snapshot from the peer were stored for this object.
     ObjectUpdated {
+        /// The object.
+        object: String,
+    },
+    /// The peer told us the object was deleted, and this side deleted it
+    /// too (it keeps a tombstone; see [`Store::delete_object`]).
+    ObjectDeleted {
         /// The object.
         object: String,
     },
@@ -290,8 +300,10 @@ pub struct QueueSizes {
     pub assembly_bytes: usize,
     /// Objects tracked for the peer.
     pub peer_objects: usize,
-    /// Objects and feed ranges waiting to be sent.
+    /// Objects, feed ranges and deletions waiting to be sent.
     pub work: usize,
+    /// Objects the peer is known to have deleted (so they are not told again).
+    pub peer_tombstones: usize,
     /// Events waiting to be polled.
     pub events: usize,
     /// Bytes received but not yet a whole frame.
@@ -310,6 +322,8 @@ enum State {
 enum Cursor {
     Index(usize),
     After(Option<String>),
+    /// Listing the deleted objects of a prefix, after the live ones.
+    Deleted(Option<String>),
 }
 
 #[derive(Debug)]
@@ -321,6 +335,9 @@ enum Sent {
         last: u64,
     },
     Snapshot {
+        object: String,
+    },
+    Deleted {
         object: String,
     },
 }
@@ -336,6 +353,8 @@ struct Inflight {
 struct SnapOut {
     id: u64,
     object: String,
+    /// For a chunked entry: its replica and seq (the bytes are in `snapshot`).
+    entry: Option<(ReplicaId, u64)>,
     snapshot: Snapshot,
     offset: usize,
     begun: bool,
@@ -345,6 +364,8 @@ struct SnapOut {
 struct Assembly {
     id: u64,
     object: String,
+    /// For a chunked entry: its replica and seq; else a snapshot.
+    entry: Option<(ReplicaId, u64)>,
     version_vector: VersionVector,
     total: usize,
     buf: Vec<u8>,
@@ -407,6 +428,11 @@ pub struct Session {
     feed_caught_up: bool,
     checkpointed: u64,
     snap_out: Option<SnapOut>,
+    /// Deletions to tell the peer (bounded by `max_objects`).
+    tomb_due: BTreeSet<String>,
+    /// Objects the peer told us, or we told it, are deleted (bounded by
+    /// `max_objects`): not told again in this session.
+    peer_tombs: BTreeSet<String>,
     next_n: u64,
     next_snap_id: u64,
     inflight: VecDeque<Inflight>,
@@ -483,6 +509,8 @@ impl Session {
             feed_caught_up: false,
             checkpointed: 0,
             snap_out: None,
+            tomb_due: BTreeSet::new(),
+            peer_tombs: BTreeSet::new(),
             next_n: 1,
             next_snap_id: 1,
             inflight: VecDeque::new(),
@@ -703,7 +731,8 @@ impl Session {
             pending_bytes: self.pending_bytes,
             assembly_bytes: self.assemblies.iter().map(|a| a.buf.len()).sum(),
             peer_objects: self.peer_vv.len(),
-            work: self.work.len() + self.ranges.len(),
+            work: self.work.len() + self.ranges.len() + self.tomb_due.len(),
+            peer_tombstones: self.peer_tombs.len(),
             events: self.events.len(),
             recv_bytes: self.recv.len(),
         }
@@ -718,6 +747,7 @@ impl Session {
             && self.work.is_empty()
             && self.ranges.is_empty()
             && self.snap_out.is_none()
+            && self.tomb_due.is_empty()
             && self.inflight.is_empty()
             && self.out.is_empty()
     }
@@ -790,6 +820,10 @@ impl Session {
             Message::Hello { .. } | Message::Error { .. } | Message::KeepAlive => Ok(()),
             Message::Have { items } => self.handle_have(items),
             Message::HaveDone => {
+                // A new round compares everything again, tombstones too: a
+                // `Deleted` lost under a later acknowledged message is only
+                // found again this way (there is no gap to notice it by).
+                self.peer_tombs.clear();
                 self.serve_listing = Some((self.peer_start(), self.round));
                 self.round = self.round.wrapping_add(1);
                 self.serving = true;
@@ -802,6 +836,7 @@ impl Session {
                 entries,
                 ..
             } => self.handle_entries(object, replica, from_seq, entries, store),
+            Message::Deleted { object, .. } => self.handle_deleted(object, store),
             Message::Ack { upto } => {
                 while self.inflight.front().is_some_and(|i| i.n <= upto) {
                     if let Some(done) = self.inflight.pop_front() {
@@ -818,6 +853,14 @@ impl Session {
                 total_len,
                 ..
             } => self.handle_snapshot_begin(id, object, version_vector, total_len, store),
+            Message::EntryBegin {
+                id,
+                object,
+                replica,
+                seq,
+                total_len,
+                ..
+            } => self.handle_entry_begin(id, object, (replica, seq), total_len, store),
             Message::SnapshotChunk {
                 id, offset, bytes, ..
             } => self.handle_snapshot_chunk(id, offset, bytes, store),
@@ -974,6 +1017,13 @@ impl Session {
                 Ok(true)
             }
             Err(AppendError::Gap { .. }) => Ok(false),
+            Err(AppendError::Deleted { .. }) => {
+                // Deletion wins: drop the entries, and tell the peer, which
+                // evidently still holds the object.
+                self.peer_tombs.remove(object);
+                self.tomb(object);
+                Ok(true)
+            }
             Err(AppendError::Conflict {
                 object,
                 replica,
@@ -1028,6 +1078,12 @@ impl Session {
         let vv = match store.version_vector(object) {
             Ok(vv) => vv,
             Err(ReadError::UnknownObject { .. }) => VersionVector::new(),
+            Err(ReadError::Deleted { .. }) => {
+                self.drop_pending(object);
+                self.peer_tombs.remove(object);
+                self.tomb(object);
+                return Ok(());
+            }
             Err(e) => return Err(store_err(e)),
         };
         if self.have_due.len() < self.config.max_objects || self.have_due.contains_key(object) {
@@ -1054,6 +1110,51 @@ impl Session {
         if !self.config.interest.matches(&object) {
             return Ok(());
         }
+        self.begin_assembly(id, object, None, version_vector, total, store)
+    }
+
+    fn handle_entry_begin(
+        &mut self,
+        id: u64,
+        object: String,
+        (replica, seq): (ReplicaId, u64),
+        total_len: u64,
+        store: &dyn Store,
+    ) -> Result<(), SessionError> {
+        let total = usize::try_from(total_len).unwrap_or(usize::MAX);
+        if total > self.config.max_entry_bytes {
+            return Err(SessionError::Limit(format!(
+                "entry {object}/{replica} seq {seq} is {total_len} bytes, this side takes at most {}; raise Config::max_entry_bytes",
+                self.config.max_entry_bytes
+            )));
+        }
+        // Checked before anything is buffered, as for a batch.
+        if !self.policy.allows(replica) {
+            return Err(SessionError::Unauthorised { replica });
+        }
+        if !self.config.interest.matches(&object) {
+            return Ok(());
+        }
+        self.begin_assembly(
+            id,
+            object,
+            Some((replica, seq)),
+            VersionVector::new(),
+            total,
+            store,
+        )
+    }
+
+    /// Starts reassembling a snapshot or a chunked entry (at most two at a time).
+    fn begin_assembly(
+        &mut self,
+        id: u64,
+        object: String,
+        entry: Option<(ReplicaId, u64)>,
+        version_vector: VersionVector,
+        total: usize,
+        store: &dyn Store,
+    ) -> Result<(), SessionError> {
         if self.assemblies.iter().any(|a| a.object == object) {
             self.checkpoint_poisoned = true;
         }
@@ -1065,6 +1166,7 @@ impl Session {
         let assembly = Assembly {
             id,
             object,
+            entry,
             version_vector,
             total,
             buf: Vec::new(),
@@ -1111,9 +1213,18 @@ impl Session {
     }
 
     fn install(&mut self, a: Assembly, store: &dyn Store) -> Result<(), SessionError> {
+        if let Some((replica, seq)) = a.entry {
+            // A whole entry: from here on, exactly a one-entry batch.
+            return self.handle_entries(a.object, replica, seq, vec![a.buf], store);
+        }
         let local = match store.latest_snapshot(&a.object) {
             Ok(s) => s,
             Err(ReadError::UnknownObject { .. }) => None,
+            Err(ReadError::Deleted { .. }) => {
+                self.peer_tombs.remove(&a.object);
+                self.tomb(&a.object);
+                return Ok(());
+            }
             Err(e) => return Err(store_err(e)),
         };
         let (vv, bytes) = match local {
@@ -1143,6 +1254,11 @@ impl Session {
         match store.put_snapshot(&a.object, &vv, &bytes) {
             Ok(()) => {}
             Err(SnapshotError::Regression { .. }) => return Ok(()),
+            Err(SnapshotError::Deleted { object }) => {
+                self.peer_tombs.remove(&object);
+                self.tomb(&object);
+                return Ok(());
+            }
             Err(SnapshotError::Store(e)) => return Err(store_err(e)),
             Err(e) => return Err(SessionError::Limit(e.to_string())),
         }
@@ -1163,6 +1279,69 @@ impl Session {
             self.drain_pending(&a.object, replica, store)?;
         }
         Ok(())
+    }
+
+    /// The peer says `object` was deleted: delete it here too.
+    fn handle_deleted(&mut self, object: String, store: &dyn Store) -> Result<(), SessionError> {
+        // Taken for objects this side subscribes to, and for objects it
+        // serves the peer (which is how a peer that deleted an object stops
+        // this side from sending it back).
+        if !self.config.interest.matches(&object) && !self.peer_wants(&object) {
+            return Ok(());
+        }
+        let outcome = store.delete_object(&object).map_err(store_err)?;
+        self.drop_pending(&object);
+        self.tomb_due.remove(&object);
+        self.have_due.remove(&object);
+        if self.peer_tombs.len() < self.config.max_objects {
+            self.peer_tombs.insert(object.clone());
+        }
+        if outcome.deleted && self.events.len() < self.config.max_events {
+            self.events.push_back(Event::ObjectDeleted { object });
+        }
+        Ok(())
+    }
+
+    /// Forgets everything held for a deleted object on the receiving side.
+    fn drop_pending(&mut self, object: &str) {
+        let held: Vec<(String, ReplicaId)> = self
+            .pending
+            .range((object.to_owned(), ReplicaId::from_u64(0))..)
+            .take_while(|((o, _), _)| o == object)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in held {
+            if let Some(batches) = self.pending.remove(&key) {
+                self.pending_bytes -= batches.values().flatten().map(Vec::len).sum::<usize>();
+            }
+        }
+        self.assemblies.retain(|a| a.object != object);
+    }
+
+    /// Queues telling the peer that `object` is deleted, unless it knows.
+    fn tomb(&mut self, object: &str) {
+        if self.peer_tombs.contains(object) {
+            return;
+        }
+        if self.tomb_due.len() < self.config.max_objects {
+            self.tomb_due.insert(object.to_owned());
+        }
+    }
+
+    fn send_deleted(&mut self) {
+        let Some(object) = self.tomb_due.pop_first() else {
+            return;
+        };
+        let n = self.next_n;
+        self.next_n += 1;
+        let msg = Message::Deleted {
+            n,
+            object: object.clone(),
+        };
+        if self.peer_tombs.len() < self.config.max_objects {
+            self.peer_tombs.insert(object.clone());
+        }
+        self.send_data(n, &msg, Sent::Deleted { object });
     }
 
     fn note_data(&mut self, n: u64) {
@@ -1228,15 +1407,20 @@ impl Session {
                     replica,
                     first,
                     last,
-                } => match self.peer_vv.get_mut(&object) {
-                    Some((vv, _)) => {
-                        if vv.get(replica) >= first {
-                            vv.set(replica, first - 1);
-                        }
-                        self.work.insert(object);
+                } => {
+                    if self
+                        .snap_out
+                        .as_ref()
+                        .is_some_and(|s| s.object == object && s.entry == Some((replica, first)))
+                    {
+                        self.snap_out = None;
                     }
-                    None => self.ranges.push_back((object, replica, first, last)),
-                },
+                    self.replan(object, replica, first, last);
+                }
+                Sent::Deleted { object } => {
+                    self.peer_tombs.remove(&object);
+                    self.tomb(&object);
+                }
                 Sent::Snapshot { object } => {
                     if self.snap_out.as_ref().is_some_and(|s| s.object == object) {
                         self.snap_out = None;
@@ -1252,6 +1436,19 @@ impl Session {
         self.last_ack_progress = now;
     }
 
+    /// Plans `first..=last` of a log again (its data message was lost).
+    fn replan(&mut self, object: String, replica: ReplicaId, first: u64, last: u64) {
+        match self.peer_vv.get_mut(&object) {
+            Some((vv, _)) => {
+                if vv.get(replica) >= first {
+                    vv.set(replica, first - 1);
+                }
+                self.work.insert(object);
+            }
+            None => self.ranges.push_back((object, replica, first, last)),
+        }
+    }
+
     /// Does what can be done now: list our interest into `Have`s, and send
     /// the peer what it lacks while the window allows.
     fn pump(&mut self, now: u64, store: &dyn Store) -> Result<(), SessionError> {
@@ -1261,13 +1458,25 @@ impl Session {
         // Our `Have`s go out with the hello, without waiting for the peer's:
         // subscribing costs one round trip.
         self.pump_have(store)?;
-        if self.state != State::Open || !self.serving {
+        if self.state != State::Open {
+            return Ok(());
+        }
+        // Deletions go out whether or not this side serves yet: they answer
+        // entries the peer pushed for an object deleted here.
+        while self.window_open() && !self.tomb_due.is_empty() {
+            self.send_deleted();
+        }
+        if !self.serving {
             return Ok(());
         }
         let _ = now;
         while self.window_open() {
             if self.snap_out.is_some() {
                 self.send_chunk();
+                continue;
+            }
+            if !self.tomb_due.is_empty() {
+                self.send_deleted();
                 continue;
             }
             if let Some((object, replica, first, last)) = self.ranges.pop_front() {
@@ -1290,6 +1499,7 @@ impl Session {
             && self.work.is_empty()
             && self.ranges.is_empty()
             && self.snap_out.is_none()
+            && self.tomb_due.is_empty()
             && self.feed_caught_up
             && self.feed_pos > self.checkpointed
         {
@@ -1316,6 +1526,8 @@ impl Session {
                 match store.version_vector(&object) {
                     Ok(vv) => items.push((object, vv)),
                     Err(ReadError::UnknownObject { .. }) => {}
+                    // Named in our interest but deleted here: tell the peer.
+                    Err(ReadError::Deleted { .. }) => self.tomb(&object),
                     Err(e) => return Err(store_err(e)),
                 }
             }
@@ -1337,7 +1549,25 @@ impl Session {
         let Some((_, interest)) = self.peer.clone() else {
             return Ok(());
         };
+        if let (Interest::Prefix(prefix), Cursor::Deleted(after)) = (&interest, &cursor) {
+            // After the live objects, the deleted ones: the peer learns of
+            // every tombstone in its interest, held there or not.
+            let deleted = store
+                .list_tombstones(prefix, after.as_deref(), PAGE)
+                .map_err(store_err)?;
+            for object in &deleted {
+                self.tomb(object);
+            }
+            if deleted.len() == PAGE {
+                self.serve_listing = Some((Cursor::Deleted(deleted.last().cloned()), round));
+            }
+            return Ok(());
+        }
         let (objects, next) = page(&interest, cursor, store)?;
+        let next = match (&interest, next) {
+            (Interest::Prefix(_), None) => Some(Cursor::Deleted(None)),
+            (_, next) => next,
+        };
         for object in objects {
             self.track(&object)?;
             if let Some(slot) = self.peer_vv.get_mut(&object)
@@ -1354,7 +1584,7 @@ impl Session {
 
     /// Reads the change feed; `false` when there is nothing more to read now.
     fn read_feed(&mut self, store: &dyn Store) -> Result<bool, SessionError> {
-        if self.work.len() + self.ranges.len() >= PAGE {
+        if self.work.len() + self.ranges.len() + self.tomb_due.len() >= PAGE {
             return Ok(false);
         }
         let items = store
@@ -1367,6 +1597,10 @@ impl Session {
         for item in items {
             self.feed_pos = item.position;
             if !self.peer_wants(&item.object) {
+                continue;
+            }
+            if item.kind == FeedKind::Delete {
+                self.tomb(&item.object);
                 continue;
             }
             if self.peer_vv.contains_key(&item.object) {
@@ -1383,6 +1617,10 @@ impl Session {
         let local = match store.version_vector(object) {
             Ok(vv) => vv,
             Err(ReadError::UnknownObject { .. }) => return Ok(()),
+            Err(ReadError::Deleted { .. }) => {
+                self.tomb(object);
+                return Ok(());
+            }
             Err(e) => return Err(store_err(e)),
         };
         self.track(object)?;
@@ -1444,6 +1682,10 @@ impl Session {
             Err(ReadError::UnknownObject { .. } | ReadError::BeyondEnd { .. }) => {
                 return Ok(Some(last));
             }
+            Err(ReadError::Deleted { .. }) => {
+                self.tomb(object);
+                return Ok(Some(last));
+            }
             Err(e) => return Err(store_err(e)),
         };
         let budget = self
@@ -1462,11 +1704,30 @@ impl Session {
                 break;
             }
             if size > budget {
-                return Err(SessionError::Limit(format!(
-                    "entry {object}/{replica} seq {} is {} bytes, more than a frame holds; raise Limits::max_frame_bytes",
-                    e.seq,
-                    e.bytes.len()
-                )));
+                if e.bytes.len() > self.config.max_entry_bytes {
+                    return Err(SessionError::Limit(format!(
+                        "entry {object}/{replica} seq {} is {} bytes, more than Config::max_entry_bytes ({})",
+                        e.seq,
+                        e.bytes.len(),
+                        self.config.max_entry_bytes
+                    )));
+                }
+                // Too large for a frame: send it alone, in chunks.
+                let seq = e.seq;
+                let id = self.next_snap_id;
+                self.next_snap_id += 1;
+                self.snap_out = Some(SnapOut {
+                    id,
+                    object: object.to_owned(),
+                    entry: Some((replica, seq)),
+                    snapshot: Snapshot {
+                        version_vector: VersionVector::new(),
+                        bytes: e.bytes,
+                    },
+                    offset: 0,
+                    begun: false,
+                });
+                return Ok(Some(seq));
             }
             entries.push(e.bytes);
         }
@@ -1499,6 +1760,10 @@ impl Session {
     fn start_snapshot(&mut self, object: &str, store: &dyn Store) -> Result<(), SessionError> {
         let snapshot = match store.latest_snapshot(object) {
             Ok(Some(s)) => s,
+            Err(ReadError::Deleted { .. }) => {
+                self.tomb(object);
+                return Ok(());
+            }
             Ok(None) | Err(ReadError::UnknownObject { .. }) => {
                 return Err(SessionError::Store(format!(
                     "the log of {object:?} is compacted but no snapshot is stored"
@@ -1517,6 +1782,7 @@ impl Session {
         self.snap_out = Some(SnapOut {
             id,
             object: object.to_owned(),
+            entry: None,
             snapshot,
             offset: 0,
             begun: false,
@@ -1530,10 +1796,31 @@ impl Session {
         };
         let n = self.next_n;
         self.next_n += 1;
-        let sent = Sent::Snapshot {
-            object: s.object.clone(),
+        let sent = match s.entry {
+            Some((replica, seq)) => Sent::Entries {
+                object: s.object.clone(),
+                replica,
+                first: seq,
+                last: seq,
+            },
+            None => Sent::Snapshot {
+                object: s.object.clone(),
+            },
         };
-        if !s.begun {
+        if !s.begun
+            && let Some((replica, seq)) = s.entry
+        {
+            s.begun = true;
+            let msg = Message::EntryBegin {
+                n,
+                id: s.id,
+                object: s.object.clone(),
+                replica,
+                seq,
+                total_len: s.snapshot.bytes.len() as u64,
+            };
+            self.send_data(n, &msg, sent);
+        } else if !s.begun {
             s.begun = true;
             let msg = Message::SnapshotBegin {
                 n,

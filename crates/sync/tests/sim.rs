@@ -2,10 +2,12 @@
 //! sessions: N replicas with random writers over a random topology, with
 //! dropped, duplicated, reordered and delayed frames, partitions that heal,
 //! crash-restarts (sessions and in-flight frames lost, the durable store
-//! kept), replicas joining late, and compaction with snapshots. After the
+//! kept), replicas joining late, compaction with snapshots, and deletions
+//! of objects (some while other replicas still write to them). After the
 //! faults stop, every replica must converge to the same state within a
-//! bounded time, with no acknowledged write missing, and no session queue
-//! may ever pass its bound.
+//! bounded time: the same objects deleted everywhere, nothing left of a
+//! deleted object anywhere, and no acknowledged write to a live object
+//! missing. No session queue may ever pass its bound.
 //!
 //! Why our own simulator and not turmoil: the sync core is sans-IO, so the
 //! whole "network" is a priority queue of frames; driving sessions directly
@@ -55,11 +57,33 @@ impl SnapshotMerge for UnionMerge {
     }
 }
 
+/// An object's state at a replica: the snapshot's entries plus the log's;
+/// `None` if the replica deleted it.
+fn live_state_of(store: &MemoryStore, object: &str) -> Option<(VersionVector, State)> {
+    match store.version_vector(object) {
+        Err(ReadError::Deleted { .. }) => {
+            // Deleted means nothing of it is left to read.
+            assert!(matches!(
+                store.read(object, ReplicaId::from_u64(0x100), 1, 1),
+                Err(ReadError::Deleted { .. })
+            ));
+            assert!(matches!(
+                store.latest_snapshot(object),
+                Err(ReadError::Deleted { .. })
+            ));
+            None
+        }
+        _ => Some(state_of(store, object)),
+    }
+}
+
 /// An object's state at a replica: the snapshot's entries plus the log's.
 fn state_of(store: &MemoryStore, object: &str) -> (VersionVector, State) {
     let vv = match store.version_vector(object) {
         Ok(vv) => vv,
-        Err(ReadError::UnknownObject { .. }) => return Default::default(),
+        Err(ReadError::UnknownObject { .. } | ReadError::Deleted { .. }) => {
+            return Default::default();
+        }
         Err(e) => panic!("version_vector: {e}"),
     };
     let mut state = match store.latest_snapshot(object).expect("latest_snapshot") {
@@ -126,6 +150,8 @@ struct Sim {
     drop_p: f64,
     dup_p: f64,
     acked: Vec<(String, u64, u64, Vec<u8>)>,
+    /// Objects some replica deleted (acknowledged deletions).
+    deleted: BTreeSet<String>,
     stats: Stats,
 }
 
@@ -138,6 +164,8 @@ struct Stats {
     snapshots: u64,
     closes: u64,
     resumes: u64,
+    deletions: u64,
+    refused_writes: u64,
 }
 
 fn config(resume_after: Option<u64>) -> Config {
@@ -201,6 +229,7 @@ impl Sim {
             drop_p,
             dup_p,
             acked: Vec::new(),
+            deleted: BTreeSet::new(),
             stats: Stats::default(),
         };
         if verbose {
@@ -303,12 +332,33 @@ impl Sim {
             return;
         }
         let object = format!("obj/{}", self.rng.usize(..OBJECTS));
+        if self.rng.u16(..150) == 0 {
+            // Delete the object here; other replicas may still be writing
+            // to it (deletion wins once they hear of it).
+            let outcome = self.nodes[i]
+                .store
+                .delete_object(&object)
+                .expect("a local deletion succeeds");
+            self.stats.deletions += u64::from(outcome.deleted);
+            self.deleted.insert(object.clone());
+            self.log(|| format!("node {i} deletes {object}"));
+            self.store_changed(i);
+            return;
+        }
         let node = &self.nodes[i];
         let seq = match node.store.version_vector(&object) {
             Ok(vv) => vv.get(node.id) + 1,
+            Err(ReadError::Deleted { .. }) => {
+                // The object is gone here: the application gets an error.
+                self.stats.refused_writes += 1;
+                return;
+            }
             Err(_) => 1,
         };
-        let len = if self.rng.u8(..20) == 0 {
+        let len = if self.rng.u8(..60) == 0 {
+            // Larger than a (4 KiB) frame: sent in chunks.
+            self.rng.usize(5_000..20_000)
+        } else if self.rng.u8(..20) == 0 {
             1500
         } else {
             self.rng.usize(1..40)
@@ -329,7 +379,9 @@ impl Sim {
     fn compact(&mut self, i: usize) {
         let object = format!("obj/{}", self.rng.usize(..OBJECTS));
         let store = &self.nodes[i].store;
-        let (vv, state) = state_of(store, &object);
+        let Some((vv, state)) = live_state_of(store, &object) else {
+            return;
+        };
         if vv.is_empty() {
             return;
         }
@@ -532,13 +584,28 @@ impl Sim {
     /// `None` when every replica holds the same state with every
     /// acknowledged write; otherwise what differs.
     fn divergence(&self) -> Option<String> {
-        let objects: BTreeSet<String> = self.acked.iter().map(|a| a.0.clone()).collect();
+        let mut objects: BTreeSet<String> = self.acked.iter().map(|a| a.0.clone()).collect();
+        objects.extend(self.deleted.iter().cloned());
         for object in &objects {
-            let states: Vec<(VersionVector, State)> = self
+            let states: Vec<Option<(VersionVector, State)>> = self
                 .nodes
                 .iter()
-                .map(|n| state_of(&n.store, object))
+                .map(|n| live_state_of(&n.store, object))
                 .collect();
+            let deleted: Vec<usize> = (0..states.len()).filter(|&i| states[i].is_none()).collect();
+            if self.deleted.contains(object) && deleted.len() != states.len() {
+                return Some(format!(
+                    "{object} was deleted, but only nodes {deleted:?} of {} hold its tombstone",
+                    states.len()
+                ));
+            }
+            if !deleted.is_empty() && deleted.len() != states.len() {
+                return Some(format!("{object} is deleted only at nodes {deleted:?}"));
+            }
+            if !deleted.is_empty() {
+                continue; // Deleted everywhere: acknowledged writes to it lost to the deletion.
+            }
+            let states: Vec<(VersionVector, State)> = states.into_iter().flatten().collect();
             for (i, s) in states.iter().enumerate().skip(1) {
                 if *s != states[0] {
                     return Some(format!(
@@ -613,6 +680,8 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
                 totals.snapshots += stats.snapshots;
                 totals.resumes += stats.resumes;
                 totals.closes += stats.closes;
+                totals.deletions += stats.deletions;
+                totals.refused_writes += stats.refused_writes;
             }
             Ok(Err(e)) => panic!(
                 "seed {seed} failed: {e}\nreplay: CONVERGE_SIM_SEED={seed} cargo test -p converge-sync --test sim -- --nocapture"

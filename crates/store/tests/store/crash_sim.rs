@@ -1,7 +1,8 @@
 //! Crash testing in memory: appenders run until the simulated disk loses
 //! power at a seeded moment; the store is reopened from what a real crash
 //! would leave (the image as of the last completed sync), and every
-//! acknowledged write must be there, intact, with the logs contiguous.
+//! acknowledged write must be there, intact, with the logs contiguous;
+//! every acknowledged deletion must still be a tombstone.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -13,8 +14,11 @@ use crate::util::{check_logs, entries};
 
 const OBJECTS: [&str; 2] = ["left", "right"];
 
-/// Highest acknowledged seq per (object, replica).
+/// Highest acknowledged seq per (object, replica); an acknowledged deletion
+/// is recorded under replica 0.
 type Acked = BTreeMap<(String, ReplicaId), u64>;
+
+const DELETED: ReplicaId = ReplicaId::from_u64(0);
 
 fn run_until_power_loss(
     store: &RedbStore,
@@ -47,6 +51,22 @@ fn run_until_power_loss(
                         .lock()
                         .unwrap()
                         .insert((object.to_owned(), replica), last);
+                    if t == 1 && rng.u8(..) < 10 {
+                        // Now and then, write a short-lived object and delete it.
+                        let doomed = format!("doomed/{seed}/{last}");
+                        let done = store
+                            .append(&doomed, replica, &entries(&doomed, replica, 1..=2))
+                            .map_err(|e| e.to_string())
+                            .and_then(|_| store.delete_object(&doomed).map_err(|e| e.to_string()));
+                        if let Err(e) = done {
+                            assert!(
+                                backend.is_down(),
+                                "seed {seed}: deletion failed with the power on: {e}"
+                            );
+                            return;
+                        }
+                        acked.lock().unwrap().insert((doomed, DELETED), 0);
+                    }
                     if t == 0 && rng.u8(..) < 20 {
                         // Now and then, snapshot and compact what this thread wrote.
                         let horizon: VersionVector = [(replica, last / 2)].into_iter().collect();
@@ -93,6 +113,13 @@ fn crash_loop(crash: impl Fn(&CrashBackend, u64) -> CrashBackend) {
             .unwrap_or_else(|e| panic!("seed {seed}: reopening after a crash failed: {e}"));
         // Check everything acknowledged so far, across all earlier crashes.
         for ((object, replica), seq) in acked.lock().unwrap().iter() {
+            if *replica == DELETED {
+                assert!(
+                    store.is_deleted(object).unwrap(),
+                    "seed {seed}: the deletion of {object} was acknowledged but is lost"
+                );
+                continue;
+            }
             let held = store.version_vector(object).unwrap().get(*replica);
             assert!(
                 held >= *seq,

@@ -1,12 +1,13 @@
 //! Model-based test: random operation sequences (valid appends, re-deliveries,
-//! overlaps, gaps, conflicts, snapshots, compactions, reads, listings) run
+//! overlaps, gaps, conflicts, snapshots, compactions, deletions, reads,
+//! listings) run
 //! against the memory store and the redb store side by side; every answer
 //! must be the same, and so must the final state after a reopen.
 
 use converge_store::crash::CrashBackend;
 use converge_store::{Entry, MemoryStore, RedbStore, ReplicaId, Store, StoreConfig, VersionVector};
 
-const OBJECTS: [&str; 3] = ["a", "a/b", "c"];
+const OBJECTS: [&str; 4] = ["a", "a/b", "c", "d"];
 
 fn bytes(replica: ReplicaId, seq: u64, forged: bool) -> Vec<u8> {
     format!("{replica}/{seq}{}", if forged { "!" } else { "" }).into_bytes()
@@ -33,7 +34,7 @@ fn run(seed: u64, memory: &MemoryStore, redb: &RedbStore) {
             .version_vector(object)
             .map(|vv| vv.get(replica))
             .unwrap_or(0);
-        let (what, a, b) = match rng.u8(..10) {
+        let (what, a, b) = match rng.u8(..11) {
             0..=4 => {
                 // Mostly valid appends, sometimes overlapping, gapped or forged.
                 let start = match rng.u8(..6) {
@@ -91,7 +92,13 @@ fn run(seed: u64, memory: &MemoryStore, redb: &RedbStore) {
                     outcome(redb.compact(object, &horizon)),
                 )
             }
-            8 => (
+            // Rare, so that most objects live long enough to matter.
+            10 if rng.u8(..4) == 0 => (
+                format!("delete_object {object}"),
+                outcome(memory.delete_object(object)),
+                outcome(redb.delete_object(object)),
+            ),
+            8 | 10 => (
                 format!("version_vector/latest_snapshot {object}"),
                 outcome(memory.version_vector(object)) + &outcome(memory.latest_snapshot(object)),
                 outcome(redb.version_vector(object)) + &outcome(redb.latest_snapshot(object)),
@@ -101,9 +108,11 @@ fn run(seed: u64, memory: &MemoryStore, redb: &RedbStore) {
                 (
                     format!("changes_since {after} / list_objects"),
                     outcome(memory.changes_since(after, 5))
-                        + &outcome(memory.list_objects("a", None, 2)),
+                        + &outcome(memory.list_objects("a", None, 2))
+                        + &outcome(memory.list_tombstones("", None, 5)),
                     outcome(redb.changes_since(after, 5))
-                        + &outcome(redb.list_objects("a", None, 2)),
+                        + &outcome(redb.list_objects("a", None, 2))
+                        + &outcome(redb.list_tombstones("", None, 5)),
                 )
             }
         };
@@ -131,6 +140,11 @@ fn memory_and_redb_agree_on_random_operations() {
             assert_eq!(
                 outcome(memory.version_vector(object)),
                 outcome(redb.version_vector(object)),
+                "seed {seed}: {object}"
+            );
+            assert_eq!(
+                outcome(memory.tombstone(object)),
+                outcome(redb.tombstone(object)),
                 "seed {seed}: {object}"
             );
         }

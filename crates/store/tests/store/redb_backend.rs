@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use converge_store::conformance::Subject;
 use converge_store::crash::CrashBackend;
-use converge_store::format::encode_meta;
+use converge_store::format::{FORMAT_VERSION, decode_meta, encode_meta};
 use converge_store::{
     AppendError, Entry, ReadError, RedbStore, ReplicaId, Store, StoreConfig, StoreError,
 };
@@ -62,13 +62,71 @@ fn unknown_format_version_is_refused() {
         Err(
             e @ StoreError::UnsupportedFormat {
                 found: 99,
-                supported: 1,
+                supported: FORMAT_VERSION,
             },
         ) => {
             assert!(e.to_string().contains("format version 99"), "{e}");
         }
         other => panic!("expected UnsupportedFormat, got {other:?}"),
     }
+    drop(temp);
+}
+
+/// A version 1 file (before tombstones) opens, keeps its data, and is
+/// upgraded in place to the current version.
+#[test]
+fn a_version_1_store_is_upgraded_on_open() {
+    let mut temp = TempRedb::fresh();
+    let path = temp.path();
+    temp.store()
+        .append("doc", A, &entries("doc", A, 1..=3))
+        .unwrap();
+    drop(temp.store.take());
+    let tombstones: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tombstones");
+    tamper(&path, |txn| {
+        assert!(txn.delete_table(tombstones).unwrap());
+        let mut meta = txn.open_table(META).unwrap();
+        meta.insert("format", encode_meta(1).as_slice()).unwrap();
+    });
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(
+        store.read("doc", A, 1, 10).unwrap(),
+        entries("doc", A, 1..=3)
+    );
+    store.delete_object("doc").unwrap();
+    assert!(store.is_deleted("doc").unwrap());
+    store.verify().unwrap();
+    drop(store);
+    let db = redb::Database::open(&path).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let meta = txn.open_table(META).unwrap();
+    let record = meta.get("format").unwrap().unwrap();
+    assert_eq!(
+        decode_meta(record.value()),
+        converge_store::format::Meta::Store {
+            version: FORMAT_VERSION
+        }
+    );
+    drop(temp);
+}
+
+/// Deletion reclaims every record of the object: the log table holds only
+/// the other objects' entries, and `verify` accounts for the tombstone.
+#[test]
+fn deletion_reclaims_the_log_and_verifies() {
+    let temp = TempRedb::fresh();
+    let store = temp.store();
+    store.append("doc", A, &entries("doc", A, 1..=50)).unwrap();
+    store.append("keep", A, &entries("keep", A, 1..=5)).unwrap();
+    let before = temp.store.as_ref().unwrap().verify().unwrap();
+    assert_eq!(before.entries, 55);
+    let outcome = store.delete_object("doc").unwrap();
+    assert_eq!(outcome.dropped, 50);
+    let after = temp.store.as_ref().unwrap().verify().unwrap();
+    assert_eq!(
+        (after.objects, after.logs, after.entries, after.tombstones),
+        (1, 1, 5, 1)
+    );
     drop(temp);
 }
 

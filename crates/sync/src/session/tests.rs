@@ -105,7 +105,7 @@ fn frame(msg: &Message) -> Vec<u8> {
 
 fn hello(replica: ReplicaId) -> Vec<u8> {
     frame(&Message::Hello {
-        version: 1,
+        version: u16::from(codec::PROTOCOL_VERSION),
         replica,
         interest: Interest::Prefix(String::new()),
         resume_after: None,
@@ -130,6 +130,156 @@ fn two_replicas_exchange_what_each_lacks() {
     assert!(ev.contains(&Event::ObjectUpdated {
         object: "notes".into()
     }));
+}
+
+fn events(s: &mut Session) -> Vec<Event> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+/// Nothing of a deleted object remains, and it is deleted.
+fn assert_deleted(store: &MemoryStore, object: &str) {
+    assert!(store.is_deleted(object).unwrap(), "{object} is not deleted");
+    assert!(matches!(
+        store.version_vector(object),
+        Err(ReadError::Deleted { .. })
+    ));
+    assert!(
+        !store
+            .list_objects("", None, 100)
+            .unwrap()
+            .iter()
+            .any(|o| o == object)
+    );
+}
+
+#[test]
+fn a_deletion_propagates_live_and_is_not_resurrected() {
+    let mut p = Pair::new(everything(), everything());
+    append(&p.sx, "doc", A, 1..=5);
+    append(&p.sy, "doc", B, 1..=3);
+    append(&p.sx, "keep", A, 1..=1);
+    p.drive();
+    assert_eq!(p.sy.version_vector("doc").unwrap().get(A), 5);
+    events(&mut p.y);
+
+    // y deletes while x keeps writing concurrently: deletion wins.
+    p.sy.delete_object("doc").unwrap();
+    append(&p.sx, "doc", A, 6..=7);
+    p.y.handle_store_change(p.now, &p.sy).unwrap();
+    p.x.handle_store_change(p.now, &p.sx).unwrap();
+    p.drive();
+    assert_deleted(&p.sx, "doc");
+    assert_deleted(&p.sy, "doc");
+    assert!(events(&mut p.x).contains(&Event::ObjectDeleted {
+        object: "doc".into()
+    }));
+    assert_eq!(p.sx.version_vector("keep").unwrap().get(A), 1);
+    assert_eq!(p.sy.version_vector("keep").unwrap().get(A), 1);
+    // Repair rounds later (keep-alives keep the session open), still
+    // deleted on both sides.
+    for _ in 0..14 {
+        p.now += 5_000;
+        p.x.handle_timeout(p.now, &p.sx).unwrap();
+        p.y.handle_timeout(p.now, &p.sy).unwrap();
+        p.drive();
+    }
+    assert_deleted(&p.sx, "doc");
+    assert_deleted(&p.sy, "doc");
+    assert!(p.x.is_idle() && p.y.is_idle());
+}
+
+#[test]
+fn a_tombstone_meets_entries_on_connect_and_wins() {
+    // x deleted "doc" (and "never", which y does not hold) before they met;
+    // y holds entries of "doc" that x never saw.
+    let (sx, sy) = (MemoryStore::new(), MemoryStore::new());
+    append(&sx, "doc", A, 1..=2);
+    sx.delete_object("doc").unwrap();
+    sx.delete_object("never").unwrap();
+    append(&sy, "doc", B, 1..=4);
+    append(&sy, "live", B, 1..=1);
+    let mut p = Pair::with_stores(everything(), everything(), sx, sy);
+    p.drive();
+    for s in [&p.sx, &p.sy] {
+        assert_deleted(s, "doc");
+        assert_deleted(s, "never");
+        assert_eq!(s.version_vector("live").unwrap().get(B), 1);
+    }
+    // The same the other way round: y's tombstone, x's entries.
+    let (sx, sy) = (MemoryStore::new(), MemoryStore::new());
+    append(&sx, "doc", A, 1..=3);
+    sy.delete_object("doc").unwrap();
+    let mut p = Pair::with_stores(everything(), everything(), sx, sy);
+    p.drive();
+    assert_deleted(&p.sx, "doc");
+    assert_deleted(&p.sy, "doc");
+}
+
+#[test]
+fn a_lost_deletion_is_sent_again() {
+    let mut p = Pair::new(everything(), everything());
+    append(&p.sx, "doc", A, 1..=2);
+    p.drive();
+    p.sx.delete_object("doc").unwrap();
+    p.x.handle_store_change(p.now, &p.sx).unwrap();
+    // The deletion is lost on the wire.
+    let mut lost = 0;
+    while let Some(f) = p.x.poll_transmit() {
+        lost += 1;
+        let _ = f;
+    }
+    assert!(lost > 0);
+    assert!(!p.sy.is_deleted("doc").unwrap());
+    p.now += 10_000;
+    p.x.handle_timeout(p.now, &p.sx).unwrap();
+    p.y.handle_timeout(p.now, &p.sy).unwrap();
+    p.drive();
+    assert_deleted(&p.sy, "doc");
+}
+
+#[test]
+fn an_entry_larger_than_a_frame_goes_in_chunks() {
+    // 3 MiB entries under the default 1 MiB frame limit, between small ones.
+    let big = |seq: u64| Entry::new(seq, vec![seq as u8; 3 << 20]);
+    let mut p = Pair::new(everything(), everything());
+    let small = |seq: u64| Entry::new(seq, vec![seq as u8; 10]);
+    p.sx.append("doc", A, &[small(1), big(2), small(3), big(4)])
+        .unwrap();
+    p.drive();
+    assert_eq!(
+        p.sy.read("doc", A, 1, 10).unwrap(),
+        vec![small(1), big(2), small(3), big(4)]
+    );
+    assert!(p.x.is_idle() && p.y.is_idle());
+    assert!(!p.x.is_closed() && !p.y.is_closed());
+    // Live, too: a big entry written later streams the same way.
+    p.sx.append("doc", A, &[big(5)]).unwrap();
+    p.x.handle_store_change(p.now, &p.sx).unwrap();
+    p.drive();
+    assert_eq!(p.sy.read("doc", A, 5, 10).unwrap(), vec![big(5)]);
+}
+
+#[test]
+fn a_chunked_entry_over_the_receivers_limit_closes_the_session() {
+    let mut small = everything();
+    small.max_entry_bytes = 2 << 20;
+    let mut p = Pair::new(everything(), small);
+    p.sx.append("doc", A, &[Entry::new(1, vec![7u8; 3 << 20])])
+        .unwrap();
+    p.drive();
+    assert!(p.y.is_closed());
+    let closed = events(&mut p.y).into_iter().find_map(|e| match e {
+        Event::Closed { reason } => Some(reason),
+        _ => None,
+    });
+    assert!(
+        matches!(closed, Some(SessionError::Limit(ref m)) if m.contains("max_entry_bytes")),
+        "{closed:?}"
+    );
+    assert!(matches!(
+        p.sy.version_vector("doc"),
+        Err(ReadError::UnknownObject { .. })
+    ));
 }
 
 #[test]
@@ -352,7 +502,7 @@ fn a_relayed_copy_with_other_bytes_is_rejected_and_reported() {
 #[test]
 fn bad_frames_close_the_session_with_a_typed_error() {
     let cases: Vec<(Vec<u8>, ErrorCode)> = vec![
-        (vec![3, 0, 0, 0, 1, 0xff, 0xff], ErrorCode::PROTOCOL),
+        (vec![3, 0, 0, 0, 2, 0xff, 0xff], ErrorCode::PROTOCOL),
         (vec![2, 0, 0, 0, 7, 10], ErrorCode::VERSION),
         ((64u32 << 20).to_le_bytes().to_vec(), ErrorCode::LIMIT),
         (vec![0, 0, 0, 0], ErrorCode::PROTOCOL),
@@ -384,7 +534,7 @@ fn a_hello_of_another_version_is_refused() {
     let store = MemoryStore::new();
     let mut s = Session::new(0, everything(), A, Policy::trusted());
     let h = frame(&Message::Hello {
-        version: 2,
+        version: 3,
         replica: B,
         interest: Interest::Prefix(String::new()),
         resume_after: None,
@@ -393,8 +543,8 @@ fn a_hello_of_another_version_is_refused() {
     assert_eq!(
         err,
         SessionError::Version {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         }
     );
 }
