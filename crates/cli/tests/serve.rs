@@ -502,3 +502,73 @@ fn bad_sync_input_closes_only_that_connection() {
         true
     );
 }
+
+fn delete(s: &Server, path: &str) -> (u16, Value) {
+    let mut r = agent()
+        .delete(&format!("{}{path}", s.base))
+        .call()
+        .expect("DELETE");
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn deleting_a_document_reaches_every_node_and_it_stays_deleted() {
+    let (da, db) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = Server::start(da.path(), &[]);
+    let b = Server::start(db.path(), &["--peer", &a.ws()]);
+    let (status, _) = post(
+        &a,
+        "/v1/docs/gone/changes",
+        r#"[{"op":"set","path":["x"],"value":1}]"#,
+    );
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while get(&b, "/v1/docs/gone").0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the document never reached b"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(delete(&b, "/v1/docs/gone"), (200, json!({"deleted": true})));
+    assert_eq!(
+        delete(&b, "/v1/docs/gone"),
+        (200, json!({"deleted": false})),
+        "idempotent"
+    );
+    assert_eq!(get(&b, "/v1/docs/gone").0, 410);
+    let (status, err) = post(
+        &b,
+        "/v1/docs/gone/changes",
+        r#"[{"op":"set","path":["x"],"value":2}]"#,
+    );
+    assert_eq!(
+        (status, err["error"]["code"].clone()),
+        (410, json!("deleted"))
+    );
+    while get(&a, "/v1/docs/gone").0 != 410 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deletion never reached a"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        post(
+            &a,
+            "/v1/docs/gone/changes",
+            r#"[{"op":"set","path":["y"],"value":3}]"#
+        )
+        .0,
+        410
+    );
+    assert_eq!(
+        get(&a, "/v1/docs").1["docs"],
+        json!([]),
+        "deleted documents are not listed"
+    );
+}

@@ -42,7 +42,7 @@ pub fn router(node: Arc<Node>, metrics: Option<PrometheusHandle>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/v1/status", get(status))
         .route("/v1/docs", get(list_docs))
-        .route("/v1/docs/{id}", get(get_doc))
+        .route("/v1/docs/{id}", get(get_doc).delete(delete_doc))
         .route("/v1/docs/{id}/changes", post(post_changes))
         .route("/v1/docs/{id}/watch", get(watch_doc))
         .route("/v1/sync", get(sync_socket))
@@ -113,6 +113,7 @@ impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         let (status, code) = match &e {
             NodeError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            NodeError::Deleted(_) => (StatusCode::GONE, "deleted"),
             NodeError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             NodeError::Doc(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_change"),
             NodeError::Storage(_) | NodeError::DataDir { .. } => {
@@ -185,6 +186,14 @@ async fn get_doc(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.node.get(&id).await?))
+}
+
+async fn delete_doc(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let deleted = state.node.delete(&id).await?;
+    Ok(Json(json!({"deleted": deleted})))
 }
 
 async fn post_changes(

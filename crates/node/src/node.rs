@@ -49,6 +49,9 @@ pub enum NodeError {
     /// No document with this id.
     #[error("no document {0:?}")]
     NotFound(String),
+    /// The document was deleted; its id takes no more writes.
+    #[error("document {0:?} was deleted; its id takes no more writes (use a new id)")]
+    Deleted(String),
     /// The request is invalid (bad id, bad change, too large); nothing was written.
     #[error("{0}")]
     BadRequest(String),
@@ -332,7 +335,29 @@ impl Node {
         }
     }
 
-    fn evict(&self, id: &str) {
+    /// Deletes document `id` for good (a durable tombstone that peers
+    /// receive, so it never comes back). Returns whether this call deleted it.
+    pub async fn delete(&self, id: &str) -> Result<bool, NodeError> {
+        validate_object_id(id).map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        let store = self.store.clone();
+        let object = id.to_string();
+        let outcome = tokio::task::spawn_blocking(move || store.delete_object(&object))
+            .await
+            .map_err(|e| NodeError::Storage(format!("delete task failed: {e}")))?
+            .map_err(|e| match e {
+                converge_store::DeleteError::ObjectId(e) => NodeError::BadRequest(e.to_string()),
+                other => NodeError::Storage(other.to_string()),
+            })?;
+        self.evict(id);
+        if outcome.deleted {
+            // Sessions follow the change feed: tell them a deletion is there.
+            self.notify_appended();
+        }
+        Ok(outcome.deleted)
+    }
+
+    /// Drops the open copy of `id` (it was deleted, or went stale).
+    pub(crate) fn evict(&self, id: &str) {
         if let Ok(mut docs) = self.docs.lock() {
             docs.remove(id);
         }
@@ -455,6 +480,7 @@ fn read_new(
 fn read_error(e: ReadError) -> NodeError {
     match e {
         ReadError::UnknownObject { object } => NodeError::NotFound(object),
+        ReadError::Deleted { object } => NodeError::Deleted(object),
         ReadError::ObjectId(e) => NodeError::BadRequest(e.to_string()),
         other => NodeError::Storage(other.to_string()),
     }
@@ -462,6 +488,7 @@ fn read_error(e: ReadError) -> NodeError {
 
 fn append_error(e: AppendError) -> NodeError {
     match e {
+        AppendError::Deleted { object } => NodeError::Deleted(object),
         AppendError::ObjectId(e) => NodeError::BadRequest(e.to_string()),
         AppendError::EntryTooLarge { .. } => NodeError::BadRequest(e.to_string()),
         other => NodeError::Storage(other.to_string()),

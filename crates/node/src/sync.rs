@@ -353,6 +353,11 @@ where
                         tracing::warn!(object, error = %e, "cannot apply remote entries to the open document");
                     }
                 }
+                Event::ObjectDeleted { object } => {
+                    tracing::info!(object, "document deleted by a peer");
+                    node.evict(&object);
+                    updated = true;
+                }
                 Event::PeerFeedPosition { position, .. } => {
                     if let Some(p) = peer {
                         p.update(|s| s.feed_position = Some(position));
