@@ -526,10 +526,10 @@ fn deleting_a_document_reaches_every_node_and_it_stays_deleted() {
         r#"[{"op":"set","path":["x"],"value":1}]"#,
     );
     assert_eq!(status, 200);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while get(&b, "/v1/docs/gone").0 != 200 {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "the document never reached b"
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -552,7 +552,7 @@ fn deleting_a_document_reaches_every_node_and_it_stays_deleted() {
     );
     while get(&a, "/v1/docs/gone").0 != 410 {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "the deletion never reached a"
         );
         std::thread::sleep(Duration::from_millis(50));
