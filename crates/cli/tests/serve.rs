@@ -528,10 +528,7 @@ fn deleting_a_document_reaches_every_node_and_it_stays_deleted() {
     assert_eq!(status, 200);
     let deadline = Instant::now() + Duration::from_secs(20);
     while get(&b, "/v1/docs/gone").0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "the document never reached b"
-        );
+        assert!(Instant::now() < deadline, "the document never reached b");
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(delete(&b, "/v1/docs/gone"), (200, json!({"deleted": true})));
@@ -551,10 +548,7 @@ fn deleting_a_document_reaches_every_node_and_it_stays_deleted() {
         (410, json!("deleted"))
     );
     while get(&a, "/v1/docs/gone").0 != 410 {
-        assert!(
-            Instant::now() < deadline,
-            "the deletion never reached a"
-        );
+        assert!(Instant::now() < deadline, "the deletion never reached a");
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
