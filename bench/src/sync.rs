@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use converge_store::{Entry, MemoryStore, ReplicaId, Store, VersionVector};
-use converge_sync::{Config, Event, Interest, Policy, Session};
+use converge_sync::{Config, Event, Interest, Limits, Message, Policy, Session};
 
 use crate::Options;
 use crate::harness::{MS, Record, time_runs, write_json};
@@ -42,6 +42,10 @@ const ROUNDS: &str = "rounds";
 const SIM_MS: &str = "sim_ms";
 /// Convergence: wire bytes ÷ the payload bytes every replica must receive.
 const PER_NEEDED: &str = "bytes_per_needed";
+/// Convergence: entries sent ÷ the entries every replica must receive.
+const ENTRIES_PER_NEEDED: &str = "entries_per_needed";
+/// Convergence: entries sent back to the replica that wrote them.
+const ECHOES: &str = "echo_entries";
 
 /// Payload bytes of every entry.
 const PAYLOAD: usize = 50;
@@ -467,9 +471,52 @@ struct Net {
     conns: Vec<Conn>,
     bytes: u64,
     messages: u64,
+    /// Entries carried by `Entries` messages (duplicates included).
+    entries: u64,
+    /// Of those, entries sent to the replica that wrote them.
+    echoes: u64,
+}
+
+/// Counters of frames sent.
+struct Sent<'n> {
+    bytes: &'n mut u64,
+    messages: &'n mut u64,
+    entries: &'n mut u64,
+    echoes: &'n mut u64,
+}
+
+impl Sent<'_> {
+    /// Counts frame `f` sent to the replica numbered `to`.
+    fn count(&mut self, f: &[u8], to: usize) {
+        *self.bytes += f.len() as u64;
+        *self.messages += 1;
+        if let Ok((
+            Message::Entries {
+                entries,
+                replica: r,
+                ..
+            },
+            _,
+        )) = converge_sync::codec::decode(f, &Limits::default())
+        {
+            *self.entries += entries.len() as u64;
+            if r == replica(to as u64) {
+                *self.echoes += entries.len() as u64;
+            }
+        }
+    }
 }
 
 impl Net {
+    fn counters(&mut self) -> Sent<'_> {
+        Sent {
+            bytes: &mut self.bytes,
+            messages: &mut self.messages,
+            entries: &mut self.entries,
+            echoes: &mut self.echoes,
+        }
+    }
+
     fn new(n: usize, edges: &[(usize, usize)]) -> Self {
         let conns = edges
             .iter()
@@ -488,6 +535,8 @@ impl Net {
             conns,
             bytes: 0,
             messages: 0,
+            entries: 0,
+            echoes: 0,
         }
     }
 
@@ -509,6 +558,12 @@ impl Net {
                 touched[c.a] = true;
             }
         }
+        let mut sent = Sent {
+            bytes: &mut self.bytes,
+            messages: &mut self.messages,
+            entries: &mut self.entries,
+            echoes: &mut self.echoes,
+        };
         for c in &mut self.conns {
             for (s, node) in [(&mut c.sa, c.a), (&mut c.sb, c.b)] {
                 if touched[node] {
@@ -522,13 +577,11 @@ impl Net {
                 while s.poll_event().is_some() {}
             }
             while let Some(f) = c.sa.poll_transmit() {
-                self.bytes += f.len() as u64;
-                self.messages += 1;
+                sent.count(&f, c.b);
                 c.to_b.push(f);
             }
             while let Some(f) = c.sb.poll_transmit() {
-                self.bytes += f.len() as u64;
-                self.messages += 1;
+                sent.count(&f, c.a);
                 c.to_a.push(f);
             }
         }
@@ -560,6 +613,8 @@ struct Converged {
     sim_ms: u64,
     bytes: u64,
     messages: u64,
+    entries: u64,
+    echoes: u64,
 }
 
 fn convergence(topology: Topology, n: usize) -> Result<Converged, String> {
@@ -589,7 +644,7 @@ fn convergence(topology: Topology, n: usize) -> Result<Converged, String> {
         want.set(replica(i as u64), per_object as u64);
     }
     let start = net.now;
-    let (bytes0, messages0) = (net.bytes, net.messages);
+    let (bytes0, messages0, entries0, echoes0) = (net.bytes, net.messages, net.entries, net.echoes);
     for c in &mut net.conns {
         c.sa.handle_store_change(start, &net.stores[c.a])
             .map_err(|e| e.to_string())?;
@@ -598,18 +653,19 @@ fn convergence(topology: Topology, n: usize) -> Result<Converged, String> {
     }
     let mut rounds = 0;
     // The writes' own frames are collected by the first round's end.
-    for c in &mut net.conns {
+    let mut conns = std::mem::take(&mut net.conns);
+    let mut sent = net.counters();
+    for c in &mut conns {
         while let Some(f) = c.sa.poll_transmit() {
-            net.bytes += f.len() as u64;
-            net.messages += 1;
+            sent.count(&f, c.b);
             c.to_b.push(f);
         }
         while let Some(f) = c.sb.poll_transmit() {
-            net.bytes += f.len() as u64;
-            net.messages += 1;
+            sent.count(&f, c.a);
             c.to_a.push(f);
         }
     }
+    net.conns = conns;
     while !net.converged(&want)? {
         net.round()?;
         rounds += 1;
@@ -622,6 +678,8 @@ fn convergence(topology: Topology, n: usize) -> Result<Converged, String> {
         sim_ms: net.now - start,
         bytes: net.bytes - bytes0,
         messages: net.messages - messages0,
+        entries: net.entries - entries0,
+        echoes: net.echoes - echoes0,
     })
 }
 
@@ -649,6 +707,13 @@ fn convergence_cases(records: &mut Vec<Record>) {
                 .map(|c| vec![c.bytes as f64 / needed])
                 .map_err(Clone::clone);
             records.push(Record::new(&case, CONVERGE, PER_NEEDED, ratio));
+            let needed = (n * (n - 1) * BURST) as f64;
+            let ratio = r
+                .as_ref()
+                .map(|c| vec![c.entries as f64 / needed])
+                .map_err(Clone::clone);
+            records.push(Record::new(&case, CONVERGE, ENTRIES_PER_NEEDED, ratio));
+            records.push(Record::new(&case, CONVERGE, ECHOES, get(|c| c.echoes)));
         }
     }
 }
@@ -658,7 +723,7 @@ fn convergence_cases(records: &mut Vec<Record>) {
 fn format_value(v: f64, metric: &str) -> String {
     match metric {
         OVERHEAD => format!("{v:.4}"),
-        PER_NEEDED => format!("{v:.2}"),
+        PER_NEEDED | ENTRIES_PER_NEEDED => format!("{v:.2}"),
         MS => format!("{v:.1}"),
         _ => format!("{v:.0}"),
     }
