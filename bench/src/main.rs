@@ -7,11 +7,13 @@
 //! ```text
 //! cargo run --release -p converge-bench -- crdt
 //! cargo run --release -p converge-bench -- text [TRACE.json.gz ...]
+//! cargo run --release -p converge-bench -- sync
 //! ```
 
 mod crdt;
 mod harness;
 mod store;
+mod sync;
 mod text;
 mod trace;
 
@@ -112,8 +114,8 @@ struct Suite {
     run: fn(&Options) -> Result<(), String>,
 }
 
-/// Every suite, in the order `usage` lists them. `sync` and `node`
-/// join here as their crates land.
+/// Every suite, in the order `usage` lists them. `node` joins here
+/// as its crate lands.
 const SUITES: &[Suite] = &[
     Suite {
         name: "crdt",
@@ -129,6 +131,11 @@ const SUITES: &[Suite] = &[
         name: "store",
         about: "durable appends, scans, version vectors: RedbStore vs SQLite vs raw disk",
         run: store::run,
+    },
+    Suite {
+        name: "sync",
+        about: "sync protocol in memory: catch-up overhead, steady-state cost, convergence",
+        run: sync::run,
     },
 ];
 
