@@ -202,7 +202,7 @@ pub enum PosUnit {
 }
 
 impl PosUnit {
-    fn len_of(self, ch: char) -> usize {
+    pub(crate) fn len_of(self, ch: char) -> usize {
         match self {
             Self::Chars => 1,
             Self::Utf8 => ch.len_utf8(),
@@ -948,17 +948,11 @@ impl Doc {
     }
 
     fn check_container(&self, lv: Lv, c: Cid, kinds: &[ContainerKind]) -> Result<(), DocError> {
-        let kind = match self.containers.get(&c) {
-            Some(ContainerState::Map(_)) => ContainerKind::Map,
-            Some(ContainerState::List(_)) => ContainerKind::List,
-            Some(ContainerState::Text(_)) => ContainerKind::Text,
-            Some(ContainerState::Counter(_)) => ContainerKind::Counter,
-            None => {
-                return Err(DocError::InvalidChange {
-                    op: self.agents.dot(lv),
-                    why: "operation addresses an operation that did not create a container".into(),
-                });
-            }
+        let Some(kind) = self.containers.get(&c).map(ContainerState::kind) else {
+            return Err(DocError::InvalidChange {
+                op: self.agents.dot(lv),
+                why: "operation addresses an operation that did not create a container".into(),
+            });
         };
         if kinds.contains(&kind) {
             Ok(())
@@ -1278,6 +1272,17 @@ enum Target {
     Container(Cid),
     /// A scalar written by this op.
     Value(Lv),
+}
+
+impl ContainerState {
+    fn kind(&self) -> ContainerKind {
+        match self {
+            Self::Map(_) => ContainerKind::Map,
+            Self::List(_) => ContainerKind::List,
+            Self::Text(_) => ContainerKind::Text,
+            Self::Counter(_) => ContainerKind::Counter,
+        }
+    }
 }
 
 fn empty_container(kind: ContainerKind) -> ContainerState {
@@ -1691,12 +1696,10 @@ impl Tx<'_> {
     }
 
     fn kind_of(&self, c: Cid) -> ContainerKind {
-        match self.doc.containers.get(&c) {
-            Some(ContainerState::List(_)) => ContainerKind::List,
-            Some(ContainerState::Text(_)) => ContainerKind::Text,
-            Some(ContainerState::Counter(_)) => ContainerKind::Counter,
-            _ => ContainerKind::Map,
-        }
+        self.doc
+            .containers
+            .get(&c)
+            .map_or(ContainerKind::Map, ContainerState::kind)
     }
 }
 

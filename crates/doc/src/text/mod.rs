@@ -14,6 +14,7 @@ pub mod oplog;
 use converge_crdt::{ReplicaId, VersionVector};
 use jumprope::JumpRopeBuf;
 
+use crate::doc::PosUnit;
 use crate::error::DocError;
 pub use crate::error::LoadError;
 pub use encode::LoadLimits;
@@ -81,37 +82,37 @@ impl Text {
 
     /// The UTF-8 byte offset of character position `pos`.
     pub fn chars_to_utf8(&self, pos: usize) -> Result<usize, DocError> {
-        self.convert(pos, Unit::Char, Unit::Utf8)
+        self.convert(pos, PosUnit::Chars, PosUnit::Utf8)
     }
 
     /// The character position of UTF-8 byte offset `byte` (which must fall
     /// on a character boundary).
     pub fn utf8_to_chars(&self, byte: usize) -> Result<usize, DocError> {
-        self.convert(byte, Unit::Utf8, Unit::Char)
+        self.convert(byte, PosUnit::Utf8, PosUnit::Chars)
     }
 
     /// The UTF-16 code-unit offset of character position `pos` (what
     /// browsers and JavaScript count).
     pub fn chars_to_utf16(&self, pos: usize) -> Result<usize, DocError> {
-        self.convert(pos, Unit::Char, Unit::Utf16)
+        self.convert(pos, PosUnit::Chars, PosUnit::Utf16)
     }
 
     /// The character position of UTF-16 offset `units` (which must not fall
     /// inside a surrogate pair).
     pub fn utf16_to_chars(&self, units: usize) -> Result<usize, DocError> {
-        self.convert(units, Unit::Utf16, Unit::Char)
+        self.convert(units, PosUnit::Utf16, PosUnit::Chars)
     }
 
     /// Walks the text counting in `from` units until `at`, returning the
     /// count in `to` units. Linear in the text's chunks, not its characters.
-    fn convert(&self, at: usize, from: Unit, to: Unit) -> Result<usize, DocError> {
+    fn convert(&self, at: usize, from: PosUnit, to: PosUnit) -> Result<usize, DocError> {
         let rope = self.content.borrow();
         let (mut done_from, mut done_to) = (0usize, 0usize);
         for (chunk, chars) in rope.substrings_with_len() {
-            let size = |u: Unit| match u {
-                Unit::Char => chars,
-                Unit::Utf8 => chunk.len(),
-                Unit::Utf16 => chunk.encode_utf16().count(),
+            let size = |u: PosUnit| match u {
+                PosUnit::Chars => chars,
+                PosUnit::Utf8 => chunk.len(),
+                PosUnit::Utf16 => chunk.encode_utf16().count(),
             };
             let chunk_from = size(from);
             if done_from + chunk_from < at {
@@ -246,23 +247,6 @@ impl Text {
         };
         apply_edits(&mut self.content, edits);
         Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Unit {
-    Char,
-    Utf8,
-    Utf16,
-}
-
-impl Unit {
-    fn len_of(self, ch: char) -> usize {
-        match self {
-            Self::Char => 1,
-            Self::Utf8 => ch.len_utf8(),
-            Self::Utf16 => ch.len_utf16(),
-        }
     }
 }
 
