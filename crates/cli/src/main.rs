@@ -71,6 +71,10 @@ struct ServeArgs {
     /// keeps reconnecting while the peer is down.
     #[arg(long = "peer", env = "CONVERGE_PEERS", value_delimiter = ',', value_parser = parse_peer)]
     peers: Vec<String>,
+    /// Most sync sessions served at once on /v1/sync (default 256); each
+    /// open session holds a connection, so raise the open-files limit too.
+    #[arg(long, env = "CONVERGE_MAX_SYNC_SESSIONS")]
+    max_sync_sessions: Option<usize>,
 }
 
 /// A peer URL: plain `ws://` (TLS is not supported yet).
@@ -161,6 +165,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         let mut config = NodeConfig::new(&args.data);
         config.replica = args.replica_id;
         config.peers = args.peers.clone();
+        if let Some(max) = args.max_sync_sessions {
+            config.max_sync_sessions = max;
+        }
         let node = Arc::new(
             Node::open(config)
                 .with_context(|| format!("opening data directory {}", args.data.display()))?,
