@@ -221,15 +221,22 @@ impl Node {
             let entry = Entry::new(guard.next_seq, encode_changes(&new));
             let store = self.store.clone();
             let (object, replica) = (id.to_string(), self.replica);
-            let appended =
-                tokio::task::spawn_blocking(move || store.append(&object, replica, &[entry]))
-                    .await
-                    .map_err(|e| NodeError::Storage(format!("append task failed: {e}")));
-            match appended {
-                Ok(Ok(_)) => {
+            // The version vector is read on the same blocking thread right
+            // after the append: one hand-off to the blocking pool per
+            // change instead of two.
+            let appended = tokio::task::spawn_blocking(move || {
+                store
+                    .append(&object, replica, &[entry])
+                    .map(|_| store.version_vector(&object))
+            })
+            .await
+            .map_err(|e| NodeError::Storage(format!("append task failed: {e}")));
+            let version = match appended {
+                Ok(Ok(version)) => {
                     let seq = guard.next_seq;
                     guard.seen.set(self.replica, seq);
                     guard.next_seq += 1;
+                    version
                 }
                 Ok(Err(e)) => {
                     drop(guard);
@@ -241,7 +248,7 @@ impl Node {
                     self.evict(id);
                     return Err(e);
                 }
-            }
+            };
             metrics::counter!("converge_entries_appended_total").increment(1);
             metrics::counter!("converge_ops_applied_total")
                 .increment(new.iter().map(|c| c.ops.len() as u64).sum());
@@ -250,6 +257,8 @@ impl Node {
                 let _ = guard.patches.send(Arc::new(patches));
             }
             self.notify_appended();
+            drop(guard);
+            return version.map_err(read_error);
         }
         drop(guard);
         self.log_version(id).await

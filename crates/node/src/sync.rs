@@ -323,9 +323,18 @@ where
         session.close("the node is shutting down");
     }
     loop {
-        // Flush what the session wants to say, then act on what happened.
+        // Flush what the session wants to say (one flush for all frames:
+        // an ack and a checkpoint leave in one write), then act on what
+        // happened.
+        let mut fed = false;
         while let Some(frame) = session.poll_transmit() {
-            if let Err(e) = socket.send(frame).await {
+            if let Err(e) = socket.feed(frame).await {
+                return Ending::Transport(e.to_string());
+            }
+            fed = true;
+        }
+        if fed {
+            if let Err(e) = socket.flush().await {
                 return Ending::Transport(e.to_string());
             }
         }
