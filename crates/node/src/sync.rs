@@ -14,9 +14,14 @@
 //!   ([`Node::refresh`]) and wakes the other sessions, so entries relay
 //!   through this node to its other peers.
 //!
-//! The store is synchronous and a redb append blocks until durable, so every
-//! session call that may touch it runs on a blocking thread: the session is
-//! moved into `spawn_blocking` and back.
+//! The store is synchronous and a redb append blocks until durable, so
+//! [`Session::handle_bytes`], the only call that may write (entries,
+//! snapshots, deletions the peer sent), runs on a blocking thread: the
+//! session is moved into `spawn_blocking` and back. Timers and store
+//! changes only read (the change feed, entries to send, up to one window),
+//! so they run on the task itself: every append wakes every session, and a
+//! trip through the blocking pool per session per append was most of the
+//! node's CPU with 256 writing clients (the `node` bench's `sync-writes-256`).
 //!
 //! Incoming connections arrive on `GET /v1/sync` (at most
 //! [`NodeConfig::max_sync_sessions`] at once); outgoing ones are made by one
@@ -436,19 +441,13 @@ where
                     tracing::debug!(error = %e, "sync session failed");
                 }
             }
+            // Read-only session calls (see the module docs): no blocking
+            // thread. Errors close the session and surface as its event.
             () = sleep => {
-                let now = hub.now();
-                match step(node, session, move |s, store| s.handle_timeout(now, store)).await {
-                    Ok((s, _)) => session = s,
-                    Err(e) => return e,
-                }
+                let _ = session.handle_timeout(hub.now(), &**node.store());
             }
             Ok(()) = appended.changed() => {
-                let now = hub.now();
-                match step(node, session, move |s, store| s.handle_store_change(now, store)).await {
-                    Ok((s, _)) => session = s,
-                    Err(e) => return e,
-                }
+                let _ = session.handle_store_change(hub.now(), &**node.store());
             }
             _ = stop.changed() => session.close("the node is shutting down"),
         }
