@@ -35,13 +35,38 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use converge_sync::{Config, Event, Interest, Limits, Policy, Session, SessionError};
+use converge_sync::{Config, Event, Interest, Limits, Message, Policy, Session, SessionError};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::node::{Node, NodeConfig};
+
+/// Least time between two reads of the change feed that a session makes
+/// because the store changed: bounds the feed reads of N sessions under
+/// N writers, at the cost of up to this much propagation delay.
+const STORE_PUMP_GAP: Duration = Duration::from_millis(2);
+
+/// Whether a WebSocket message is one small frame of a kind that cannot
+/// make the session write to the store (acks, checkpoints, keep-alives,
+/// presence), so it can be handled without a trip through the blocking
+/// pool (most of a writing client's messages are these). Anything else, or
+/// anything that does not decode, goes to a blocking thread as before.
+fn only_reads(bytes: &[u8]) -> bool {
+    const SMALL: usize = 512;
+    bytes.len() <= SMALL
+        && converge_sync::codec::decode(bytes, &Limits::default()).is_ok_and(|(msg, len)| {
+            len == bytes.len()
+                && matches!(
+                    msg,
+                    Message::Ack { .. }
+                        | Message::Checkpoint { .. }
+                        | Message::KeepAlive
+                        | Message::Presence { .. }
+                )
+        })
+}
 
 /// Largest WebSocket message accepted: one frame at the protocol's limit.
 pub(crate) fn max_ws_message() -> usize {
@@ -317,6 +342,10 @@ where
     let hub = node.sync();
     let mut stop = hub.stop.subscribe();
     let mut appended = node.subscribe_appends();
+    // A store change seen but not yet handed to the session, and the
+    // earliest time the session may read the store again for one.
+    let mut store_changed = false;
+    let mut next_store_pump = Instant::now();
     let mut session = Box::new(Session::new(
         hub.now(),
         config,
@@ -407,6 +436,13 @@ where
                 None => std::future::pending().await,
             }
         };
+        let store_pump = async {
+            if store_changed {
+                tokio::time::sleep_until(next_store_pump).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             msg = socket.next() => {
                 let bytes = match msg {
@@ -422,7 +458,8 @@ where
                     Some(Err(e)) => return Ending::Transport(e.to_string()),
                 };
                 let now = hub.now();
-                let (s, r) = match step(node, session, move |s, store| {
+                let inline = only_reads(&bytes);
+                let handle = move |s: &mut Session, store: &dyn converge_store::Store| {
                     s.handle_bytes(now, &bytes, store)?;
                     // One WebSocket message carries whole frames: a partial
                     // frame left over would wait forever.
@@ -430,13 +467,18 @@ where
                         s.close("a WebSocket message must carry whole sync frames");
                     }
                     Ok(())
-                })
-                .await
-                {
-                    Ok(x) => x,
-                    Err(e) => return e,
                 };
-                session = s;
+                let r = if inline {
+                    handle(&mut session, &**node.store())
+                } else {
+                    match step(node, session, handle).await {
+                        Ok((s, r)) => {
+                            session = s;
+                            r
+                        }
+                        Err(e) => return e,
+                    }
+                };
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "sync session failed");
                 }
@@ -446,7 +488,22 @@ where
             () = sleep => {
                 let _ = session.handle_timeout(hub.now(), &**node.store());
             }
-            Ok(()) = appended.changed() => {
+            // Every append wakes every session, and each reads the change
+            // feed: at most one read per STORE_PUMP_GAP per session, so
+            // that under many writers a session reads many appends at once.
+            Ok(()) = appended.changed(), if !store_changed => {
+                let at = Instant::now();
+                if at >= next_store_pump {
+                    next_store_pump = at + STORE_PUMP_GAP;
+                    let _ = session.handle_store_change(hub.now(), &**node.store());
+                } else {
+                    store_changed = true;
+                }
+            }
+            () = store_pump => {
+                store_changed = false;
+                appended.borrow_and_update();
+                next_store_pump = Instant::now() + STORE_PUMP_GAP;
                 let _ = session.handle_store_change(hub.now(), &**node.store());
             }
             _ = stop.changed() => session.close("the node is shutting down"),
