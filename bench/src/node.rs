@@ -741,7 +741,7 @@ async fn sync_case(node: &NodeProcess, clients: usize) -> Result<Vec<RoundFigure
     let mut http = Http::connect(node.addr).await?;
     for (doc, want) in &last {
         let got = http
-            .get_doc(&doc)
+            .get_doc(doc)
             .await?
             .ok_or(format!("{doc} is missing"))?;
         if got["n"] != json!(want) {

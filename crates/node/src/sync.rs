@@ -367,10 +367,8 @@ where
             }
             fed = true;
         }
-        if fed {
-            if let Err(e) = socket.flush().await {
-                return Ending::Transport(e.to_string());
-            }
+        if fed && let Err(e) = socket.flush().await {
+            return Ending::Transport(e.to_string());
         }
         let mut updated = false;
         while let Some(event) = session.poll_event() {
