@@ -8,8 +8,10 @@
 //! ## Main types
 //!
 //! - [`Node`]: the replica (its id, its store, the documents it has open).
-//! - [`router`]: the HTTP API on top of a node, and [`serve`] to run it
-//!   until a shutdown signal.
+//! - `router`: the HTTP API on top of a node, and `serve` to run it
+//!   until a shutdown signal (both with the default `http` feature).
+//! - [`sync_with_peers`]: replication with the configured peers without
+//!   a listener, for embedded replicas such as `converge-client`.
 //!
 //! ## HTTP API
 //!
@@ -37,10 +39,13 @@
 //! authentication is future work. Each connection is one task pumping a
 //! sans-IO session; store calls run on blocking threads.
 
+#[cfg(feature = "http")]
 mod api;
 mod node;
 mod sync;
 
+#[cfg(feature = "http")]
 pub use api::{router, serve};
 pub use converge_doc::PathChange;
 pub use node::{Node, NodeConfig, NodeError};
+pub use sync::{PeerConnection, sync_with_peers};

@@ -262,6 +262,20 @@ impl Node {
         Ok(guard.patches.subscribe())
     }
 
+    /// Patches of `id` as they happen, like [`Node::watch`], but also for a
+    /// document that has no entries yet: it is opened empty (nothing is
+    /// written) so that the first local change or the first entries a peer
+    /// brings reach the receiver. An embedded client subscribes this way
+    /// before its first sync.
+    pub async fn watch_new(
+        &self,
+        id: &str,
+    ) -> Result<broadcast::Receiver<Arc<Vec<Patch>>>, NodeError> {
+        let open = self.open_doc(id, true).await?;
+        let guard = open.lock().await;
+        Ok(guard.patches.subscribe())
+    }
+
     /// Document ids starting with `prefix`, after `after`, at most `limit`.
     pub async fn list(
         &self,
