@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use converge_crdt::{ReplicaId, VersionVector};
 use converge_doc::{DocError, Patch, PathChange, PathSeg};
-use converge_node::{Node, NodeConfig, NodeError, PeerConnection};
+use converge_node::{Interest, Node, NodeConfig, NodeError, PeerConnection};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot, watch};
@@ -36,6 +36,10 @@ pub struct ClientConfig {
     /// in `data_dir`, or a new random one saved there on first open. Two
     /// clients must never share one.
     pub replica: Option<ReplicaId>,
+    /// The documents the client receives from upstream: by default all the
+    /// node holds; `Interest::Prefix("user-42/".into())` narrows it to one
+    /// user's. Every document written locally is sent up either way.
+    pub interest: Interest,
 }
 
 impl ClientConfig {
@@ -45,12 +49,20 @@ impl ClientConfig {
             data_dir: data_dir.into(),
             upstream: None,
             replica: None,
+            interest: Interest::Prefix(String::new()),
         }
     }
 
     /// Syncs with the node at `url` (see [`ClientConfig::upstream`]).
     pub fn with_upstream(mut self, url: impl Into<String>) -> Self {
         self.upstream = Some(url.into());
+        self
+    }
+
+    /// Receives only the documents of `interest` from upstream (see
+    /// [`ClientConfig::interest`]).
+    pub fn with_interest(mut self, interest: Interest) -> Self {
+        self.interest = interest;
         self
     }
 
@@ -183,15 +195,18 @@ pub struct Client {
 
 impl Client {
     /// Opens (or creates) the replica in `config.data_dir` and, with an
-    /// upstream, starts syncing with it in the background (on the current
-    /// tokio runtime). Does not wait for the connection: the client works
-    /// offline from the start, and [`Client::connection`] tells when it is
-    /// connected.
+    /// upstream, starts syncing with it in the background. Does not wait
+    /// for the connection: the client works offline from the start, and
+    /// [`Client::connection`] tells when it is connected.
+    ///
+    /// Runs on tokio: call it (and the other methods) within a tokio
+    /// runtime, which also runs the sync task and the store's blocking work.
     pub async fn open(config: ClientConfig) -> Result<Self, ClientError> {
         let upstream = config.upstream.as_deref().map(upstream_url).transpose()?;
         let mut node_config = NodeConfig::new(config.data_dir);
         node_config.replica = config.replica;
         node_config.peers = upstream.into_iter().collect();
+        node_config.peer_interest = config.interest;
         // Opening creates directories and opens (maybe recovers) the store.
         let node = tokio::task::spawn_blocking(move || Node::open(node_config))
             .await
@@ -372,6 +387,14 @@ impl DocRef<'_> {
     /// node's HTTP API), like [`DocRef::change`].
     pub async fn apply(&self, changes: &[PathChange]) -> Result<VersionVector, ClientError> {
         Ok(self.client.node.change(&self.id, changes).await?)
+    }
+
+    /// Deletes the document for good: a tombstone the client keeps and
+    /// sends upstream, so the id takes no more writes on any replica
+    /// (deletion wins over concurrent edits). Returns whether this call
+    /// deleted it (`false`: it was deleted already). Subscriptions end.
+    pub async fn delete(&self) -> Result<bool, ClientError> {
+        Ok(self.client.node.delete(&self.id).await?)
     }
 
     /// The document's id.

@@ -73,3 +73,4 @@ pub use client::{
 };
 pub use converge_crdt::{ReplicaId, VersionVector};
 pub use converge_doc::{DocError, Patch, PatchAction, PathChange, PathSeg};
+pub use converge_node::Interest;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use converge::{Client, ClientConfig, ConnectionState, PatchAction, ReplicaId, path};
+use converge::{Client, ClientConfig, ConnectionState, Interest, PatchAction, ReplicaId, path};
 use converge_node::{Node, NodeConfig};
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
@@ -407,6 +407,78 @@ async fn client_reconnects_with_backoff_when_the_node_appears_later() {
         vv.get(ReplicaId::from_u64(77)),
         1,
         "written as the configured replica"
+    );
+    client.close().await.expect("close");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_receives_its_interest_only_and_sends_its_deletions() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir_in(&root, "node"), "127.0.0.1:0".parse().expect("addr")).await;
+    let set = |key: &str, value: Value| {
+        vec![converge::PathChange::Set {
+            path: path![key],
+            value,
+        }]
+    };
+    node.node
+        .change("team-b/plan", &set("x", json!(1)))
+        .await
+        .expect("write team b's plan");
+    node.node
+        .change("team-a/plan", &set("x", json!(2)))
+        .await
+        .expect("write team a's plan");
+    let client = Client::open(
+        ClientConfig::new(dir_in(&root, "client"))
+            .with_upstream(node.url())
+            .with_interest(Interest::Prefix("team-a/".into())),
+    )
+    .await
+    .expect("open");
+    let plan = client.doc("team-a/plan");
+    assert!(
+        poll(|| async { plan.get().await.ok() == Some(json!({"x": 2})) }).await,
+        "team a's plan never arrived"
+    );
+    assert_eq!(
+        client.documents().await.expect("list"),
+        vec!["team-a/plan".to_string()],
+        "only the interest is received"
+    );
+
+    // Documents of its own outside the interest still go up.
+    client
+        .doc("notes")
+        .change(|c| c.set(path!["mine"], true))
+        .await
+        .expect("write notes");
+    assert!(
+        poll(|| async { node.get("notes").await == Some(json!({"mine": true})) }).await,
+        "the node never got the client's notes"
+    );
+
+    // A deletion is final on the node too.
+    assert!(plan.delete().await.expect("delete"));
+    assert!(
+        !plan.delete().await.expect("delete again"),
+        "already deleted"
+    );
+    assert!(
+        poll(|| async {
+            matches!(
+                node.node.get("team-a/plan").await,
+                Err(converge_node::NodeError::Deleted(_))
+            )
+        })
+        .await,
+        "the node never learnt of the deletion"
+    );
+    let refused = plan.change(|c| c.set(path!["x"], 3)).await;
+    assert!(
+        matches!(refused, Err(converge::ClientError::Deleted(_))),
+        "{refused:?}"
     );
     client.close().await.expect("close");
     node.stop().await;

@@ -47,5 +47,6 @@ mod sync;
 #[cfg(feature = "http")]
 pub use api::{router, serve};
 pub use converge_doc::PathChange;
+pub use converge_sync::Interest;
 pub use node::{Node, NodeConfig, NodeError};
 pub use sync::{PeerConnection, sync_with_peers};

@@ -298,7 +298,7 @@ pub(crate) async fn run_peer(node: Arc<Node>, index: usize) {
         };
         let (lived_long, error) = match connected {
             Ok((ws, _response)) => {
-                let mut config = Config::new(Interest::Prefix(String::new()));
+                let mut config = Config::new(node.config().peer_interest.clone());
                 config.resume_after = peer.snapshot().feed_position;
                 let socket = client_socket(ws);
                 let started = Instant::now();
