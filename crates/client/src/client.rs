@@ -469,6 +469,22 @@ impl Subscription {
             broadcast::error::RecvError::Closed => SubscriptionError::Closed,
         })
     }
+
+    /// The batches as a [`Stream`](tokio_stream::Stream), for code that
+    /// combines streams; it ends where [`Subscription::recv`] would report
+    /// [`SubscriptionError::Closed`].
+    pub fn into_stream(
+        self,
+    ) -> impl tokio_stream::Stream<Item = Result<Arc<Vec<Patch>>, SubscriptionError>> + Send + Unpin
+    {
+        use tokio_stream::StreamExt;
+        use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+        tokio_stream::wrappers::BroadcastStream::new(self.rx).map(|batch| {
+            batch.map_err(
+                |BroadcastStreamRecvError::Lagged(skipped)| SubscriptionError::Lagged { skipped },
+            )
+        })
+    }
 }
 
 /// Why a [`Subscription`] has no next batch.

@@ -184,11 +184,25 @@ async fn offline_edits_persist_across_close_and_reopen() {
     );
     // Two transactions were written, the refused one was not; the log goes on.
     assert_eq!(notes.version().await.expect("version").get(replica), 2);
+    let mut stream = notes.subscribe().await.expect("subscribe").into_stream();
     let vv = notes
         .change(|c| c.increment(path!["edits"], 1))
         .await
         .expect("third change");
     assert_eq!(vv.get(replica), 3);
+    let batch = tokio::time::timeout(LIMIT, tokio_stream::StreamExt::next(&mut stream))
+        .await
+        .expect("a batch in time")
+        .expect("the stream goes on")
+        .expect("not lagging");
+    assert_eq!(
+        batch.as_slice(),
+        &[converge::Patch {
+            path: path!["edits"],
+            action: PatchAction::Increment { by: 1 },
+        }][..],
+        "the counter's patch"
+    );
 
     #[derive(serde::Deserialize, Debug, PartialEq)]
     struct Notes {
