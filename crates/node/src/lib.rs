@@ -44,9 +44,11 @@ mod api;
 mod node;
 mod sync;
 
+// Replication without a listener, for embedders (converge-client).
+pub use converge_sync::Interest;
+pub use sync::{PeerConnection, sync_with_peers};
+
 #[cfg(feature = "http")]
 pub use api::{router, serve};
 pub use converge_doc::PathChange;
-pub use converge_sync::Interest;
 pub use node::{Node, NodeConfig, NodeError};
-pub use sync::{PeerConnection, sync_with_peers};
