@@ -422,7 +422,9 @@ async fn client_reconnects_with_backoff_when_the_node_appears_later() {
         1,
         "written as the configured replica"
     );
+    let connection = client.connection();
     client.close().await.expect("close");
+    assert_eq!(*connection.borrow(), ConnectionState::Closed);
     node.stop().await;
 }
 

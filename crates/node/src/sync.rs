@@ -318,6 +318,11 @@ pub(crate) async fn run_peer(node: Arc<Node>, index: usize) {
                 (false, error)
             }
         };
+        if *stop.borrow() {
+            // The session ended because the node stops: no backoff to report.
+            peer.link.send_replace(PeerConnection::Stopped);
+            return;
+        }
         if lived_long {
             backoff = Duration::from_millis(100);
         }
