@@ -303,11 +303,8 @@ impl Client {
 
     /// A handle on document `id` (which need not exist yet: a document
     /// nobody wrote reads as an empty object, and the first change creates it).
-    pub fn doc(&self, id: impl Into<String>) -> DocRef<'_> {
-        DocRef {
-            client: self,
-            id: id.into(),
-        }
+    pub fn doc<'a>(&'a self, id: &'a str) -> DocRef<'a> {
+        DocRef { client: self, id }
     }
 
     /// Patches of document `id` from local and remote changes; the same
@@ -347,15 +344,18 @@ impl Client {
 }
 
 /// A document of a [`Client`]: read it, change it, subscribe to its patches.
-/// Cheap to make ([`Client::doc`]); it borrows the client, which cannot be
-/// closed while handles exist.
-#[derive(Debug, Clone)]
+///
+/// A pair of references ([`Client::doc`]), so it is `Copy` and its methods
+/// take it by value: their futures borrow the client, not the handle, and
+/// can be joined or stored (`tokio::join!(client.doc("a").get(),
+/// client.doc("b").get())`). The client cannot be closed while handles exist.
+#[derive(Debug, Clone, Copy)]
 pub struct DocRef<'a> {
     client: &'a Client,
-    id: String,
+    id: &'a str,
 }
 
-impl DocRef<'_> {
+impl<'a> DocRef<'a> {
     /// Applies the changes `build` lists as one transaction, durably: all of
     /// them or (on error) none. Positions are those of the document as the
     /// earlier changes of the same transaction leave it. Returns the
@@ -375,7 +375,7 @@ impl DocRef<'_> {
     /// # Ok(()) }
     /// ```
     pub async fn change(
-        &self,
+        self,
         build: impl FnOnce(&mut Changes),
     ) -> Result<VersionVector, ClientError> {
         let mut changes = Changes::default();
@@ -385,27 +385,27 @@ impl DocRef<'_> {
 
     /// Applies path-based changes as one transaction (the forms of the
     /// node's HTTP API), like [`DocRef::change`].
-    pub async fn apply(&self, changes: &[PathChange]) -> Result<VersionVector, ClientError> {
-        Ok(self.client.node.change(&self.id, changes).await?)
+    pub async fn apply(self, changes: &[PathChange]) -> Result<VersionVector, ClientError> {
+        Ok(self.client.node.change(self.id, changes).await?)
     }
 
     /// Deletes the document for good: a tombstone the client keeps and
     /// sends upstream, so the id takes no more writes on any replica
     /// (deletion wins over concurrent edits). Returns whether this call
     /// deleted it (`false`: it was deleted already). Subscriptions end.
-    pub async fn delete(&self) -> Result<bool, ClientError> {
-        Ok(self.client.node.delete(&self.id).await?)
+    pub async fn delete(self) -> Result<bool, ClientError> {
+        Ok(self.client.node.delete(self.id).await?)
     }
 
     /// The document's id.
-    pub fn id(&self) -> &str {
-        &self.id
+    pub fn id(self) -> &'a str {
+        self.id
     }
 
     /// The document as JSON (texts read as strings, counters as numbers);
     /// an empty object if nobody has written it yet.
-    pub async fn get(&self) -> Result<Value, ClientError> {
-        match self.client.node.get(&self.id).await {
+    pub async fn get(self) -> Result<Value, ClientError> {
+        match self.client.node.get(self.id).await {
             Ok(v) => Ok(v),
             Err(NodeError::NotFound(_)) => Ok(Value::Object(serde_json::Map::new())),
             Err(e) => Err(e.into()),
@@ -413,7 +413,7 @@ impl DocRef<'_> {
     }
 
     /// The value at `path`, if there is one.
-    pub async fn get_at(&self, path: &[PathSeg]) -> Result<Option<Value>, ClientError> {
+    pub async fn get_at(self, path: &[PathSeg]) -> Result<Option<Value>, ClientError> {
         let mut value = self.get().await?;
         for seg in path {
             let next = match (seg, &mut value) {
@@ -430,15 +430,15 @@ impl DocRef<'_> {
     }
 
     /// The document deserialized into `T` (a typed view of its JSON).
-    pub async fn get_as<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+    pub async fn get_as<T: DeserializeOwned>(self) -> Result<T, ClientError> {
         Ok(serde_json::from_value(self.get().await?)?)
     }
 
     /// The document's version: how many entries of each replica's log the
     /// client holds (empty if nobody has written it yet). Two replicas with
     /// the same version hold the same document.
-    pub async fn version(&self) -> Result<VersionVector, ClientError> {
-        match self.client.node.log_version(&self.id).await {
+    pub async fn version(self) -> Result<VersionVector, ClientError> {
+        match self.client.node.log_version(self.id).await {
             Ok(v) => Ok(v),
             Err(NodeError::NotFound(_)) => Ok(VersionVector::new()),
             Err(e) => Err(e.into()),
@@ -449,8 +449,8 @@ impl DocRef<'_> {
     /// (one batch per transaction) and remote ones (one batch per arrival
     /// of entries from upstream). Works before the document exists: its
     /// first change, or first sync, is reported.
-    pub async fn subscribe(&self) -> Result<Subscription, ClientError> {
-        let rx = self.client.node.watch_new(&self.id).await?;
+    pub async fn subscribe(self) -> Result<Subscription, ClientError> {
+        let rx = self.client.node.watch_new(self.id).await?;
         Ok(Subscription { rx })
     }
 }

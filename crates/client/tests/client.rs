@@ -260,10 +260,15 @@ async fn two_clients_converge_through_a_node_and_remote_patches_reach_subscriber
     );
 
     // Both write at once; everyone ends with both writes.
-    let (a_todos, b_todos) = (a.doc("todos"), b.doc("todos"));
+    // Handles are Copy: their futures can be joined straight away.
     let (ra, rb) = tokio::join!(
-        a_todos.change(|c| c.insert(path!["items"], 1, json!({"title": "eggs", "done": false}))),
-        b_todos.change(|c| c.set(path!["items", 0, "done"], true)),
+        a.doc("todos").change(|c| c.insert(
+            path!["items"],
+            1,
+            json!({"title": "eggs", "done": false})
+        )),
+        b.doc("todos")
+            .change(|c| c.set(path!["items", 0, "done"], true)),
     );
     ra.expect("a's second write");
     rb.expect("b's write");
