@@ -890,7 +890,16 @@ fn export_and_import_move_documents_between_nodes() {
     let work = tempfile::tempdir().expect("tempdir");
     let file = work.path().join("all.cvx");
     let file_s = file.to_str().expect("utf-8 path");
-    let summary = converge_json(&["export", "--url", &a.base, "--out", file_s]);
+    // (Pages of 3 ids, to cover paging through the list.)
+    let summary = converge_json(&[
+        "export",
+        "--url",
+        &a.base,
+        "--out",
+        file_s,
+        "--list-page",
+        "3",
+    ]);
     assert_eq!(summary["documents"], 4, "{summary}");
     assert_eq!(summary["layout"], "file");
     let dir = work.path().join("some/");
@@ -960,6 +969,11 @@ fn export_and_import_move_documents_between_nodes() {
         assert!(Instant::now() < deadline, "notes never reached c");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A document deleted on the target is skipped: its id takes no writes.
+    assert_eq!(delete(&c, "/v1/docs/notes").0, 200);
+    let summary = converge_json(&["import", file_s, "--url", &c.base]);
+    assert_eq!(summary["skipped_deleted"], json!(["notes"]), "{summary}");
+    assert_eq!(summary["documents"], 3, "{summary}");
     // A damaged file imports nothing.
     let mut bytes = std::fs::read(&file).expect("read");
     let last = bytes.len() - 20;
