@@ -98,36 +98,25 @@ pub(crate) fn export(args: ExportArgs) -> Result<()> {
     let progress = Progress::new(ids.len() as u64, "exporting");
     let mut skipped = Vec::new();
     let (mut docs, mut bytes) = (0u64, 0u64);
-    for id in &ids {
-        let url = args
-            .target
-            .at(&format!("/v1/docs/{}/export", encode_id(id)));
-        let what = format!("GET {url}");
-        let mut resp = agent()
-            .get(&url)
-            .call()
-            .map_err(|e| unreachable(&what, e))?;
-        let status = resp.status().as_u16();
-        if !explicit && (status == 404 || status == 410) {
-            // Deleted since the listing.
-            skipped.push(id.clone());
-            progress.advance(0);
-            continue;
+    let mut write_all = || -> Result<()> {
+        for id in &ids {
+            let Some(doc) = fetch(&args.target, id, explicit)? else {
+                // Deleted since the listing.
+                skipped.push(id.clone());
+                progress.advance(0);
+                continue;
+            };
+            sink.write(id, &doc)?;
+            docs += 1;
+            bytes += doc.len() as u64;
+            progress.advance(doc.len() as u64);
         }
-        if status != 200 {
-            answer(resp, &what)?;
-            bail!("{what}: status {status}");
-        }
-        let doc = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_DOC_BYTES)
-            .read_to_vec()
-            .with_context(|| format!("{what}: reading the document"))?;
-        sink.write(id, &doc)?;
-        docs += 1;
-        bytes += doc.len() as u64;
-        progress.advance(doc.len() as u64);
+        Ok(())
+    };
+    if let Err(e) = write_all() {
+        progress.finish();
+        sink.abandon();
+        return Err(e);
     }
     sink.finish()?;
     progress.finish();
@@ -229,6 +218,32 @@ pub(crate) fn import(args: ImportArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The encoding of document `id`; `None` if it is gone and was not asked
+/// for by name (deleted since the listing).
+fn fetch(target: &Target, id: &str, explicit: bool) -> Result<Option<Vec<u8>>> {
+    let url = target.at(&format!("/v1/docs/{}/export", encode_id(id)));
+    let what = format!("GET {url}");
+    let mut resp = agent()
+        .get(&url)
+        .call()
+        .map_err(|e| unreachable(&what, e))?;
+    let status = resp.status().as_u16();
+    if !explicit && (status == 404 || status == 410) {
+        return Ok(None);
+    }
+    if status != 200 {
+        answer(resp, &what)?;
+        bail!("{what}: status {status}");
+    }
+    let doc = resp
+        .body_mut()
+        .with_config()
+        .limit(MAX_DOC_BYTES)
+        .read_to_vec()
+        .with_context(|| format!("{what}: reading the document"))?;
+    Ok(Some(doc))
 }
 
 /// Every document id on the node, page by page.
@@ -365,6 +380,15 @@ impl Sink {
             }
         }
         Ok(())
+    }
+
+    /// Removes the unfinished export file (a directory keeps the documents
+    /// written completely).
+    fn abandon(self) {
+        if let Self::File { out, partial, .. } = self {
+            drop(out);
+            let _ = std::fs::remove_file(partial);
+        }
     }
 
     fn finish(self) -> Result<()> {

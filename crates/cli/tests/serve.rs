@@ -907,8 +907,22 @@ fn export_and_import_move_documents_between_nodes() {
     let summary = converge_json(&["export", "a/b", "x y", "--url", &a.base, "--out", dir_s]);
     assert_eq!(summary["documents"], 2, "{summary}");
     assert!(dir.join("a%2Fb.cvdoc").is_file() && dir.join("x%20y.cvdoc").is_file());
-    let out = converge(&["export", "nope", "--url", &a.base, "--out", file_s]);
+    let failed = work.path().join("failed.cvx");
+    let failed_s = failed.to_str().expect("utf-8 path");
+    let out = converge(&[
+        "export", "notes", "nope", "--url", &a.base, "--out", failed_s,
+    ]);
     assert!(!out.status.success(), "an unknown id is an error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no document \"nope\""), "{err}");
+    assert!(
+        std::fs::read_dir(work.path()).expect("ls").all(|e| !e
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .starts_with("failed")),
+        "no partial file left behind"
+    );
 
     // Into an empty node: identical documents; a second time: no change.
     let summary = converge_json(&["import", file_s, "--url", &b.base]);
@@ -933,6 +947,14 @@ fn export_and_import_move_documents_between_nodes() {
     );
     let summary = converge_json(&["import", dir_s, "--url", &b.base]);
     assert_eq!(summary["changed"], 0, "{summary}");
+    let one = dir.join("a%2Fb.cvdoc");
+    let one_s = one.to_str().expect("utf-8 path");
+    let summary = converge_json(&["import", one_s, "--url", &b.base]);
+    assert_eq!(
+        (summary["documents"].clone(), summary["changed"].clone()),
+        (json!(1), json!(0)),
+        "{summary}"
+    );
     assert_eq!(
         get(&b, "/v1/status").1["feed_head"],
         version,
