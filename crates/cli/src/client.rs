@@ -1,7 +1,7 @@
 //! Client commands over a node's HTTP API: `doc get|edit|watch|list` and
 //! `status`, and the HTTP helpers `export`/`import` share.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
@@ -234,11 +234,18 @@ fn watch(target: &Target, id: &str) -> Result<()> {
 fn print_patches(data: &str, json: bool) -> Result<()> {
     let patches: Vec<Value> =
         serde_json::from_str(data).with_context(|| format!("the node sent {data:?}"))?;
+    let mut out = std::io::stdout().lock();
     for p in &patches {
-        if json {
-            println!("{p}");
+        let written = if json {
+            writeln!(out, "{p}")
         } else {
-            println!("{}", human_patch(p));
+            writeln!(out, "{}", human_patch(p))
+        };
+        match written {
+            Ok(()) => {}
+            // The reader went away (`| head -3`): a normal way to stop.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            Err(e) => return Err(e).context("writing to standard output"),
         }
     }
     Ok(())
