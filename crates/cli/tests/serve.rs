@@ -605,7 +605,7 @@ fn exit_within(child: &mut Child, within: Duration) -> ExitStatus {
 }
 
 #[test]
-fn sigterm_closes_sessions_and_streams_and_exits_0_with_data_durable() {
+fn sigterm_and_sigint_close_sessions_and_streams_and_exit_0_with_data_durable() {
     let (da, db) = (
         tempfile::tempdir().expect("tempdir"),
         tempfile::tempdir().expect("tempdir"),
@@ -658,6 +658,12 @@ fn sigterm_closes_sessions_and_streams_and_exits_0_with_data_durable() {
     let mut keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
     keys.extend(["before".to_string(), "after".to_string()]);
     await_convergence(&[&a, &b], &keys, 12, Duration::from_secs(20));
+
+    // Ctrl-C (SIGINT) is the same clean stop.
+    let mut a = a;
+    signal(&a.child, "INT");
+    let status = exit_within(&mut a.child, Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
 }
 
 #[test]
