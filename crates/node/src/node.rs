@@ -306,6 +306,14 @@ impl Node {
             .map_err(|e| {
                 NodeError::BadRequest(format!("not a valid converge document encoding: {e}"))
             })?;
+        if incoming.history_len() == 0 {
+            // Nothing to merge: do not open (and so create) the document.
+            return Ok(ImportOutcome {
+                ops_added: 0,
+                entries: 0,
+                version: self.log_version_or_empty(id).await?,
+            });
+        }
         let open = self.open_doc(id, true).await?;
         let mut guard = open.lock().await;
         let missing = incoming.changes_since(guard.doc.version());

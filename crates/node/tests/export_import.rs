@@ -112,6 +112,11 @@ async fn bad_bytes_are_refused_and_write_nothing() {
         a.export("nope").await,
         Err(NodeError::NotFound(_))
     ));
+    // An empty document's encoding is valid and creates nothing.
+    let empty = converge_doc::Doc::new(ReplicaId::from_u64(9)).encode();
+    let outcome = b.import("doc", empty).await.expect("empty import");
+    assert_eq!((outcome.ops_added, outcome.entries), (0, 0));
+    assert!(matches!(b.get("doc").await, Err(NodeError::NotFound(_))));
 }
 
 #[tokio::test]
