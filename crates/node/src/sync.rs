@@ -156,6 +156,13 @@ impl SyncHub {
         let _ = self.stop.send(true);
     }
 
+    /// Becomes `true` when the node stops (see [`SyncHub::stop`]): long-lived
+    /// HTTP streams (watchers) end on it so that a graceful shutdown does
+    /// not wait for them forever.
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
     /// What `/v1/status` shows.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn status(&self) -> SyncStatus {
