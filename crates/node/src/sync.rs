@@ -159,6 +159,7 @@ impl SyncHub {
     /// Becomes `true` when the node stops (see [`SyncHub::stop`]): long-lived
     /// HTTP streams (watchers) end on it so that a graceful shutdown does
     /// not wait for them forever.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
         self.stop.subscribe()
     }
