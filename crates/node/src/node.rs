@@ -381,7 +381,9 @@ impl Node {
     /// document that has no entries yet: it is opened empty (nothing is
     /// written) so that the first local change or the first entries a peer
     /// brings reach the receiver. An embedded client subscribes this way
-    /// before its first sync.
+    /// before its first sync. Until something is written, [`Node::get`]
+    /// reads such a document as empty rather than not found, so a server
+    /// answering HTTP should keep to [`Node::watch`].
     pub async fn watch_new(
         &self,
         id: &str,
