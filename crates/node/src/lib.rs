@@ -8,8 +8,10 @@
 //! ## Main types
 //!
 //! - [`Node`]: the replica (its id, its store, the documents it has open).
-//! - [`router`]: the HTTP API on top of a node, and [`serve`] to run it
-//!   until a shutdown signal.
+//! - `router`: the HTTP API on top of a node, and `serve` to run it
+//!   until a shutdown signal (both with the default `http` feature).
+//! - [`sync_with_peers`]: replication with the configured peers without
+//!   a listener, for embedded replicas such as `converge-client`.
 //!
 //! ## HTTP API
 //!
@@ -43,10 +45,16 @@
 //! authentication is future work. Each connection is one task pumping a
 //! sans-IO session; store calls run on blocking threads.
 
+#[cfg(feature = "http")]
 mod api;
 mod node;
 mod sync;
 
+// Replication without a listener, for embedders (converge-client).
+pub use converge_sync::Interest;
+pub use sync::{PeerConnection, sync_with_peers};
+
+#[cfg(feature = "http")]
 pub use api::{router, serve};
 pub use converge_doc::PathChange;
 pub use node::{ImportOutcome, Node, NodeConfig, NodeError};

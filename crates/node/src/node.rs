@@ -9,6 +9,7 @@ use converge_doc::{Change, Doc, DocError, Patch, PathChange, decode_changes, enc
 use converge_store::{
     AppendError, Entry, ReadError, RedbStore, Store, StoreError, validate_object_id,
 };
+use converge_sync::Interest;
 use tokio::sync::{broadcast, watch};
 
 use crate::sync::SyncHub;
@@ -25,6 +26,10 @@ pub struct NodeConfig {
     pub max_changes_per_request: usize,
     /// Peers to connect to and sync with (`ws://HOST:PORT/v1/sync`).
     pub peers: Vec<String>,
+    /// The objects this node asks of the peers it dials: by default every
+    /// one. A replica holding a slice of a node's documents (a client)
+    /// narrows it; it still sends every object of its own the peer wants.
+    pub peer_interest: Interest,
     /// Most sync sessions accepted at once on `/v1/sync`.
     pub max_sync_sessions: usize,
 }
@@ -37,6 +42,7 @@ impl NodeConfig {
             replica: None,
             max_changes_per_request: 10_000,
             peers: Vec::new(),
+            peer_interest: Interest::Prefix(String::new()),
             max_sync_sessions: 256,
         }
     }
@@ -367,6 +373,22 @@ impl Node {
     /// Patches of `id` as they happen (the document must exist).
     pub async fn watch(&self, id: &str) -> Result<broadcast::Receiver<Arc<Vec<Patch>>>, NodeError> {
         let open = self.open_doc(id, false).await?;
+        let guard = open.lock().await;
+        Ok(guard.patches.subscribe())
+    }
+
+    /// Patches of `id` as they happen, like [`Node::watch`], but also for a
+    /// document that has no entries yet: it is opened empty (nothing is
+    /// written) so that the first local change or the first entries a peer
+    /// brings reach the receiver. An embedded client subscribes this way
+    /// before its first sync. Until something is written, [`Node::get`]
+    /// reads such a document as empty rather than not found, so a server
+    /// answering HTTP should keep to [`Node::watch`].
+    pub async fn watch_new(
+        &self,
+        id: &str,
+    ) -> Result<broadcast::Receiver<Arc<Vec<Patch>>>, NodeError> {
+        let open = self.open_doc(id, true).await?;
         let guard = open.lock().await;
         Ok(guard.patches.subscribe())
     }
