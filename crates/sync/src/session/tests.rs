@@ -706,3 +706,40 @@ fn random_bytes_and_mutated_frames_never_panic_a_session() {
         }
     }
 }
+
+// See issue 5: a session that stored entries from its peer then tailed its
+// own store's change feed and served the same entries straight back.
+#[test]
+fn entries_from_the_peer_are_not_served_back_to_it() {
+    const C: ReplicaId = ReplicaId::from_u64(0xc);
+    let mut p = Pair::new(everything(), everything());
+    // "todos" is listed (so tracked by vector), "notes" only appears later
+    // (served from the feed as ranges): both paths are covered.
+    append(&p.sy, "todos", B, 1..=2);
+    p.drive();
+    assert_eq!(p.sx.version_vector("todos").unwrap().get(B), 2);
+    p.data = (0, 0);
+    // y writes, and relays C's entries as if from a third replica.
+    append(&p.sy, "todos", B, 3..=5);
+    append(&p.sy, "notes", B, 1..=4);
+    append(&p.sy, "notes", C, 1..=2);
+    p.y.handle_store_change(p.now, &p.sy).unwrap();
+    for _ in 0..20 {
+        p.step();
+        // As a node does: x's store changed, so all its sessions look at the feed.
+        p.x.handle_store_change(p.now, &p.sx).unwrap();
+    }
+    for (object, replica, upto) in [("todos", B, 5), ("notes", B, 4), ("notes", C, 2)] {
+        assert_eq!(p.sx.version_vector(object).unwrap().get(replica), upto);
+    }
+    assert!(p.data.1 > 0, "y sent its entries");
+    assert_eq!(p.data.0, 0, "x sent none of them back");
+    assert_eq!(p.x.queue_sizes().peer_holds, 2);
+    // A later write at x still goes out, and only it.
+    append(&p.sx, "notes", A, 1..=1);
+    p.x.handle_store_change(p.now, &p.sx).unwrap();
+    p.drive();
+    assert_eq!(p.sy.version_vector("notes").unwrap().get(A), 1);
+    assert_eq!(p.data.0, 1);
+    assert!(p.x.is_idle() && p.y.is_idle());
+}
