@@ -1154,6 +1154,8 @@ impl Session {
         if !self.policy.allows(replica) {
             return Err(SessionError::Unauthorised { replica });
         }
+        // The peer read it from its store: it holds the log up to `seq`.
+        self.note_held(&object, replica, seq);
         if !self.config.interest.matches(&object) {
             return Ok(());
         }
