@@ -743,3 +743,38 @@ fn entries_from_the_peer_are_not_served_back_to_it() {
     assert_eq!(p.data.0, 1);
     assert!(p.x.is_idle() && p.y.is_idle());
 }
+
+#[test]
+fn a_snapshot_and_its_suffix_from_the_peer_are_not_served_back() {
+    let mut cy = everything();
+    cy.limits = Limits::default().with_max_frame_bytes(4096);
+    let mut cx = everything();
+    cx.limits = cy.limits;
+    let mut p = Pair::new(cx, cy);
+    p.drive();
+    // After the listing, y compacts and writes more: x is served live, a
+    // snapshot (x lacks the compacted prefix) and then the suffix.
+    append(&p.sy, "doc", B, 1..=10);
+    let vv = p.sy.version_vector("doc").unwrap();
+    p.sy.put_snapshot("doc", &vv, &[7u8; 9000]).unwrap();
+    p.sy.compact("doc", &vv).unwrap();
+    append(&p.sy, "doc", B, 11..=12);
+    p.y.handle_store_change(p.now, &p.sy).unwrap();
+    let mut x_data = 0;
+    for _ in 0..30 {
+        p.now += 1;
+        while let Some(f) = p.y.poll_transmit() {
+            let _ = p.x.handle_bytes(p.now, &f, &p.sx);
+        }
+        p.x.handle_store_change(p.now, &p.sx).unwrap();
+        while let Some(f) = p.x.poll_transmit() {
+            let decoded = codec::decode(&f, &p.x.config().limits);
+            x_data += usize::from(matches!(decoded, Ok((m, _)) if m.data_number().is_some()));
+            let _ = p.y.handle_bytes(p.now, &f, &p.sy);
+        }
+    }
+    assert_eq!(p.sx.version_vector("doc").unwrap().get(B), 12);
+    assert!(p.sx.latest_snapshot("doc").unwrap().is_some());
+    assert_eq!(x_data, 0, "x sent y nothing of what came from y");
+    assert!(p.x.is_idle() && p.y.is_idle());
+}
