@@ -421,13 +421,13 @@ pub struct Session {
 
     // Serving the peer's interest.
     peer_vv: HashMap<String, (VersionVector, u32)>,
-    /// What the peer is known to hold, per object it subscribes to: from
-    /// its `Have`s and from the entries, chunked entries and snapshots it
-    /// sent us (read from its store, so held there). Unlike `peer_vv`
-    /// (what we believe we sent, lowered when data is lost), this is
-    /// evidence: it only rises, and nothing it covers is sent, so entries
-    /// the peer gave us are not served straight back to it by the feed
-    /// tail. An optimisation only: past `max_objects` objects (or
+    /// What the peer is known to hold, per object it subscribes to, from
+    /// the entries, chunked entries and snapshots it sent us (read from
+    /// its store, so held there). `peer_vv` starts from the peer's `Have`s
+    /// and follows what we sent (lowered when data is lost); this is
+    /// evidence of the rest: it only rises, and nothing it covers is sent,
+    /// so entries the peer gave us are not served straight back to it by
+    /// the feed tail. An optimisation only: past `max_objects` objects (or
     /// `max_collection_len` replicas in one) nothing more is recorded.
     peer_holds: HashMap<String, VersionVector>,
     round: u32,
@@ -969,7 +969,6 @@ impl Session {
                 continue;
             }
             self.track(&object)?;
-            self.note_holds(&object, &vv);
             if let Some(slot) = self.peer_vv.get_mut(&object) {
                 *slot = (vv, self.round);
             }
