@@ -177,8 +177,8 @@ impl OpLog {
         });
     }
 
-    /// Appends a run read from an encoding; `content` indexes `text`, which
-    /// becomes the log's text once every run is in.
+    /// Appends a run read from an encoding; `content` indexes the text,
+    /// which becomes the log's text once every run is in.
     pub(crate) fn push_decoded(
         &mut self,
         lvs: Range<Lv>,
@@ -186,9 +186,8 @@ impl OpLog {
         pos: usize,
         fwd: bool,
         content: Range<usize>,
-        text: &str,
+        ascii: bool,
     ) {
-        let ascii = text.get(content.clone()).is_some_and(str::is_ascii);
         self.runs.push(OpRun {
             lvs,
             kind,
