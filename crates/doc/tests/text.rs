@@ -221,8 +221,9 @@ fn empty_text_round_trips() {
     let empty = Text::new(ReplicaId::from_u64(1));
     let loaded = assert_round_trips(&empty);
     assert!(loaded.is_empty() && loaded.oplog().is_empty());
-    // Header, op count, replica count, three empty sections, codec, length.
-    assert_eq!(empty.encode().len(), 10 + 7);
+    // Header; a raw blob (codec, two lengths) of the op count, replica
+    // count and three empty sections; an empty raw blob of text.
+    assert_eq!(empty.encode().len(), 10 + (3 + 5) + 3);
 }
 
 #[test]
@@ -317,56 +318,60 @@ fn hostile_bodies_are_refused() {
         out
     };
     let replica = 7u64.to_le_bytes();
-    let body = |ops: u8, agents: &[u8], graph: &[u8], op_runs: &[u8], content: &[u8]| {
-        let mut b = vec![ops, 1];
-        b.extend_from_slice(&replica);
+    // Columns as a raw blob, then the text blob `(codec, size, bytes)`.
+    let body = |ops: u8, agents: &[u8], graph: &[u8], op_runs: &[u8], text: (u8, u8, &[u8])| {
+        let mut cols = vec![ops, 1];
+        cols.extend_from_slice(&replica);
         for section in [agents, graph, op_runs] {
-            b.push(section.len() as u8);
-            b.extend_from_slice(section);
+            cols.push(section.len() as u8);
+            cols.extend_from_slice(section);
         }
-        b.extend_from_slice(content);
+        let mut b = vec![0, cols.len() as u8, cols.len() as u8];
+        b.extend_from_slice(&cols);
+        b.extend_from_slice(&[text.0, text.1, text.2.len() as u8]);
+        b.extend_from_slice(text.2);
         b
     };
     // A valid one first: "ab" typed at 0 (one run of two inserts).
-    let good = body(2, &[2], &[2 << 2], &[0b001], &[0, 2, b'a', b'b']);
+    let good = body(2, &[2], &[2 << 2], &[0b001], (0, 2, b"ab"));
     let loaded = Text::load(&frame(&good), ReplicaId::from_u64(1)).expect("valid body loads");
     assert_eq!(loaded.to_string(), "ab");
     let cases: [(&str, Vec<u8>); 9] = [
         (
             "authors short",
-            body(2, &[1], &[2 << 2], &[0b001], &[0, 2, b'a', b'b']),
+            body(2, &[1], &[2 << 2], &[0b001], (0, 2, b"ab")),
         ),
         (
             "graph short",
-            body(2, &[2], &[1 << 2], &[0b001], &[0, 2, b'a', b'b']),
+            body(2, &[2], &[1 << 2], &[0b001], (0, 2, b"ab")),
         ),
         (
             "parent forward",
-            body(2, &[2], &[2 << 2 | 1, 1], &[0b001], &[0, 2, b'a', b'b']),
+            body(2, &[2], &[2 << 2 | 1, 1], &[0b001], (0, 2, b"ab")),
         ),
         (
             "ops short",
-            body(2, &[2], &[2 << 2], &[0b000], &[0, 1, b'a']),
+            body(2, &[2], &[2 << 2], &[0b000], (0, 1, b"a")),
         ),
         (
             "text short",
-            body(2, &[2], &[2 << 2], &[0b001], &[0, 1, b'a']),
+            body(2, &[2], &[2 << 2], &[0b001], (0, 1, b"a")),
         ),
         (
             "text long",
-            body(2, &[2], &[2 << 2], &[0b001], &[0, 3, b'a', b'b', b'c']),
+            body(2, &[2], &[2 << 2], &[0b001], (0, 3, b"abc")),
         ),
         (
             "bad codec",
-            body(2, &[2], &[2 << 2], &[0b001], &[9, 2, b'a', b'b']),
+            body(2, &[2], &[2 << 2], &[0b001], (9, 2, b"ab")),
         ),
         (
             "bad deflate",
-            body(2, &[2], &[2 << 2], &[0b001], &[1, 2, 0xff, 0xff]),
+            body(2, &[2], &[2 << 2], &[0b001], (1, 2, &[0xff, 0xff])),
         ),
         (
             "insert past end",
-            body(2, &[2], &[2 << 2], &[0b101, 2], &[0, 2, b'a', b'b']),
+            body(2, &[2], &[2 << 2], &[0b101, 2], (0, 2, b"ab")),
         ),
     ];
     for (why, bad) in cases {

@@ -9,26 +9,27 @@
 //! | 4 | CRC-32 of the body |
 //! | n | body |
 //!
-//! The body is a few columns, each run-length encoded with LEB128 varints
-//! (signed values zigzag-encoded), in the spirit of diamond-types' format:
+//! The body is two blobs, each a codec (0 = stored as is, 1 = raw
+//! DEFLATE, used when smaller), its decoded length and its stored length
+//! (varints), then the stored bytes: the *columns*, then the inserted text
+//! (UTF-8, in LV order). The columns are run-length encoded with LEB128
+//! varints (signed values zigzag-encoded), in the spirit of diamond-types'
+//! format:
 //!
-//! 1. `ops`: the number of operations.
-//! 2. `replicas`: a count, then each replica id as 8 bytes.
+//! 1. the number of operations;
+//! 2. `replicas`: a count, then each replica id as 8 bytes;
 //! 3. `agents` (length-prefixed): who wrote which operations, one varint per
 //!    run: `len * replicas + index`. Counters are implied: each replica's
-//!    operations are numbered 1, 2, 3… in LV order.
+//!    operations are numbered 1, 2, 3… in LV order;
 //! 4. `graph` (length-prefixed): the causal graph, one entry per run whose
 //!    first operation's parents are not just the operation before it:
 //!    `len << 2 | n` (`n` = number of parents, 3 = a count follows), then
 //!    the parents, newest first, each as a distance back from the entry's
 //!    start (the first) or from the previous parent. Linear history is one
-//!    entry.
+//!    entry;
 //! 5. `ops` (length-prefixed): the operation runs, positions as deltas
 //!    from where the previous run left the cursor (0 for uninterrupted
 //!    typing, and for backspacing); see [`put_op_run`].
-//! 6. `content`: the inserted text, in LV order: a codec (0 = raw UTF-8,
-//!    1 = raw DEFLATE), its length in bytes once decoded, then the bytes up
-//!    to the end of the body.
 //!
 //! Loading decodes the columns straight into the log's run vectors and
 //! replays the log; sequential history replays a run at a time.
@@ -81,7 +82,8 @@ pub(crate) fn encode(oplog: &OpLog) -> Vec<u8> {
         return encode(&canonical);
     }
     framing::frame(MAGIC, VERSION, |mut out| {
-        put(&mut out, oplog.len() as u64);
+        let mut cols = Vec::new();
+        put(&mut cols, oplog.len() as u64);
 
         let mut replicas: Vec<ReplicaId> = Vec::new();
         let mut agents = Vec::new();
@@ -97,11 +99,11 @@ pub(crate) fn encode(oplog: &OpLog) -> Vec<u8> {
             let idx = replicas.iter().position(|r| r == replica).unwrap_or(0) as u64;
             put(&mut agents, (lvs.end - lvs.start) as u64 * n + idx);
         }
-        put(&mut out, n);
+        put(&mut cols, n);
         for r in &replicas {
-            out.extend_from_slice(&r.as_u64().to_le_bytes());
+            cols.extend_from_slice(&r.as_u64().to_le_bytes());
         }
-        put_section(&mut out, &agents);
+        put_section(&mut cols, &agents);
 
         let mut graph = Vec::new();
         for (span, parents) in oplog.graph.entries() {
@@ -118,29 +120,17 @@ pub(crate) fn encode(oplog: &OpLog) -> Vec<u8> {
                 from = p;
             }
         }
-        put_section(&mut out, &graph);
+        put_section(&mut cols, &graph);
 
         let mut ops = Vec::with_capacity(oplog.runs.len() * 2);
         let mut cursor = 0i64;
         for run in &oplog.runs {
             put_op_run(&mut ops, run, &mut cursor);
         }
-        put_section(&mut out, &ops);
+        put_section(&mut cols, &ops);
 
-        let raw = oplog.text.as_bytes();
-        let packed = (raw.len() >= MIN_COMPRESSED).then(|| deflate(raw));
-        match packed {
-            Some(packed) if packed.len() < raw.len() => {
-                put(&mut out, CODEC_DEFLATE);
-                put(&mut out, raw.len() as u64);
-                out.extend_from_slice(&packed);
-            }
-            _ => {
-                put(&mut out, CODEC_RAW);
-                put(&mut out, raw.len() as u64);
-                out.extend_from_slice(raw);
-            }
-        }
+        put_blob(&mut out, &cols);
+        put_blob(&mut out, oplog.text.as_bytes());
         out
     })
 }
@@ -190,6 +180,13 @@ fn put_op_run(out: &mut Vec<u8>, run: &OpRun, cursor: &mut i64) {
 pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<OpLog, LoadError> {
     let body = framing::unframe(MAGIC, VERSION, bytes, limits.max_bytes)?;
     let mut body = Reader::new(body, "body");
+    let cols = take_blob(&mut body, "columns", limits.max_content_bytes)?;
+    let text = take_blob(&mut body, "inserted text", limits.max_content_bytes)?;
+    if !body.is_empty() {
+        return Err(malformed("trailing bytes after the body"));
+    }
+    let text = String::from_utf8(text).map_err(|_| malformed("inserted text is not UTF-8"))?;
+    let mut body = Reader::new(&cols, "columns");
     let total = body.varint()?;
     if total > limits.max_ops {
         return Err(LoadError::TooLarge(format!(
@@ -216,9 +213,10 @@ pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<OpLog, LoadErr
     decode_agents(&mut body.section("agents")?, &replicas, total, &mut oplog)?;
     let frontier = decode_graph(&mut body.section("graph")?, total, &mut oplog)?;
     check_chains(&oplog)?;
-    let mut ops = body.section("ops")?;
-    let text = decode_content(&mut body, limits)?;
-    decode_ops(&mut ops, total, &text, &mut oplog)?;
+    decode_ops(&mut body.section("ops")?, total, &text, &mut oplog)?;
+    if !body.is_empty() {
+        return Err(malformed("trailing bytes after the columns"));
+    }
     oplog.text = text;
     oplog.frontier = frontier;
     Ok(oplog)
@@ -311,25 +309,29 @@ fn check_chains(oplog: &OpLog) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// The inserted text.
-fn decode_content(r: &mut Reader<'_>, limits: &LoadLimits) -> Result<String, LoadError> {
+/// Reads a blob written by [`put_blob`]: at most `limit` bytes once decoded.
+fn take_blob(r: &mut Reader<'_>, what: &str, limit: usize) -> Result<Vec<u8>, LoadError> {
     let codec = r.varint()?;
     let size = r.varint()?;
-    if size > limits.max_content_bytes as u64 {
+    if size > limit as u64 {
         return Err(LoadError::TooLarge(format!(
-            "{size} bytes of text, limit {}",
-            limits.max_content_bytes
+            "{size} bytes of {what}, limit {limit}"
         )));
     }
     let size = size as usize;
-    let payload = r.rest();
-    let bytes = match codec {
-        CODEC_RAW if payload.len() == size => payload.to_vec(),
-        CODEC_RAW => return Err(malformed("text length does not match")),
-        CODEC_DEFLATE => inflate(payload, size)?,
-        _ => return Err(malformed("unknown text codec")),
-    };
-    String::from_utf8(bytes).map_err(|_| malformed("inserted text is not UTF-8"))
+    let stored = r.section("blob")?.rest();
+    match codec {
+        CODEC_RAW if stored.len() == size => Ok(stored.to_vec()),
+        CODEC_RAW => Err(LoadError::Malformed(format!(
+            "{what}: length does not match"
+        ))),
+        CODEC_DEFLATE => {
+            inflate(stored, size).map_err(|why| LoadError::Malformed(format!("{what}: {why}")))
+        }
+        _ => Err(LoadError::Malformed(format!(
+            "{what}: unknown codec {codec}"
+        ))),
+    }
 }
 
 /// Op runs: they cover `0..total`, and inserts consume `text` in order.
@@ -434,6 +436,25 @@ fn put(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// Appends a blob: codec, decoded length, stored length, stored bytes
+/// (DEFLATE when that is smaller).
+fn put_blob(out: &mut Vec<u8>, raw: &[u8]) {
+    let packed = (raw.len() >= MIN_COMPRESSED)
+        .then(|| deflate(raw))
+        .filter(|p| p.len() < raw.len());
+    put(
+        out,
+        if packed.is_some() {
+            CODEC_DEFLATE
+        } else {
+            CODEC_RAW
+        },
+    );
+    put(out, raw.len() as u64);
+    let stored = packed.as_deref().unwrap_or(raw);
+    put_section(out, stored);
+}
+
 /// Appends `bytes` prefixed with their length.
 fn put_section(out: &mut Vec<u8>, bytes: &[u8]) {
     put(out, bytes.len() as u64);
@@ -449,7 +470,7 @@ fn unzigzag(u: u64) -> i64 {
 }
 
 fn deflate(raw: &[u8]) -> Vec<u8> {
-    let mut c = flate2::Compress::new(flate2::Compression::best(), false);
+    let mut c = flate2::Compress::new(flate2::Compression::default(), false);
     let mut out = Vec::with_capacity(raw.len() / 2 + 64);
     loop {
         let before = c.total_in() as usize;
@@ -464,18 +485,34 @@ fn deflate(raw: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Decompresses `packed`, which must decode to exactly `size` bytes.
-fn inflate(packed: &[u8], size: usize) -> Result<Vec<u8>, LoadError> {
+/// Decompresses `packed`, which must decode to exactly `size` bytes. The
+/// output grows as data arrives, so a false `size` cannot make it allocate
+/// much more than the data warrants.
+fn inflate(packed: &[u8], size: usize) -> Result<Vec<u8>, String> {
     let mut d = flate2::Decompress::new(false);
-    let mut out = vec![0u8; size];
-    let status = d
-        .decompress(packed, &mut out, flate2::FlushDecompress::Finish)
-        .map_err(|e| LoadError::Malformed(format!("inserted text: {e}")))?;
-    if status != flate2::Status::StreamEnd
-        || d.total_out() != size as u64
-        || d.total_in() != packed.len() as u64
-    {
-        return Err(malformed("inserted text does not decompress to its length"));
+    let mut out = Vec::with_capacity(size.min(packed.len().saturating_mul(4) + 1024));
+    loop {
+        if out.len() == out.capacity() {
+            let room = size - out.len().min(size);
+            if room == 0 {
+                return Err("decompresses to more than its length".into());
+            }
+            out.reserve_exact(room.min(out.len().max(1 << 16)));
+        }
+        let (was_in, was_out) = (d.total_in(), d.total_out());
+        let rest = packed.get(was_in as usize..).unwrap_or_default();
+        let status = d
+            .decompress_vec(rest, &mut out, flate2::FlushDecompress::None)
+            .map_err(|e| e.to_string())?;
+        if status == flate2::Status::StreamEnd {
+            break;
+        }
+        if d.total_in() == was_in && d.total_out() == was_out && out.len() < out.capacity() {
+            return Err("compressed data is truncated".into());
+        }
+    }
+    if out.len() != size || d.total_in() != packed.len() as u64 {
+        return Err("does not decompress to its length".into());
     }
     Ok(out)
 }
@@ -575,6 +612,29 @@ mod tests {
             .is_err()
         );
         assert!(Reader::new(&[0x80], "t").varint().is_err());
+    }
+
+    #[test]
+    fn inflate_checks_the_declared_length() {
+        let raw = "the quick brown fox jumps over the lazy dog; ".repeat(5000);
+        let packed = deflate(raw.as_bytes());
+        assert!(packed.len() * 10 < raw.len());
+        assert_eq!(inflate(&packed, raw.len()).unwrap(), raw.as_bytes());
+        assert!(
+            inflate(&packed, raw.len() - 1).is_err(),
+            "longer than declared"
+        );
+        assert!(
+            inflate(&packed, raw.len() + 1).is_err(),
+            "shorter than declared"
+        );
+        assert!(
+            inflate(&packed[..packed.len() / 2], raw.len()).is_err(),
+            "cut"
+        );
+        let mut trailing = packed.clone();
+        trailing.push(0);
+        assert!(inflate(&trailing, raw.len()).is_err(), "trailing bytes");
     }
 
     #[test]
