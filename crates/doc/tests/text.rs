@@ -222,8 +222,8 @@ fn empty_text_round_trips() {
     let loaded = assert_round_trips(&empty);
     assert!(loaded.is_empty() && loaded.oplog().is_empty());
     // Header; a raw blob (codec, two lengths) of the op count, replica
-    // count and three empty sections; an empty raw blob of text.
-    assert_eq!(empty.encode().len(), 10 + (3 + 5) + 3);
+    // count and four empty sections; an empty raw blob of text.
+    assert_eq!(empty.encode().len(), 10 + (3 + 6) + 3);
 }
 
 #[test]
@@ -319,10 +319,15 @@ fn hostile_bodies_are_refused() {
     };
     let replica = 7u64.to_le_bytes();
     // Columns as a raw blob, then the text blob `(codec, size, bytes)`.
-    let body = |ops: u8, agents: &[u8], graph: &[u8], op_runs: &[u8], text: (u8, u8, &[u8])| {
+    let with_checkout = |ops: u8,
+                         agents: &[u8],
+                         graph: &[u8],
+                         op_runs: &[u8],
+                         text: (u8, u8, &[u8]),
+                         checkout: &[u8]| {
         let mut cols = vec![ops, 1];
         cols.extend_from_slice(&replica);
-        for section in [agents, graph, op_runs] {
+        for section in [agents, graph, op_runs, checkout] {
             cols.push(section.len() as u8);
             cols.extend_from_slice(section);
         }
@@ -332,6 +337,8 @@ fn hostile_bodies_are_refused() {
         b.extend_from_slice(text.2);
         b
     };
+    let body =
+        |ops, agents, graph, op_runs, text| with_checkout(ops, agents, graph, op_runs, text, &[]);
     // A valid one first: "ab" typed at 0 (one run of two inserts).
     let good = body(2, &[2], &[2 << 2], &[0b001], (0, 2, b"ab"));
     let loaded = Text::load(&frame(&good), ReplicaId::from_u64(1)).expect("valid body loads");
@@ -380,6 +387,58 @@ fn hostile_bodies_are_refused() {
             "{why}"
         );
     }
+    // Checkouts: "ab" typed, stored with its checkout (one run, ops 0..2).
+    let ab = |checkout: &[u8]| {
+        frame(&with_checkout(
+            2,
+            &[2],
+            &[2 << 2],
+            &[0b001],
+            (0, 2, b"ab"),
+            checkout,
+        ))
+    };
+    let loaded = Text::load(&ab(&[1, 0, 1]), ReplicaId::from_u64(1)).expect("checkout loads");
+    assert_eq!(loaded.to_string(), "ab");
+    for (why, checkout) in [
+        ("past the log", &[1, 0, 2][..]),
+        ("an op twice", &[2, 0, 0, 1, 0]),
+        ("trailing bytes", &[1, 0, 1, 5]),
+        ("truncated", &[2, 0, 0]),
+    ] {
+        assert!(
+            Text::load(&ab(checkout), ReplicaId::from_u64(1)).is_err(),
+            "{why}"
+        );
+    }
+    // "a" typed then deleted: a checkout may not name the delete.
+    let deleted = |checkout: &[u8]| {
+        frame(&with_checkout(
+            2,
+            &[2],
+            &[2 << 2],
+            &[0b00, 0b110],
+            (0, 1, b"a"),
+            checkout,
+        ))
+    };
+    let empty = Text::load(&deleted(&[0]), ReplicaId::from_u64(1)).expect("loads");
+    assert!(empty.is_empty());
+    assert!(Text::load(&deleted(&[1, 2, 0]), ReplicaId::from_u64(1)).is_err());
+    // A checkout that is well-formed but disagrees with the history ("b"
+    // where the history says "ab") cannot be told apart without a replay;
+    // changes that do not fit it are refused, never a panic.
+    let mut lying = Text::load(&ab(&[1, 2, 0]), ReplicaId::from_u64(1)).expect("loads");
+    assert_eq!(lying.to_string(), "b");
+    let mut honest = Text::load(&ab(&[1, 0, 1]), ReplicaId::from_u64(9)).unwrap();
+    honest.insert(2, "!").unwrap();
+    assert!(
+        lying
+            .apply_changes(&honest.changes_since(lying.version()))
+            .is_err()
+    );
+    assert_eq!(lying.to_string(), "b");
+
     // Past the op limit: a typed "too large" error, before any work.
     let limits = LoadLimits {
         max_ops: 1,

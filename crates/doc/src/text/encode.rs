@@ -29,18 +29,31 @@
 //!    entry;
 //! 5. `ops` (length-prefixed): the operation runs, positions as deltas
 //!    from where the previous run left the cursor (0 for uninterrupted
-//!    typing, and for backspacing); see [`put_op_run`].
+//!    typing, and for backspacing); see [`put_op_run`];
+//! 6. `checkout` (length-prefixed, empty if absent): which op inserted each
+//!    character of the text at the whole version, in document order, as a
+//!    count of LV runs, then per run the zigzag distance of its start from
+//!    the previous run's end and its length minus one. Written for histories
+//!    that are not one chain, whose replay is costly; loading then reads the
+//!    text from it instead of replaying. A checkout is checked for form
+//!    (runs of insert ops in the log, none named twice) but not replayed, so
+//!    one that disagrees with its history loads as written; merges that do
+//!    not fit the text are refused.
 //!
-//! Loading decodes the columns straight into the log's run vectors and
-//! replays the log; sequential history replays a run at a time.
+//! Loading decodes the columns straight into the log's run vectors, then
+//! takes the text from the checkout, or replays the log (a one-chain
+//! history a run at a time).
 //! Version 1 (postcard columns, LZ4 content) is refused with
 //! [`LoadError::UnsupportedVersion`].
+
+use std::ops::Range;
 
 use converge_crdt::{Dot, ReplicaId};
 
 use crate::error::LoadError;
 use crate::framing;
 use crate::graph::{Frontier, Graph, Lv};
+use crate::text::merge;
 use crate::text::oplog::{OpKind, OpLog, OpRun};
 
 /// Magic prefix of an encoded text.
@@ -76,11 +89,24 @@ impl Default for LoadLimits {
     }
 }
 
-pub(crate) fn encode(oplog: &OpLog) -> Vec<u8> {
+/// Encodes `oplog`. `checkout` is the log's checkout if known (see
+/// [`merge::checkout`]); otherwise it is computed when the history is not
+/// one chain (one-chain histories load fast by replay and need none).
+pub(crate) fn encode(oplog: &OpLog, checkout: Option<&[Range<Lv>]>) -> Vec<u8> {
     // Replicas holding the same ops must write the same bytes.
     if let Some(canonical) = oplog.canonical() {
-        return encode(&canonical);
+        // Renumbered: a known checkout names the old LVs.
+        return encode(&canonical, None);
     }
+    let computed;
+    let checkout = match checkout {
+        Some(c) => Some(c),
+        None if oplog.graph.is_chain() => None,
+        None => {
+            computed = merge::checkout(oplog);
+            computed.as_deref()
+        }
+    };
     framing::frame(MAGIC, VERSION, |mut out| {
         let mut cols = Vec::new();
         put(&mut cols, oplog.len() as u64);
@@ -128,6 +154,18 @@ pub(crate) fn encode(oplog: &OpLog) -> Vec<u8> {
             put_op_run(&mut ops, run, &mut cursor);
         }
         put_section(&mut cols, &ops);
+
+        let mut spans = Vec::new();
+        if let Some(checkout) = checkout {
+            put(&mut spans, checkout.len() as u64);
+            let mut prev = 0i64;
+            for span in checkout {
+                put(&mut spans, zigzag(span.start as i64 - prev));
+                put(&mut spans, (span.end - span.start - 1) as u64);
+                prev = span.end as i64;
+            }
+        }
+        put_section(&mut cols, &spans);
 
         put_blob(&mut out, &cols);
         put_blob(&mut out, oplog.text.as_bytes());
@@ -177,7 +215,14 @@ fn put_op_run(out: &mut Vec<u8>, run: &OpRun, cursor: &mut i64) {
     }
 }
 
-pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<OpLog, LoadError> {
+/// A decoded text: its log, and its checkout with the text it spells when
+/// the encoding holds one.
+pub(crate) struct Decoded {
+    pub(crate) oplog: OpLog,
+    pub(crate) checkout: Option<(Vec<Range<Lv>>, String)>,
+}
+
+pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<Decoded, LoadError> {
     let body = framing::unframe(MAGIC, VERSION, bytes, limits.max_bytes)?;
     let mut body = Reader::new(body, "body");
     let cols = take_blob(&mut body, "columns", limits.max_content_bytes)?;
@@ -214,12 +259,73 @@ pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<OpLog, LoadErr
     let frontier = decode_graph(&mut body.section("graph")?, total, &mut oplog)?;
     check_chains(&oplog)?;
     decode_ops(&mut body.section("ops")?, total, &text, &mut oplog)?;
+    let mut spans = body.section("checkout")?;
     if !body.is_empty() {
         return Err(malformed("trailing bytes after the columns"));
     }
     oplog.text = text;
     oplog.frontier = frontier;
-    Ok(oplog)
+    let checkout = if spans.is_empty() {
+        None
+    } else {
+        // Replicas write their ops in canonical order; a checkout names
+        // LVs in that order, so any other would be misread.
+        if oplog.graph.canonical_order(&oplog.agents).is_some() {
+            return Err(malformed("ops are not in canonical order"));
+        }
+        Some(decode_checkout(&mut spans, &oplog)?)
+    };
+    Ok(Decoded { oplog, checkout })
+}
+
+/// The checkout: disjoint runs of insert ops, in document order; returns
+/// them with the text they spell.
+fn decode_checkout(
+    r: &mut Reader<'_>,
+    oplog: &OpLog,
+) -> Result<(Vec<Range<Lv>>, String), LoadError> {
+    let total = oplog.len();
+    let count = r.varint()?;
+    if count > r.remaining() as u64 {
+        return Err(malformed("checkout is truncated"));
+    }
+    let mut spans = Vec::with_capacity(count as usize);
+    let mut prev: i64 = 0;
+    for _ in 0..count {
+        let start = prev
+            .checked_add(unzigzag(r.varint()?))
+            .and_then(|s| usize::try_from(s).ok());
+        let len = r.varint()?;
+        let span = start
+            .zip(usize::try_from(len).ok())
+            .and_then(|(s, l)| Some(s..s.checked_add(l)?.checked_add(1)?))
+            .filter(|span| span.end <= total)
+            .ok_or_else(|| malformed("checkout names ops the log lacks"))?;
+        prev = span.end as i64;
+        spans.push(span);
+    }
+    if !r.is_empty() {
+        return Err(malformed("trailing bytes after the checkout"));
+    }
+    let mut sorted = spans.clone();
+    sorted.sort_unstable_by_key(|s| s.start);
+    if sorted.windows(2).any(|w| w[0].end > w[1].start) {
+        return Err(malformed("checkout names an op twice"));
+    }
+    let mut text = String::new();
+    for span in &spans {
+        let mut lv = span.start;
+        while lv < span.end {
+            let (run, k) = oplog.run_at(lv);
+            if run.kind != OpKind::Insert {
+                return Err(malformed("checkout names a delete"));
+            }
+            let n = (run.lvs.end - lv).min(span.end - lv);
+            text.push_str(oplog.run_text(run, k, n));
+            lv += n;
+        }
+    }
+    Ok((spans, text))
 }
 
 /// Authors: runs must cover `0..total`; counters follow from LV order.
