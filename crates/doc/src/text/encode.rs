@@ -94,9 +94,10 @@ impl Default for LoadLimits {
 /// one chain (one-chain histories load fast by replay and need none).
 pub(crate) fn encode(oplog: &OpLog, checkout: Option<&[Range<Lv>]>) -> Vec<u8> {
     // Replicas holding the same ops must write the same bytes.
-    if let Some(canonical) = oplog.canonical() {
+    if let Some((canonical, new_lv)) = oplog.canonical() {
         // Renumbered: a known checkout names the old LVs.
-        return encode(&canonical, None);
+        let renamed = checkout.map(|c| rename(c, &new_lv));
+        return encode(&canonical, renamed.as_deref());
     }
     let computed;
     let checkout = match checkout {
@@ -171,6 +172,18 @@ pub(crate) fn encode(oplog: &OpLog, checkout: Option<&[Range<Lv>]>) -> Vec<u8> {
         put_blob(&mut out, oplog.text.as_bytes());
         out
     })
+}
+
+/// `checkout` with each LV renamed by `new_lv`, as runs again.
+fn rename(checkout: &[Range<Lv>], new_lv: &[Lv]) -> Vec<Range<Lv>> {
+    let mut out: Vec<Range<Lv>> = Vec::with_capacity(checkout.len());
+    for &lv in checkout.iter().flat_map(|span| &new_lv[span.clone()]) {
+        match out.last_mut() {
+            Some(span) if span.end == lv => span.end += 1,
+            _ => out.push(lv..lv + 1),
+        }
+    }
+    out
 }
 
 /// Writes one op run, moving `cursor` to where the run leaves it.
@@ -268,11 +281,6 @@ pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<Decoded, LoadE
     let checkout = if spans.is_empty() {
         None
     } else {
-        // Replicas write their ops in canonical order; a checkout names
-        // LVs in that order, so any other would be misread.
-        if oplog.graph.canonical_order(&oplog.agents).is_some() {
-            return Err(malformed("ops are not in canonical order"));
-        }
         Some(decode_checkout(&mut spans, &oplog)?)
     };
     Ok(Decoded { oplog, checkout })
@@ -718,6 +726,14 @@ mod tests {
             .is_err()
         );
         assert!(Reader::new(&[0x80], "t").varint().is_err());
+    }
+
+    #[test]
+    fn renamed_checkouts_merge_runs_that_become_adjacent() {
+        let new_lv = [3, 4, 0, 1, 2, 5];
+        assert_eq!(rename(&[0..2, 5..6], &new_lv), vec![3..6]);
+        assert_eq!(rename(&[2..4, 0..1], &new_lv), vec![0..2, 3..4]);
+        assert!(rename(&[], &new_lv).is_empty());
     }
 
     #[test]

@@ -251,8 +251,9 @@ impl OpLog {
     }
 
     /// This log with its ops in canonical order (see
-    /// [`Graph::canonical_order`]), or `None` if it already is.
-    pub(crate) fn canonical(&self) -> Option<Self> {
+    /// [`Graph::canonical_order`]) and each old LV's new LV, or `None` if it
+    /// already is in that order.
+    pub(crate) fn canonical(&self) -> Option<(Self, Vec<Lv>)> {
         let order = self.graph.canonical_order(&self.agents)?;
         let mut new_lv = vec![0; order.len()];
         for (i, lv) in order.iter().enumerate() {
@@ -282,7 +283,7 @@ impl OpLog {
                 text,
             );
         }
-        Some(out)
+        Some((out, new_lv))
     }
 
     /// The operations a replica at `version` lacks, as self-contained runs
