@@ -75,7 +75,7 @@ pub struct LoadLimits {
     pub max_bytes: usize,
     /// Most operations in the history.
     pub max_ops: u64,
-    /// Most bytes of inserted text (after decompression).
+    /// Most bytes of inserted text, and of the columns, once decompressed.
     pub max_content_bytes: usize,
 }
 
