@@ -56,6 +56,8 @@ mod logic;
 mod memory;
 #[cfg(feature = "redb")]
 mod redb_store;
+#[cfg(feature = "redb")]
+mod wal;
 
 pub mod conformance;
 #[cfg(feature = "redb")]
