@@ -17,10 +17,10 @@
 //! the first record that is torn, damaged or out of sequence ends the log: it
 //! was never acknowledged, because its sync never completed.
 //!
-//! The file grows in zero-filled steps (so that a sync after a write inside
-//! it has no file size to update) up to [`CAPACITY`]; a batch that does not
-//! fit, or is larger than [`DIRECT_MAX`], or does more than append, is
-//! committed to redb durably instead, which is a checkpoint.
+//! The first record zero-fills the file to [`CAPACITY`] (so that a sync after
+//! a write inside it has no file size or block allocation to record); a batch
+//! that does not fit, or is larger than [`DIRECT_MAX`], or does more than
+//! append, is committed to redb durably instead, which is a checkpoint.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
@@ -37,8 +37,6 @@ pub(crate) const CAPACITY: u64 = 8 << 20;
 /// The largest record written to the log; a larger batch is committed to redb
 /// durably (it would be written twice for little gain).
 pub(crate) const DIRECT_MAX: usize = 1 << 20;
-/// The first zero-filled size of the log; it doubles from there.
-const FIRST_GROWTH: u64 = 64 << 10;
 
 /// The write-ahead log file of a store, as the writer thread sees it.
 pub(crate) struct Wal {
@@ -75,7 +73,9 @@ impl Wal {
     ) -> Result<Recovered, StoreError> {
         let io = |context| move |e: io::Error| StoreError::backend(context, e);
         let len = file.len().map_err(io("reading the write-ahead log"))?;
-        let mut bytes = vec![0; usize::try_from(len).map_err(|_| too_large(len))?];
+        // The log never grows past its capacity, so no record lies beyond it
+        // (and a foreign file of any size costs no more memory than that).
+        let mut bytes = vec![0; usize::try_from(len.min(CAPACITY)).map_err(|_| too_large(len))?];
         file.read(0, &mut bytes)
             .map_err(io("reading the write-ahead log"))?;
         let header = format::decode_wal_header(&bytes);
@@ -175,11 +175,10 @@ impl Wal {
     pub(crate) fn append(&mut self, record: &[u8]) -> io::Result<()> {
         let end = self.offset + record.len() as u64;
         if end > self.len {
-            // Zero-fill ahead, so that the syncs of the next records find the
-            // blocks allocated and the file size unchanged.
-            let target = end
-                .max((self.len * 2).clamp(FIRST_GROWTH, CAPACITY))
-                .next_multiple_of(FIRST_GROWTH);
+            // Zero-fill the whole log at once, so that the syncs of all later
+            // records find the blocks allocated and the file size unchanged
+            // (measured: see FORMAT.md, *Measurements*).
+            let target = end.max(CAPACITY);
             let zeros = vec![0; usize::try_from(target - end).map_err(io::Error::other)?];
             self.file.write(end, &zeros)?;
             self.len = target;
