@@ -32,6 +32,11 @@
 //! active at the last answer, so that writers in a loop all share each sync
 //! instead of splitting into two alternating groups.
 //!
+//! A caller alone (nothing queued, nothing being committed, and at most one
+//! caller active at the last commit) commits its own job on its own thread,
+//! through the same path: the hand-off to the writer thread and back costs
+//! two thread wake-ups, which on a loaded machine cost as much as the sync.
+//!
 //! Each job checks everything before writing anything, so a job rejected for
 //! its input (a gap, a conflict) leaves the shared transaction untouched and
 //! only its own caller sees the error. If storage fails after a job started
@@ -41,7 +46,7 @@
 use std::collections::VecDeque;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -130,6 +135,12 @@ struct Shared {
     jobs: AtomicU64,
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// The write-ahead log and the commit path: held by whoever commits
+    /// (the writer thread, or a caller committing its own job inline).
+    writer: Mutex<Writer>,
+    /// Callers seen active at the last commit (its jobs plus those queued
+    /// then): a caller commits inline only while this is at most 1.
+    active: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -268,11 +279,17 @@ impl RedbStore {
             jobs: AtomicU64::new(0),
             queue: Mutex::default(),
             wake: Condvar::new(),
+            writer: Mutex::new(Writer {
+                wal,
+                store_id: checkpoint.store_id,
+                failed: None,
+            }),
+            active: AtomicUsize::new(0),
         });
         let for_writer = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("converge-store-writer".into())
-            .spawn(move || write_loop(&for_writer, wal, checkpoint.store_id))
+            .spawn(move || write_loop(&for_writer))
             .map_err(|e| StoreError::backend("starting the writer thread", e))?;
         Ok(Self {
             shared,
@@ -407,9 +424,39 @@ impl RedbStore {
 
     /// Queues a write and waits until it is committed (durable) or rejected.
     fn submit(&self, op: Op) -> Result<Reply, StoreError> {
+        let shared = &*self.shared;
+        {
+            let queue = shared.queue();
+            if queue.stopped || queue.closing {
+                return Err(StoreError::Closed);
+            }
+            // A lone caller commits its own job on its own thread: handing it
+            // to the writer thread and back costs two thread wake-ups per
+            // append, which on a busy machine cost as much as the sync.
+            // Callers that overlap go through the writer thread, which
+            // gathers them into one commit.
+            if queue.jobs.is_empty()
+                && shared.active.load(Ordering::Relaxed) <= 1
+                && let Ok(mut writer) = shared.writer.try_lock()
+            {
+                drop(queue);
+                let mut replies = writer.commit_batch(shared, &[&op]);
+                drop(writer);
+                shared.jobs.fetch_add(1, Ordering::Relaxed);
+                let waiting = shared.queue().jobs.len();
+                shared.active.store(1 + waiting, Ordering::Relaxed);
+                if waiting > 0 {
+                    // Jobs queued behind this commit: the writer thread may
+                    // have been waiting for the lock, or for a wake-up.
+                    shared.wake.notify_one();
+                }
+                // commit_batch answers every op it is given.
+                return replies.pop().ok_or(StoreError::Closed);
+            }
+        }
         let (reply, answer) = mpsc::sync_channel(1);
         {
-            let mut queue = self.shared.queue();
+            let mut queue = shared.queue();
             if queue.stopped {
                 return Err(StoreError::Closed);
             }
@@ -460,6 +507,16 @@ impl std::fmt::Debug for RedbStore {
 }
 
 impl Shared {
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|poisoned| {
+            // A commit panicked midway (its transaction was dropped, so redb
+            // is unchanged): the log's state is unknown, refuse further writes.
+            let mut writer = poisoned.into_inner();
+            writer.failed = Some("a commit panicked".to_owned());
+            writer
+        })
+    }
+
     fn queue(&self) -> MutexGuard<'_, Queue> {
         // The queue is only pushed to and drained; a panic elsewhere cannot
         // leave it inconsistent.
@@ -740,7 +797,7 @@ fn check_tail(db: &Database) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn write_loop(shared: &Shared, wal: Wal, store_id: u64) {
+fn write_loop(shared: &Shared) {
     // On exit, also by panic: refuse new jobs and drop queued ones, whose
     // callers then get `StoreError::Closed` instead of waiting forever.
     struct Stopped<'a>(&'a Shared);
@@ -752,11 +809,6 @@ fn write_loop(shared: &Shared, wal: Wal, store_id: u64) {
         }
     }
     let _stopped = Stopped(shared);
-    let mut writer = Writer {
-        wal,
-        store_id,
-        failed: None,
-    };
     // Callers known to be active: those answered last time plus those that
     // were already queued then. Writers in a loop come straight back after
     // their answer, so the next batch waits briefly for them (see `gather`).
@@ -773,7 +825,7 @@ fn write_loop(shared: &Shared, wal: Wal, store_id: u64) {
                     drop(queue);
                     // A clean close leaves nothing to replay. If it fails,
                     // the next open replays the log instead.
-                    let _ = writer.close(shared);
+                    let _ = shared.writer().close(shared);
                     return;
                 }
                 queue = shared
@@ -786,10 +838,12 @@ fn write_loop(shared: &Shared, wal: Wal, store_id: u64) {
             take_batch(&mut queue.jobs)
         };
         let started = Instant::now();
-        let replies = writer.commit_batch(shared, &jobs);
+        let ops: Vec<&Op> = jobs.iter().map(|job| &job.op).collect();
+        let replies = shared.writer().commit_batch(shared, &ops);
         last_commit = started.elapsed();
         shared.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         expected = (jobs.len() + shared.queue().jobs.len()).min(MAX_BATCH_JOBS);
+        shared.active.store(expected, Ordering::Relaxed);
         for (job, reply) in jobs.into_iter().zip(replies) {
             // A caller that went away (it cannot while blocked, but a panic
             // could unwind it) does not need its answer.
@@ -857,14 +911,14 @@ impl Writer {
     /// Applies a batch of jobs in one transaction and makes it durable: by a
     /// write-ahead log record when the batch only appends, else by a durable
     /// redb commit (a checkpoint).
-    fn commit_batch(&mut self, shared: &Shared, jobs: &[Job]) -> Vec<Reply> {
+    fn commit_batch(&mut self, shared: &Shared, jobs: &[&Op]) -> Vec<Reply> {
         if let Some(why) = &self.failed {
             let e = StoreError::backend("an earlier write failed; reopen the store", why.clone());
-            return jobs.iter().map(|job| job.op.fail(&e)).collect();
+            return jobs.iter().map(|op| op.fail(&e)).collect();
         }
         let txn = match begin(&shared.db) {
             Ok(txn) => txn,
-            Err(e) => return jobs.iter().map(|job| job.op.fail(&e)).collect(),
+            Err(e) => return jobs.iter().map(|op| op.fail(&e)).collect(),
         };
         let mut replies = Vec::with_capacity(jobs.len());
         let mut any_written = false;
@@ -873,9 +927,9 @@ impl Writer {
         let mut logged = Some(Vec::new());
         let applied = (|| {
             let mut tables = write_tables(&txn)?;
-            for job in jobs {
+            for &op in jobs {
                 tables.wrote = false;
-                let reply = job.op.apply(&mut tables, &shared.config);
+                let reply = op.apply(&mut tables, &shared.config);
                 if tables.wrote {
                     if let Some(e) = reply.store_error() {
                         // Storage failed midway through this job: the transaction
@@ -883,7 +937,7 @@ impl Writer {
                         return Err(e);
                     }
                     any_written = true;
-                    match (&job.op, &reply, &mut logged) {
+                    match (op, &reply, &mut logged) {
                         (
                             Op::Append {
                                 object,
@@ -910,7 +964,7 @@ impl Writer {
             Ok(())
         })();
         if let Err(e) = applied {
-            return jobs.iter().map(|job| job.op.fail(&e)).collect();
+            return jobs.iter().map(|op| op.fail(&e)).collect();
         }
         if !any_written {
             // Nothing to make durable (all re-deliveries or rejections); dropping
@@ -927,13 +981,7 @@ impl Writer {
             return replies
                 .into_iter()
                 .zip(jobs)
-                .map(|(reply, job)| {
-                    if reply.is_ok() {
-                        job.op.fail(&e)
-                    } else {
-                        reply
-                    }
-                })
+                .map(|(reply, op)| if reply.is_ok() { op.fail(&e) } else { reply })
                 .collect();
         }
         shared.commits.fetch_add(1, Ordering::Relaxed);
