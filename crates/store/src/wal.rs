@@ -17,8 +17,9 @@
 //! the first record that is torn, damaged or out of sequence ends the log: it
 //! was never acknowledged, because its sync never completed.
 //!
-//! The first record zero-fills the file to [`CAPACITY`] (so that a sync after
-//! a write inside it has no file size or block allocation to record); a batch
+//! The log is zero-filled to [`CAPACITY`] when it is created (so that a sync
+//! after a write inside it has no file size or block allocation to record,
+//! and no append pays for the fill); a batch
 //! that does not fit, or is larger than [`DIRECT_MAX`], or does more than
 //! append, is committed to redb durably instead, which is a checkpoint.
 
@@ -103,17 +104,21 @@ impl Wal {
                 });
             }
             _ => {
-                // Nothing acknowledged can be in it: start it afresh.
+                // Nothing acknowledged can be in it: start it afresh, zero-filled
+                // to its capacity now, so that no append pays for the fill.
+                let mut fresh_log =
+                    vec![0; usize::try_from(CAPACITY).map_err(|_| too_large(CAPACITY))?];
+                fresh_log[..WAL_HEADER_LEN].copy_from_slice(&format::encode_wal_header(store_id));
                 wal.file
                     .set_len(0)
                     .map_err(io("initialising the write-ahead log"))?;
                 wal.file
-                    .write(0, &format::encode_wal_header(store_id))
+                    .write(0, &fresh_log)
                     .map_err(io("initialising the write-ahead log"))?;
                 wal.file
                     .sync_data()
                     .map_err(io("initialising the write-ahead log"))?;
-                wal.len = WAL_HEADER_LEN as u64;
+                wal.len = CAPACITY;
                 return Ok(Recovered {
                     wal,
                     records: Vec::new(),
@@ -175,9 +180,9 @@ impl Wal {
     pub(crate) fn append(&mut self, record: &[u8]) -> io::Result<()> {
         let end = self.offset + record.len() as u64;
         if end > self.len {
-            // Zero-fill the whole log at once, so that the syncs of all later
-            // records find the blocks allocated and the file size unchanged
-            // (measured: see FORMAT.md, *Measurements*).
+            // A log cut short (by damage, or by a crash while it was created):
+            // zero-fill it to its capacity at once, so that the syncs of all
+            // later records find the blocks allocated and the size unchanged.
             let target = end.max(CAPACITY);
             let zeros = vec![0; usize::try_from(target - end).map_err(io::Error::other)?];
             self.file.write(end, &zeros)?;
