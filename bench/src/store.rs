@@ -254,7 +254,7 @@ fn converge_appends(dir: &Path, threads: usize, batch: usize) -> Result<(Vec<f64
     }
     let stats = store.commit_stats();
     drop(store);
-    std::fs::remove_file(&path).map_err(err)?;
+    converge_remove(&path)?;
     Ok((samples, stats.jobs as f64 / stats.commits.max(1) as f64))
 }
 
@@ -390,8 +390,17 @@ fn sqlite_append(
     tx.commit().map_err(err)
 }
 
+/// Removes a converge store: the database and its write-ahead log.
+fn converge_remove(path: &Path) -> Result<(), String> {
+    remove_with_suffixes(path, &["", "-wal"])
+}
+
 fn sqlite_remove(path: &Path) -> Result<(), String> {
-    for suffix in ["", "-wal", "-shm"] {
+    remove_with_suffixes(path, &["", "-wal", "-shm"])
+}
+
+fn remove_with_suffixes(path: &Path, suffixes: &[&str]) -> Result<(), String> {
+    for suffix in suffixes {
         let mut p = path.as_os_str().to_owned();
         p.push(suffix);
         match std::fs::remove_file(&p) {
@@ -665,7 +674,7 @@ fn scan_cases(opts: &Options, dir: &Path, out: &mut Vec<Record>) {
         }
         Err(e) => push(out, "load-1m", CONVERGE, MBS, Err(e)),
     }
-    let _ = std::fs::remove_file(&path);
+    let _ = converge_remove(&path);
     let path = dir.join("sqlite-scan.db");
     match sqlite_load(&path) {
         Ok((conn, mbs)) => {
@@ -698,7 +707,7 @@ fn vv_cases(opts: &Options, dir: &Path, out: &mut Vec<Record>) {
         })
     });
     both(CONVERGE, r);
-    let _ = std::fs::remove_file(&path);
+    let _ = converge_remove(&path);
     let path = dir.join("sqlite-vv.db");
     let r = sqlite_vv_store(&path).and_then(|conn| {
         let mut query = conn.prepare_cached(SQL_VV).map_err(err)?;

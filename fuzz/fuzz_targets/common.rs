@@ -1,10 +1,10 @@
 //! Helpers shared by the fuzz targets.
 
-/// Prepends a valid header (`magic`, version 1, CRC-32 of `body`), so the
-/// fuzzer's input reaches the decoders behind the checksum.
-pub fn framed(magic: &[u8; 4], body: &[u8]) -> Vec<u8> {
+/// Prepends a valid header (`magic`, format `version`, CRC-32 of `body`),
+/// so the fuzzer's input reaches the decoders behind the checksum.
+pub fn framed(magic: &[u8; 4], version: u16, body: &[u8]) -> Vec<u8> {
     let mut out = magic.to_vec();
-    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&crc32(body).to_le_bytes());
     out.extend_from_slice(body);
     out

@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 type Nested = ORMap<u8, OrMapStore<u8, MvRegStore<u32>>>;
 
 fuzz_target!(|data: &[u8]| {
-    let framed = common::framed(b"CVcr", data);
+    let framed = common::framed(b"CVcr", 1, data);
     if let Ok(mut v) = codec::decode::<Nested>(&framed) {
         let w = v.clone();
         v.merge(&w);

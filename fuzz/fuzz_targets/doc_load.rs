@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let _ = Doc::load(data, ReplicaId::from_u64(1));
     // With a valid header, so the fuzzer reaches the body's decoders.
-    let framed = common::framed(b"CVch", data);
+    let framed = common::framed(b"CVch", 1, data);
     if let Ok(doc) = Doc::load(&framed, ReplicaId::from_u64(1)) {
         let again = Doc::load(&doc.encode(), ReplicaId::from_u64(2)).expect("re-encoding loads");
         assert_eq!(again.to_json(), doc.to_json());

@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = Text::load(data, ReplicaId::from_u64(1));
-    let framed = common::framed(b"CVtx", data);
+    let framed = common::framed(b"CVtx", 2, data);
     if let Ok(text) = Text::load(&framed, ReplicaId::from_u64(1)) {
         let again = Text::load(&text.encode(), ReplicaId::from_u64(2)).expect("re-encoding loads");
         assert_eq!(again.to_string(), text.to_string());

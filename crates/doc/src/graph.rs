@@ -74,6 +74,12 @@ impl Graph {
         });
     }
 
+    /// Whether the history is one chain: every operation but the first was
+    /// made on exactly the one before it (the empty history is one too).
+    pub(crate) fn is_chain(&self) -> bool {
+        self.entries.len() <= 1
+    }
+
     /// Entries in LV order: each run and the parents of its first op.
     pub(crate) fn entries(&self) -> impl Iterator<Item = (Range<Lv>, &[Lv])> + '_ {
         self.entries

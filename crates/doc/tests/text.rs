@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use converge_crdt::{Dot, ReplicaId, VersionVector};
-use converge_doc::text::{OpKind, Text, TextChange};
+use converge_doc::text::{LoadError, LoadLimits, OpKind, Text, TextChange};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::Value;
@@ -202,6 +202,252 @@ fn corrupt_encodings_are_rejected() {
             "flip at {i}"
         );
     }
+}
+
+/// Loads `text`'s encoding as another replica and checks that it holds the
+/// same text and history (and re-encodes to the same bytes).
+fn assert_round_trips(text: &Text) -> Text {
+    let bytes = text.encode();
+    let loaded = Text::load(&bytes, ReplicaId::from_u64(77)).expect("loads");
+    assert_eq!(loaded.to_string(), text.to_string());
+    assert_eq!(loaded.version(), text.version());
+    assert_eq!(loaded.oplog().len(), text.oplog().len());
+    assert_eq!(loaded.encode(), bytes, "re-encoding is stable");
+    loaded
+}
+
+#[test]
+fn empty_text_round_trips() {
+    let empty = Text::new(ReplicaId::from_u64(1));
+    let loaded = assert_round_trips(&empty);
+    assert!(loaded.is_empty() && loaded.oplog().is_empty());
+    // Header; a raw blob (codec, two lengths) of the op count, replica
+    // count and four empty sections; an empty raw blob of text.
+    assert_eq!(empty.encode().len(), 10 + (3 + 6) + 3);
+}
+
+#[test]
+fn history_that_deletes_everything_round_trips() {
+    let mut t = Text::new(ReplicaId::from_u64(1));
+    t.insert(0, "abcdefghij").unwrap();
+    // Backspace from the end, delete-key from the start, then one at a time.
+    for _ in 0..3 {
+        t.delete(t.len_chars() - 1, 1).unwrap();
+    }
+    t.delete(0, 2).unwrap();
+    t.delete(0, 1).unwrap();
+    t.delete(0, 1).unwrap();
+    t.delete(1, 1).unwrap();
+    t.delete(0, 1).unwrap();
+    t.delete(0, 1).unwrap();
+    assert!(t.is_empty());
+    let loaded = assert_round_trips(&t);
+    assert!(loaded.is_empty());
+    assert_eq!(loaded.oplog().len(), 20);
+}
+
+#[test]
+fn unicode_text_round_trips() {
+    let mut t = Text::new(ReplicaId::from_u64(1));
+    // Long enough for the inserted text to be compressed.
+    let line = "héllo wörld — γειά σου κόσμε — こんにちは 🌍🚀\n";
+    for i in 0..20 {
+        t.insert(i * 3, line).unwrap();
+    }
+    t.delete(5, 40).unwrap();
+    t.insert(7, "ß").unwrap();
+    for _ in 0..4 {
+        t.delete(30, 1).unwrap(); // delete key
+    }
+    for k in 0..4 {
+        t.delete(60 - k, 1).unwrap(); // backspace over multi-byte chars
+    }
+    let loaded = assert_round_trips(&t);
+    // The loaded replica edits on: its positions still count characters.
+    let mut edited = loaded.clone();
+    edited.insert(1, "€").unwrap();
+    assert_eq!(edited.to_string().chars().nth(1), Some('€'));
+}
+
+#[test]
+fn concurrent_history_round_trips_and_loaded_replicas_keep_merging() {
+    let mut a = Text::new(ReplicaId::from_u64(1));
+    a.insert(0, "shared base text").unwrap();
+    let mut b = Text::new(ReplicaId::from_u64(2));
+    b.apply_changes(&a.changes_since(b.version())).unwrap();
+    a.insert(6, "AAA").unwrap();
+    b.delete(0, 7).unwrap();
+    b.insert(0, "BB").unwrap();
+    let (from_a, from_b) = (a.changes_since(b.version()), b.changes_since(a.version()));
+    a.apply_changes(&from_b).unwrap();
+    b.apply_changes(&from_a).unwrap();
+    assert_eq!(a.to_string(), b.to_string());
+    // Both replicas write the same bytes for the same history.
+    assert_eq!(a.encode(), b.encode());
+    let mut loaded = assert_round_trips(&a);
+    b.insert(1, "later").unwrap();
+    loaded
+        .apply_changes(&b.changes_since(loaded.version()))
+        .unwrap();
+    assert_eq!(loaded.to_string(), b.to_string());
+}
+
+#[test]
+fn version_1_encodings_are_refused_clearly() {
+    let mut t = Text::new(ReplicaId::from_u64(1));
+    t.insert(0, "x").unwrap();
+    let mut bytes = t.encode();
+    bytes[4..6].copy_from_slice(&1u16.to_le_bytes());
+    match Text::load(&bytes, ReplicaId::from_u64(2)) {
+        Err(LoadError::UnsupportedVersion {
+            found: 1,
+            supported: 2,
+        }) => {}
+        other => panic!("expected an unsupported-version error, got {other:?}"),
+    }
+}
+
+/// Hand-made bodies with a valid checksum: each breaks one rule.
+#[test]
+fn hostile_bodies_are_refused() {
+    let frame = |body: &[u8]| {
+        let mut out = b"CVtx".to_vec();
+        out.extend_from_slice(&2u16.to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        out.extend_from_slice(body);
+        out
+    };
+    let replica = 7u64.to_le_bytes();
+    // Columns as a raw blob, then the text blob `(codec, size, bytes)`.
+    let with_checkout = |ops: u8,
+                         agents: &[u8],
+                         graph: &[u8],
+                         op_runs: &[u8],
+                         text: (u8, u8, &[u8]),
+                         checkout: &[u8]| {
+        let mut cols = vec![ops, 1];
+        cols.extend_from_slice(&replica);
+        for section in [agents, graph, op_runs, checkout] {
+            cols.push(section.len() as u8);
+            cols.extend_from_slice(section);
+        }
+        let mut b = vec![0, cols.len() as u8, cols.len() as u8];
+        b.extend_from_slice(&cols);
+        b.extend_from_slice(&[text.0, text.1, text.2.len() as u8]);
+        b.extend_from_slice(text.2);
+        b
+    };
+    let body =
+        |ops, agents, graph, op_runs, text| with_checkout(ops, agents, graph, op_runs, text, &[]);
+    // A valid one first: "ab" typed at 0 (one run of two inserts).
+    let good = body(2, &[2], &[2 << 2], &[0b001], (0, 2, b"ab"));
+    let loaded = Text::load(&frame(&good), ReplicaId::from_u64(1)).expect("valid body loads");
+    assert_eq!(loaded.to_string(), "ab");
+    let cases: [(&str, Vec<u8>); 9] = [
+        (
+            "authors short",
+            body(2, &[1], &[2 << 2], &[0b001], (0, 2, b"ab")),
+        ),
+        (
+            "graph short",
+            body(2, &[2], &[1 << 2], &[0b001], (0, 2, b"ab")),
+        ),
+        (
+            "parent forward",
+            body(2, &[2], &[2 << 2 | 1, 1], &[0b001], (0, 2, b"ab")),
+        ),
+        (
+            "ops short",
+            body(2, &[2], &[2 << 2], &[0b000], (0, 1, b"a")),
+        ),
+        (
+            "text short",
+            body(2, &[2], &[2 << 2], &[0b001], (0, 1, b"a")),
+        ),
+        (
+            "text long",
+            body(2, &[2], &[2 << 2], &[0b001], (0, 3, b"abc")),
+        ),
+        (
+            "bad codec",
+            body(2, &[2], &[2 << 2], &[0b001], (9, 2, b"ab")),
+        ),
+        (
+            "bad deflate",
+            body(2, &[2], &[2 << 2], &[0b001], (1, 2, &[0xff, 0xff])),
+        ),
+        (
+            "insert past end",
+            body(2, &[2], &[2 << 2], &[0b101, 2], (0, 2, b"ab")),
+        ),
+    ];
+    for (why, bad) in cases {
+        assert!(
+            Text::load(&frame(&bad), ReplicaId::from_u64(1)).is_err(),
+            "{why}"
+        );
+    }
+    // Checkouts: "ab" typed, stored with its checkout (one run, ops 0..2).
+    let ab = |checkout: &[u8]| {
+        frame(&with_checkout(
+            2,
+            &[2],
+            &[2 << 2],
+            &[0b001],
+            (0, 2, b"ab"),
+            checkout,
+        ))
+    };
+    let loaded = Text::load(&ab(&[1, 0, 1]), ReplicaId::from_u64(1)).expect("checkout loads");
+    assert_eq!(loaded.to_string(), "ab");
+    for (why, checkout) in [
+        ("past the log", &[1, 0, 2][..]),
+        ("an op twice", &[2, 0, 0, 1, 0]),
+        ("trailing bytes", &[1, 0, 1, 5]),
+        ("truncated", &[2, 0, 0]),
+    ] {
+        assert!(
+            Text::load(&ab(checkout), ReplicaId::from_u64(1)).is_err(),
+            "{why}"
+        );
+    }
+    // "a" typed then deleted: a checkout may not name the delete.
+    let deleted = |checkout: &[u8]| {
+        frame(&with_checkout(
+            2,
+            &[2],
+            &[2 << 2],
+            &[0b00, 0b110],
+            (0, 1, b"a"),
+            checkout,
+        ))
+    };
+    let empty = Text::load(&deleted(&[0]), ReplicaId::from_u64(1)).expect("loads");
+    assert!(empty.is_empty());
+    assert!(Text::load(&deleted(&[1, 2, 0]), ReplicaId::from_u64(1)).is_err());
+    // A checkout that is well-formed but disagrees with the history ("b"
+    // where the history says "ab") cannot be told apart without a replay;
+    // changes that do not fit it are refused, never a panic.
+    let mut lying = Text::load(&ab(&[1, 2, 0]), ReplicaId::from_u64(1)).expect("loads");
+    assert_eq!(lying.to_string(), "b");
+    let mut honest = Text::load(&ab(&[1, 0, 1]), ReplicaId::from_u64(9)).unwrap();
+    honest.insert(2, "!").unwrap();
+    assert!(
+        lying
+            .apply_changes(&honest.changes_since(lying.version()))
+            .is_err()
+    );
+    assert_eq!(lying.to_string(), "b");
+
+    // Past the op limit: a typed "too large" error, before any work.
+    let limits = LoadLimits {
+        max_ops: 1,
+        ..LoadLimits::default()
+    };
+    assert!(matches!(
+        Text::load_with_limits(&frame(&good), ReplicaId::from_u64(1), &limits),
+        Err(LoadError::TooLarge(_))
+    ));
 }
 
 #[test]

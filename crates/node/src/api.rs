@@ -36,6 +36,9 @@ const MAX_BODY: usize = 16 << 20;
 /// batches up to the 1 MiB frame limit) are read whole.
 const SYNC_READ_BUFFER: usize = 8 << 10;
 
+/// Largest document encoding `POST /v1/docs/{id}/import` accepts: 64 MiB.
+const MAX_IMPORT_BODY: usize = 64 << 20;
+
 #[derive(Clone)]
 struct AppState {
     node: Arc<Node>,
@@ -53,6 +56,11 @@ pub fn router(node: Arc<Node>, metrics: Option<PrometheusHandle>) -> Router {
         .route("/v1/docs/{id}", get(get_doc).delete(delete_doc))
         .route("/v1/docs/{id}/changes", post(post_changes))
         .route("/v1/docs/{id}/watch", get(watch_doc))
+        .route("/v1/docs/{id}/export", get(export_doc))
+        .route(
+            "/v1/docs/{id}/import",
+            post(import_doc).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY)),
+        )
         .route("/v1/sync", get(sync_socket))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route".into())
@@ -229,7 +237,14 @@ async fn watch_doc(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let rx = state.node.watch(&id).await?;
-    let stream = BroadcastStream::new(rx).filter_map(|batch| {
+    // The stream ends when the node stops, or graceful shutdown would wait
+    // for the watcher to hang up.
+    let mut stopping = state.node.sync().stopping();
+    let stopped = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    let stream = futures_util::StreamExt::take_until(BroadcastStream::new(rx), stopped);
+    let stream = stream.filter_map(|batch| {
         // A watcher that falls behind skips what it missed (a lagged error);
         // it can re-read the document to resynchronise.
         let batch = batch.ok()?;
@@ -241,6 +256,33 @@ async fn watch_doc(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// `GET /v1/docs/{id}/export`: the document with its whole history in
+/// converge-doc's canonical encoding (`application/octet-stream`).
+async fn export_doc(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let bytes = state.node.export(&id).await?;
+    metrics::counter!("converge_http_exports_total").increment(1);
+    Ok(([("content-type", "application/octet-stream")], bytes).into_response())
+}
+
+/// `POST /v1/docs/{id}/import`: merges an encoding as `export` gives into
+/// the document; answers with what it added once durable.
+async fn import_doc(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let outcome = state.node.import(&id, body.to_vec()).await?;
+    metrics::counter!("converge_http_imports_total").increment(1);
+    Ok(Json(json!({
+        "ops_added": outcome.ops_added,
+        "entries": outcome.entries,
+        "version": vv_json(&outcome.version),
+    })))
 }
 
 /// `GET /v1/sync`: a WebSocket speaking the sync protocol, one frame per

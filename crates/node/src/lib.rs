@@ -8,8 +8,10 @@
 //! ## Main types
 //!
 //! - [`Node`]: the replica (its id, its store, the documents it has open).
-//! - [`router`]: the HTTP API on top of a node, and [`serve`] to run it
-//!   until a shutdown signal.
+//! - `router`: the HTTP API on top of a node, and `serve` to run it
+//!   until a shutdown signal (both with the default `http` feature).
+//! - [`sync_with_peers`]: replication with the configured peers without
+//!   a listener, for embedded replicas such as `converge-client`.
 //!
 //! ## HTTP API
 //!
@@ -18,7 +20,9 @@
 //! | `GET /v1/docs` | list documents (`?prefix=&after=&limit=`) |
 //! | `GET /v1/docs/{id}` | the document as JSON (404 if unknown) |
 //! | `POST /v1/docs/{id}/changes` | a JSON array of changes, applied as one change; answers with the new version vector once durable |
-//! | `GET /v1/docs/{id}/watch` | server-sent events, one per patch |
+//! | `GET /v1/docs/{id}/watch` | server-sent events, one per batch of patches; the stream ends when the node shuts down |
+//! | `GET /v1/docs/{id}/export` | the document with its whole history, in converge-doc's canonical encoding ([`converge_doc::Doc::encode`]), as `application/octet-stream` |
+//! | `POST /v1/docs/{id}/import` | merges such an encoding (body up to 64 MiB) into the document, creating it if needed; answers `{"ops_added", "entries", "version"}` once durable; bad bytes are a 400 and write nothing; importing twice adds nothing |
 //! | `GET /v1/status` | replica id, documents, store figures, sync peers |
 //! | `GET /v1/sync` | WebSocket: the sync protocol (`converge-sync`), one frame per binary message |
 //! | `GET /healthz` | liveness |
@@ -26,6 +30,10 @@
 //!
 //! Errors are JSON: `{"error": {"code": "...", "message": "..."}}` with a 4xx
 //! or 5xx status; a refused request writes nothing.
+//!
+//! Imported operations keep their authors' ids but are stored as entries of
+//! the importing node's own log (see [`Node::import`] for why), so they
+//! replicate like a local edit and a peer holding them already skips them.
 //!
 //! ## Replication
 //!
@@ -38,10 +46,16 @@
 //! sans-IO session; calls that may write to the store run on blocking
 //! threads, reads on the task.
 
+#[cfg(feature = "http")]
 mod api;
 mod node;
 mod sync;
 
+// Replication without a listener, for embedders (converge-client).
+pub use converge_sync::Interest;
+pub use sync::{PeerConnection, sync_with_peers};
+
+#[cfg(feature = "http")]
 pub use api::{router, serve};
 pub use converge_doc::PathChange;
-pub use node::{Node, NodeConfig, NodeError};
+pub use node::{ImportOutcome, Node, NodeConfig, NodeError};

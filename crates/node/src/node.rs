@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use converge_crdt::{ReplicaId, VersionVector};
+use converge_crdt::{Dot, ReplicaId, VersionVector};
 use converge_doc::{Change, Doc, DocError, Patch, PathChange, decode_changes, encode_changes};
 use converge_store::{
     AppendError, Entry, ReadError, RedbStore, Store, StoreError, validate_object_id,
 };
+use converge_sync::Interest;
 use tokio::sync::{broadcast, watch};
 
 use crate::sync::SyncHub;
@@ -25,6 +26,10 @@ pub struct NodeConfig {
     pub max_changes_per_request: usize,
     /// Peers to connect to and sync with (`ws://HOST:PORT/v1/sync`).
     pub peers: Vec<String>,
+    /// The objects this node asks of the peers it dials: by default every
+    /// one. A replica holding a slice of a node's documents (a client)
+    /// narrows it; it still sends every object of its own the peer wants.
+    pub peer_interest: Interest,
     /// Most sync sessions accepted at once on `/v1/sync`.
     pub max_sync_sessions: usize,
 }
@@ -37,6 +42,7 @@ impl NodeConfig {
             replica: None,
             max_changes_per_request: 10_000,
             peers: Vec::new(),
+            peer_interest: Interest::Prefix(String::new()),
             max_sync_sessions: 256,
         }
     }
@@ -160,6 +166,23 @@ impl FlushFailure {
         }
     }
 }
+
+/// What [`Node::import`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImportOutcome {
+    /// Operations the node did not hold before (0: it held everything).
+    pub ops_added: u64,
+    /// Entries appended to this node's log to carry them.
+    pub entries: u64,
+    /// The document's log version vector afterwards.
+    pub version: VersionVector,
+}
+
+/// Imported changes are cut into entries of about this size, well under the
+/// store's entry limit and the sync protocol's frame size, so that a large
+/// import stores and replicates like ordinary edits.
+const IMPORT_ENTRY_BYTES: usize = 256 << 10;
 
 /// A replica hosting many documents on a durable store.
 pub struct Node {
@@ -310,11 +333,22 @@ impl Node {
             patches,
             ops: new.iter().map(|c| c.ops.len() as u64).sum(),
         });
-        let mut durable = guard.durable.subscribe();
+        let durable = guard.durable.subscribe();
         drop(guard);
-        // Wait until a flush covers `seq`, flushing ourselves whenever no
-        // one else is: every writer of a hot document shares one durable
-        // append instead of queueing behind the document's lock.
+        self.await_durable(id, &open, durable, seq).await
+    }
+
+    /// Waits until a flush of `open` covers this node's entry `seq`,
+    /// flushing whenever no one else is: every writer of a hot document
+    /// shares one durable append instead of queueing behind its lock.
+    /// Returns the document's log version vector after that flush.
+    async fn await_durable(
+        &self,
+        id: &str,
+        open: &Arc<tokio::sync::Mutex<OpenDoc>>,
+        mut durable: watch::Receiver<Durable>,
+        seq: u64,
+    ) -> Result<VersionVector, NodeError> {
         loop {
             match &*durable.borrow_and_update() {
                 Durable {
@@ -360,9 +394,123 @@ impl Node {
         }
     }
 
+    /// The document `id` with its whole history, in converge-doc's canonical
+    /// encoding ([`Doc::encode`]): what [`Node::import`] takes back, on this
+    /// node or any other.
+    pub async fn export(&self, id: &str) -> Result<Vec<u8>, NodeError> {
+        let open = self.open_doc(id, false).await?;
+        let guard = open.lock().await;
+        Ok(guard.doc.encode())
+    }
+
+    /// Merges a document encoding ([`Doc::encode`], as [`Node::export`]
+    /// gives) into the document `id`, creating it if needed, durably.
+    ///
+    /// The bytes are validated whole first (decoded and replayed into a
+    /// scratch document): bad bytes are a [`NodeError::BadRequest`] and
+    /// nothing is written. Then the changes this node lacks are applied and
+    /// appended as entries of **this node's own log**, like a local edit, so
+    /// they replicate to peers. They are not written into their authors'
+    /// logs: a replica's log seqs are that replica's alone, and an entry
+    /// made up here at a seq its author later uses for other bytes would be
+    /// a conflict that splits the log for good (DESIGN.md: a replica only
+    /// ever appends to its own log). Operations keep their authors' ids, so
+    /// a peer that also gets them from their authors holds them once.
+    ///
+    /// Importing what the node already holds appends nothing.
+    pub async fn import(&self, id: &str, bytes: Vec<u8>) -> Result<ImportOutcome, NodeError> {
+        validate_object_id(id).map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        let replica = self.replica;
+        // Replaying a history is CPU work: keep it off the async threads.
+        let incoming = tokio::task::spawn_blocking(move || Doc::load(&bytes, replica))
+            .await
+            .map_err(|e| NodeError::Storage(format!("import task failed: {e}")))?
+            .map_err(|e| {
+                NodeError::BadRequest(format!("not a valid converge document encoding: {e}"))
+            })?;
+        if incoming.history_len() == 0 {
+            // Nothing to merge: do not open (and so create) the document.
+            return Ok(ImportOutcome {
+                ops_added: 0,
+                entries: 0,
+                version: self.log_version_or_empty(id).await?,
+            });
+        }
+        let open = self.open_doc(id, true).await?;
+        let mut guard = open.lock().await;
+        let missing = incoming.changes_since(guard.doc.version());
+        if missing.is_empty() {
+            drop(guard);
+            return Ok(ImportOutcome {
+                ops_added: 0,
+                entries: 0,
+                version: self.log_version_or_empty(id).await?,
+            });
+        }
+        if guard.failed {
+            drop(guard);
+            self.evict(id);
+            return Err(NodeError::Storage(
+                "an earlier write to this document failed; retry".into(),
+            ));
+        }
+        let ops_added = missing.iter().map(|c| c.ops.len() as u64).sum();
+        let patches = guard.doc.apply_changes(&missing)?;
+        let first = guard.next_seq;
+        let entries: Vec<Entry> = chunk_changes(missing, IMPORT_ENTRY_BYTES)
+            .into_iter()
+            .zip(first..)
+            .map(|(chunk, seq)| Entry::new(seq, encode_changes(&chunk)))
+            .collect();
+        let count = entries.len() as u64;
+        let last = first + count - 1;
+        guard.next_seq = last + 1;
+        // Through the document's append queue, behind any change waiting
+        // there, so that seqs reach the store in order; the patches go out
+        // with the last entry, once all are durable.
+        let mut patches = Some(patches);
+        for entry in entries {
+            let is_last = entry.seq == last;
+            guard.unflushed.push(Unflushed {
+                entry,
+                patches: if is_last {
+                    patches.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                ops: 0,
+            });
+        }
+        let durable = guard.durable.subscribe();
+        drop(guard);
+        let version = self.await_durable(id, &open, durable, last).await?;
+        metrics::counter!("converge_ops_imported_total").increment(ops_added);
+        Ok(ImportOutcome {
+            ops_added,
+            entries: count,
+            version,
+        })
+    }
+
     /// Patches of `id` as they happen (the document must exist).
     pub async fn watch(&self, id: &str) -> Result<broadcast::Receiver<Arc<Vec<Patch>>>, NodeError> {
         let open = self.open_doc(id, false).await?;
+        let guard = open.lock().await;
+        Ok(guard.patches.subscribe())
+    }
+
+    /// Patches of `id` as they happen, like [`Node::watch`], but also for a
+    /// document that has no entries yet: it is opened empty (nothing is
+    /// written) so that the first local change or the first entries a peer
+    /// brings reach the receiver. An embedded client subscribes this way
+    /// before its first sync. Until something is written, [`Node::get`]
+    /// reads such a document as empty rather than not found, so a server
+    /// answering HTTP should keep to [`Node::watch`].
+    pub async fn watch_new(
+        &self,
+        id: &str,
+    ) -> Result<broadcast::Receiver<Arc<Vec<Patch>>>, NodeError> {
+        let open = self.open_doc(id, true).await?;
         let guard = open.lock().await;
         Ok(guard.patches.subscribe())
     }
@@ -389,6 +537,14 @@ impl Node {
             .await
             .map_err(|e| NodeError::Storage(e.to_string()))?
             .map_err(read_error)
+    }
+
+    /// [`Node::log_version`], but empty for a document that has no entry yet.
+    async fn log_version_or_empty(&self, id: &str) -> Result<VersionVector, NodeError> {
+        match self.log_version(id).await {
+            Err(NodeError::NotFound(_)) => Ok(VersionVector::new()),
+            other => other,
+        }
     }
 
     /// Brings the open document `id` up to date with its logs in the store
@@ -682,4 +838,57 @@ fn append_error(e: AppendError) -> NodeError {
         AppendError::EntryTooLarge { .. } => NodeError::BadRequest(e.to_string()),
         other => NodeError::Storage(other.to_string()),
     }
+}
+
+/// Cuts `changes` (in causal order) into consecutive runs whose encodings
+/// are about `target` bytes at most, for one entry each. A change larger
+/// than that is first split at operation boundaries: the second part starts
+/// at the next counter with the first part's last operation as its only
+/// parent, which is the same history (within a change each operation's
+/// parent is the one before).
+fn chunk_changes(changes: Vec<Change>, target: usize) -> Vec<Vec<Change>> {
+    let mut runs = Vec::new();
+    let (mut run, mut size) = (Vec::new(), 0);
+    for c in changes.into_iter().flat_map(|c| split_change(c, target)) {
+        let len = encode_changes(std::slice::from_ref(&c)).len();
+        if !run.is_empty() && size + len > target {
+            runs.push(std::mem::take(&mut run));
+            size = 0;
+        }
+        size += len;
+        run.push(c);
+    }
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    runs
+}
+
+/// `c` as changes of about `target` encoded bytes (see [`chunk_changes`]).
+fn split_change(c: Change, target: usize) -> Vec<Change> {
+    let len = encode_changes(std::slice::from_ref(&c)).len();
+    if len <= target || c.ops.len() < 2 {
+        return vec![c];
+    }
+    let per = c.ops.len().div_ceil(len.div_ceil(target.max(1)));
+    let Change { id, parents, ops } = c;
+    let mut out: Vec<Change> = Vec::new();
+    let mut ops = ops.into_iter().peekable();
+    let mut counter = id.counter;
+    while ops.peek().is_some() {
+        let piece: Vec<_> = ops.by_ref().take(per).collect();
+        let parents = if out.is_empty() {
+            parents.clone()
+        } else {
+            vec![Dot::new(id.replica, counter - 1)]
+        };
+        let n = piece.len() as u64;
+        out.push(Change {
+            id: Dot::new(id.replica, counter),
+            parents,
+            ops: piece,
+        });
+        counter += n;
+    }
+    out
 }

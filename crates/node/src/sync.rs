@@ -31,10 +31,16 @@
 //!
 //! Peers are trusted ([`Policy::trusted`]): any peer may write as any
 //! replica. Authentication of peers is future work.
+//!
+//! Without a listener (an embedded client), [`sync_with_peers`] runs the
+//! outgoing side alone, and [`Node::peer_connection`] reports each peer's
+//! [`PeerConnection`] as it changes.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use converge_crdt::ReplicaId;
 use converge_sync::{Config, Event, Interest, Limits, Message, Policy, Session, SessionError};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Serialize;
@@ -68,12 +74,71 @@ fn only_reads(bytes: &[u8]) -> bool {
         })
 }
 
+/// Where the connection to one configured peer stands, as
+/// [`Node::peer_connection`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerConnection {
+    /// Dialling the peer (the first time, or again after a backoff).
+    Connecting,
+    /// A sync session with the peer is open: entries flow both ways.
+    Connected {
+        /// The peer's replica id, from its hello.
+        peer: ReplicaId,
+    },
+    /// The last attempt failed or the connection ended; the next attempt
+    /// is made after `retry_in`.
+    Backoff {
+        /// The wait before the next attempt (it doubles after each
+        /// failure, up to 5 s, with jitter).
+        retry_in: Duration,
+        /// Why the last attempt or connection ended.
+        error: String,
+    },
+    /// Syncing with this peer stopped for good: the node shut down.
+    Stopped,
+}
+
+/// Runs the outgoing side of replication alone: keeps a connection to
+/// each of the node's configured peers ([`NodeConfig::peers`]),
+/// reconnecting with backoff and resuming where each left off, until
+/// `shutdown` completes; then closes the sessions and returns once every
+/// peer task has ended.
+///
+/// This is what `serve` does besides listening; an embedded
+/// replica that only dials out (a client of a node) calls this instead.
+/// Stopping is final for the node: its peers are not dialled again.
+pub async fn sync_with_peers(node: Arc<Node>, shutdown: impl Future<Output = ()>) {
+    let peers: Vec<_> = (0..node.sync().peers.len())
+        .map(|i| tokio::spawn(run_peer(node.clone(), i)))
+        .collect();
+    shutdown.await;
+    node.sync().stop();
+    for p in peers {
+        // A peer task ends once its session said goodbye; one that
+        // panicked has nothing left to wait for.
+        let _ = p.await;
+    }
+}
+
+impl Node {
+    /// The state of the connection to the `index`th configured peer
+    /// ([`NodeConfig::peers`]), updated as it changes; `None` if there is
+    /// no such peer. It stays [`PeerConnection::Connecting`] until a task
+    /// ([`sync_with_peers`] or `serve`) dials the peer.
+    pub fn peer_connection(&self, index: usize) -> Option<watch::Receiver<PeerConnection>> {
+        self.sync().peers.get(index).map(|p| p.link.subscribe())
+    }
+}
+
 /// Largest WebSocket message accepted: one frame at the protocol's limit.
 pub(crate) fn max_ws_message() -> usize {
     Limits::default().max_frame_bytes + 64
 }
 
 /// Replication state shared by the node's sync tasks.
+// Without the HTTP listener, no incoming sessions are admitted or reported.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(crate) struct SyncHub {
     /// The zero of the sessions' millisecond clock.
     epoch: Instant,
@@ -111,6 +176,7 @@ impl SyncHub {
     }
 
     /// A permit for one more incoming session, if under the limit.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn try_admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         self.sessions.clone().try_acquire_owned().ok()
     }
@@ -120,7 +186,16 @@ impl SyncHub {
         let _ = self.stop.send(true);
     }
 
+    /// Becomes `true` when the node stops (see [`SyncHub::stop`]): long-lived
+    /// HTTP streams (watchers) end on it so that a graceful shutdown does
+    /// not wait for them forever.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
     /// What `/v1/status` shows.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn status(&self) -> SyncStatus {
         SyncStatus {
             incoming_sessions: self.max_sessions - self.sessions.available_permits(),
@@ -154,6 +229,8 @@ pub(crate) struct PeerStatus {
 struct PeerState {
     url: String,
     status: Mutex<PeerStatus>,
+    /// The connection's state for [`Node::peer_connection`].
+    link: watch::Sender<PeerConnection>,
 }
 
 impl PeerState {
@@ -163,6 +240,7 @@ impl PeerState {
                 url: url.clone(),
                 ..PeerStatus::default()
             }),
+            link: watch::channel(PeerConnection::Connecting).0,
             url,
         }
     }
@@ -213,6 +291,7 @@ impl std::fmt::Display for Ending {
 }
 
 /// Serves one incoming connection until it ends.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(crate) async fn serve_connection<S, E>(node: Arc<Node>, socket: S)
 where
     S: Stream<Item = Result<WsIn, E>> + Sink<Vec<u8>> + Unpin,
@@ -236,8 +315,10 @@ pub(crate) async fn run_peer(node: Arc<Node>, index: usize) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
+            peer.link.send_replace(PeerConnection::Stopped);
             return;
         }
+        peer.link.send_replace(PeerConnection::Connecting);
         let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(max_ws_message()))
             .max_frame_size(Some(max_ws_message()));
@@ -248,28 +329,38 @@ pub(crate) async fn run_peer(node: Arc<Node>, index: usize) {
             r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => r.unwrap_or_else(|_| {
                 Err(tokio_tungstenite::tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()))
             }),
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                peer.link.send_replace(PeerConnection::Stopped);
+                return;
+            }
         };
-        let lived_long = match connected {
+        let (lived_long, error) = match connected {
             Ok((ws, _response)) => {
-                let mut config = Config::new(Interest::Prefix(String::new()));
+                let mut config = Config::new(node.config().peer_interest.clone());
                 config.resume_after = peer.snapshot().feed_position;
                 let socket = client_socket(ws);
                 let started = Instant::now();
                 let ending = drive(&node, socket, config, Some(&peer)).await;
                 tracing::info!(peer = %peer.url, %ending, "sync connection ended");
+                let error = ending.to_string();
                 peer.update(|s| {
                     s.connected = false;
-                    s.last_error = Some(ending.to_string());
+                    s.last_error = Some(error.clone());
                 });
-                started.elapsed() > Duration::from_secs(2)
+                (started.elapsed() > Duration::from_secs(2), error)
             }
             Err(e) => {
                 tracing::debug!(peer = %peer.url, error = %e, "cannot connect to peer");
-                peer.update(|s| s.last_error = Some(format!("cannot connect: {e}")));
-                false
+                let error = format!("cannot connect: {e}");
+                peer.update(|s| s.last_error = Some(error.clone()));
+                (false, error)
             }
         };
+        if *stop.borrow() {
+            // The session ended because the node stops: no backoff to report.
+            peer.link.send_replace(PeerConnection::Stopped);
+            return;
+        }
         if lived_long {
             backoff = Duration::from_millis(100);
         }
@@ -277,9 +368,16 @@ pub(crate) async fn run_peer(node: Arc<Node>, index: usize) {
         // not all come back in the same instant.
         let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
         backoff = (backoff * 2).min(MAX_BACKOFF);
+        peer.link.send_replace(PeerConnection::Backoff {
+            retry_in: wait,
+            error,
+        });
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                peer.link.send_replace(PeerConnection::Stopped);
+                return;
+            }
         }
     }
 }
@@ -386,6 +484,7 @@ where
                             s.connects += 1;
                             s.last_error = None;
                         });
+                        p.link.send_replace(PeerConnection::Connected { peer: id });
                     }
                 }
                 Event::ObjectUpdated { object } => {

@@ -5,12 +5,17 @@
 //! contents as of the last completed sync. [`CrashBackend::crashed`] gives a
 //! fresh backend holding only the durable image: exactly what a machine that
 //! lost power would find on disk. Open a [`crate::RedbStore`] on it with
-//! [`crate::RedbStore::open_with_backend`] to test recovery without processes.
+//! [`crate::RedbStore::open_with_backends`] to test recovery without processes.
 //!
 //! [`CrashBackend::fail_after`] makes the backend "lose power" after a number
 //! of mutating calls: from then on every write and sync fails, so the store
 //! under test sees the crash mid-operation, at a point a seed can choose.
 //! [`CrashBackend::set_sync_delay`] makes each sync slow, like a real disk.
+//!
+//! A store has two files, the redb database and its write-ahead log; both
+//! live on one simulated disk. [`CrashBackend::wal`] gives the handle of the
+//! log file on the same disk: the same power (a crash or a power loss hits
+//! both files at the same instant) and the same sync counter.
 //!
 //! [`CrashBackend::crashed`] follows the model redb tests itself with:
 //! unsynced writes are lost whole. [`CrashBackend::crashed_torn`] is harsher:
@@ -29,42 +34,97 @@ use redb::StorageBackend;
 #[derive(Debug, Clone, Default)]
 pub struct CrashBackend {
     state: Arc<Mutex<State>>,
+    /// Which file of the disk this handle reads and writes.
+    file: usize,
 }
 
+/// The index of the database file; the write-ahead log is the other one.
+const DATABASE: usize = 0;
+const WAL: usize = 1;
+
+/// The simulated disk: its files, and what is shared by all of them.
 #[derive(Debug, Default)]
 struct State {
-    live: Vec<u8>,
-    durable: Vec<u8>,
+    files: [Image; 2],
     syncs: u64,
-    /// Writes since the last completed sync: what a crash may or may not keep.
-    unsynced: Vec<(usize, Vec<u8>)>,
     /// Mutating calls left before the simulated power loss; `None` for no limit.
     budget: Option<u64>,
     sync_delay: Duration,
 }
 
+/// One file's bytes, as written and as synced.
+#[derive(Debug, Default, Clone)]
+struct Image {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    /// Writes since the last completed sync: what a crash may or may not keep.
+    unsynced: Vec<(usize, Vec<u8>)>,
+}
+
 impl CrashBackend {
-    /// An empty backend.
+    /// An empty disk; this handle is its database file.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A new backend holding what survives a crash now: the image as of the
-    /// last completed sync. This backend is unchanged.
+    /// The handle of the write-ahead log file on the same disk (from either
+    /// handle). Pass it with the database handle to
+    /// [`crate::RedbStore::open_with_backends`].
+    pub fn wal(&self) -> Self {
+        Self {
+            state: Arc::clone(&self.state),
+            file: WAL,
+        }
+    }
+
+    /// The handle of the database file on the same disk.
+    pub fn database(&self) -> Self {
+        Self {
+            state: Arc::clone(&self.state),
+            file: DATABASE,
+        }
+    }
+
+    /// A new disk holding what survives a crash now: every file as of its
+    /// last completed sync; the handle is of the same file as this one. This
+    /// disk is unchanged.
     pub fn crashed(&self) -> Self {
-        let durable = self.state().durable.clone();
+        let files = self.state().files.clone().map(|image| Image {
+            live: image.durable.clone(),
+            durable: image.durable,
+            unsynced: Vec::new(),
+        });
+        self.with_files(files)
+    }
+
+    fn with_files(&self, files: [Image; 2]) -> Self {
         Self {
             state: Arc::new(Mutex::new(State {
-                live: durable.clone(),
-                durable,
+                files,
                 ..State::default()
             })),
+            file: self.file,
         }
+    }
+
+    /// The size of this file as written (not necessarily synced).
+    pub fn file_len(&self) -> usize {
+        self.state().files[self.file].live.len()
+    }
+
+    /// Changes this file's bytes in place, written and synced alike, as
+    /// damage on the disk would (for tests of damage detection).
+    pub fn tamper(&self, change: impl FnOnce(&mut Vec<u8>)) {
+        let mut state = self.state();
+        let image = &mut state.files[self.file];
+        change(&mut image.live);
+        image.durable = image.live.clone();
+        image.unsynced.clear();
     }
 
     /// Like [`CrashBackend::crashed`], but harsher, as a real disk may be: each
     /// write since the last sync survives whole, survives only up to a 512-byte
-    /// sector boundary, or is lost, chosen by `seed`; and the file length is
+    /// sector boundary, or is lost, chosen by `seed`; and each file's length is
     /// either the synced or the written one.
     pub fn crashed_torn(&self, seed: u64) -> Self {
         let state = self.state();
@@ -77,34 +137,36 @@ impl CrashBackend {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
         };
-        let mut image = state.durable.clone();
-        let len = if next() % 2 == 0 {
-            state.durable.len()
-        } else {
-            state.live.len()
-        };
-        image.resize(len, 0);
-        for (offset, data) in &state.unsynced {
-            let kept = match next() % 3 {
-                0 => 0,
-                1 => data.len(),
-                _ => {
-                    let sectors = data.len().div_ceil(512) as u64;
-                    (next() % (sectors + 1)) as usize * 512
-                }
+        let files = state.files.clone().map(|file| {
+            let mut image = file.durable.clone();
+            let len = if next() % 2 == 0 {
+                file.durable.len()
+            } else {
+                file.live.len()
             };
-            let end = (offset + kept.min(data.len())).min(len);
-            if *offset < end {
-                image[*offset..end].copy_from_slice(&data[..end - offset]);
+            image.resize(len, 0);
+            for (offset, data) in &file.unsynced {
+                let kept = match next() % 3 {
+                    0 => 0,
+                    1 => data.len(),
+                    _ => {
+                        let sectors = data.len().div_ceil(512) as u64;
+                        (next() % (sectors + 1)) as usize * 512
+                    }
+                };
+                let end = (offset + kept.min(data.len())).min(len);
+                if *offset < end {
+                    image[*offset..end].copy_from_slice(&data[..end - offset]);
+                }
             }
-        }
-        Self {
-            state: Arc::new(Mutex::new(State {
+            Image {
                 live: image.clone(),
                 durable: image,
-                ..State::default()
-            })),
-        }
+                unsynced: Vec::new(),
+            }
+        });
+        drop(state);
+        self.with_files(files)
     }
 
     /// Lets `calls` more mutating calls (write, set_len, sync) succeed, then
@@ -118,7 +180,7 @@ impl CrashBackend {
         self.state().sync_delay = delay;
     }
 
-    /// How many syncs have completed.
+    /// How many syncs have completed, of every file of the disk.
     pub fn syncs(&self) -> u64 {
         self.state().syncs
     }
@@ -152,13 +214,13 @@ fn index(value: u64) -> io::Result<usize> {
 
 impl StorageBackend for CrashBackend {
     fn len(&self) -> io::Result<u64> {
-        Ok(self.state().live.len() as u64)
+        Ok(self.state().files[self.file].live.len() as u64)
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let state = self.state();
         let start = index(offset)?;
-        let Some(bytes) = state.live.get(start..start + out.len()) else {
+        let Some(bytes) = state.files[self.file].live.get(start..start + out.len()) else {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
         };
         out.copy_from_slice(bytes);
@@ -168,7 +230,7 @@ impl StorageBackend for CrashBackend {
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut state = self.state();
         Self::spend(&mut state)?;
-        state.live.resize(index(len)?, 0);
+        state.files[self.file].live.resize(index(len)?, 0);
         Ok(())
     }
 
@@ -183,8 +245,9 @@ impl StorageBackend for CrashBackend {
             std::thread::sleep(delay);
         }
         let mut state = self.state();
-        state.durable = state.live.clone();
-        state.unsynced.clear();
+        let image = &mut state.files[self.file];
+        image.durable = image.live.clone();
+        image.unsynced.clear();
         state.syncs += 1;
         Ok(())
     }
@@ -192,13 +255,14 @@ impl StorageBackend for CrashBackend {
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut state = self.state();
         Self::spend(&mut state)?;
+        let image = &mut state.files[self.file];
         let start = index(offset)?;
         let end = start + data.len();
-        if end > state.live.len() {
-            state.live.resize(end, 0);
+        if end > image.live.len() {
+            image.live.resize(end, 0);
         }
-        state.live[start..end].copy_from_slice(data);
-        state.unsynced.push((start, data.to_vec()));
+        image.live[start..end].copy_from_slice(data);
+        image.unsynced.push((start, data.to_vec()));
         Ok(())
     }
 }

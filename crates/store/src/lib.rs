@@ -10,18 +10,21 @@
 //! - [`Store`]: append to a log, read it back in order, the object's
 //!   [`VersionVector`], list objects, the change feed, snapshots and compaction.
 //! - [`MemoryStore`]: everything in memory (tests, ephemeral replicas).
-//! - [`RedbStore`]: the embedded default, one file, no server, built on redb.
-//!   Appends are durable when they return; concurrent appenders share one
-//!   disk sync (group commit). Every record carries a CRC-32; the latest
-//!   writes are checked on open, and [`RedbStore::verify`] checks everything.
+//! - [`RedbStore`]: the embedded default, no server, built on redb: a
+//!   database file and its write-ahead log. Appends are durable when they
+//!   return: one sequential log write and one sync each, shared by
+//!   concurrent appenders (group commit); redb is synced at checkpoints.
+//!   Every record carries a CRC-32; the latest writes are checked on open,
+//!   a torn log tail is cut, and [`RedbStore::verify`] checks everything.
 //! - [`Tombstone`]: what [`Store::delete_object`] leaves behind, so that a
 //!   deleted object stays deleted.
 //! - Errors: [`AppendError`], [`ReadError`], [`SnapshotError`],
 //!   [`DeleteError`], and the shared [`StoreError`].
 //! - [`conformance`]: the behaviour every backend must have, as a reusable
 //!   test suite.
-//! - [`crash::CrashBackend`]: a redb storage double that keeps written and
-//!   synced bytes apart, to reopen a store from what a crash would leave.
+//! - [`crash::CrashBackend`]: a storage double for the database and its log
+//!   that keeps written and synced bytes apart, to reopen a store from what a
+//!   crash would leave.
 //!
 //! The on-disk format is described in `FORMAT.md` next to this crate's sources.
 //!
@@ -56,6 +59,8 @@ mod logic;
 mod memory;
 #[cfg(feature = "redb")]
 mod redb_store;
+#[cfg(feature = "redb")]
+mod wal;
 
 pub mod conformance;
 #[cfg(feature = "redb")]

@@ -12,19 +12,30 @@
 //! | `snapshots` | object id `&str`             | snapshot record          |
 //! | `tombstones`| object id `&str`             | tombstone record (format 2) |
 //!
+//! Next to the database file lives its write-ahead log (`<file>-wal`, see
+//! [`crate::wal`]): appends are durable once their log record is synced, and
+//! redb is synced only at checkpoints.
+//!
 //! ## Group commit
 //!
 //! Every write goes through one dedicated writer thread. A caller checks its
 //! input, queues a job and blocks on its own reply channel. The writer takes
 //! *all* queued jobs (up to a bound), applies them one after another in one
-//! redb write transaction, commits it with [`Durability::Immediate`] (one
-//! fsync for the whole batch), then answers every caller. While it syncs, new
+//! redb write transaction, makes the batch durable with one sync (of a
+//! write-ahead log record holding the batch's new entries, or, for a batch
+//! that does more than append, of a [`Durability::Immediate`] redb commit),
+//! commits the transaction, then answers every caller. While it syncs, new
 //! jobs queue up and form the next batch, so under concurrency many appends
 //! share one sync, and no caller returns before its own data is durable.
 //! Before starting a batch, the writer waits briefly (at most 200 µs and a
 //! quarter of the last commit) until as many jobs are queued as callers were
 //! active at the last answer, so that writers in a loop all share each sync
 //! instead of splitting into two alternating groups.
+//!
+//! A caller alone (nothing queued, nothing being committed, and at most one
+//! caller active at the last commit) commits its own job on its own thread,
+//! through the same path: the hand-off to the writer thread and back costs
+//! two thread wake-ups, which on a loaded machine cost as much as the sync.
 //!
 //! Each job checks everything before writing anything, so a job rejected for
 //! its input (a gap, a conflict) leaves the shared transaction untouched and
@@ -35,7 +46,7 @@
 use std::collections::VecDeque;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -47,8 +58,12 @@ use redb::{
     ReadableTableMetadata, StorageBackend, Table, TableDefinition, WriteTransaction,
 };
 
-use crate::format::{self, FORMAT_VERSION, FeedRecord, Head, Meta, OLDEST_FORMAT_VERSION};
+use crate::format::{
+    self, CHECKPOINT_KEY, Checkpoint, FORMAT_VERSION, FeedRecord, Head, Meta,
+    OLDEST_FORMAT_VERSION, WalAppend,
+};
 use crate::logic::{self, Page, Txn, View};
+use crate::wal::{Wal, WalFile};
 use crate::{
     AppendError, AppendOutcome, CompactOutcome, DeleteError, DeleteOutcome, Entry, FeedItem,
     FeedKind, ReadError, Snapshot, SnapshotError, Store, StoreConfig, StoreError, Tombstone,
@@ -99,6 +114,11 @@ const GATHER_SHARE: u32 = 4;
 /// sync (see the module docs). Reads run on the caller's thread against the
 /// latest committed state and never see undurable data.
 ///
+/// The store is two files: the redb database at the path given, and its
+/// write-ahead log next to it, at the same path with `-wal` appended. Keep
+/// them together: the log may hold acknowledged appends that the database
+/// does not hold durably yet (they are replayed on open).
+///
 /// Only one process may have a store open; a second gets
 /// [`StoreError::Locked`].
 pub struct RedbStore {
@@ -115,6 +135,12 @@ struct Shared {
     jobs: AtomicU64,
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// The write-ahead log and the commit path: held by whoever commits
+    /// (the writer thread, or a caller committing its own job inline).
+    writer: Mutex<Writer>,
+    /// Callers seen active at the last commit (its jobs plus those queued
+    /// then): a caller commits inline only while this is at most 1.
+    active: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -205,23 +231,46 @@ impl RedbStore {
         let db = Database::builder()
             .create(path)
             .map_err(|e| open_error(&shown, e))?;
-        Self::from_database(db, &shown, config)
+        // Opened only once redb holds the database's lock: one process at a
+        // time writes the log too.
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push("-wal");
+        let wal = WalFile::open(Path::new(&wal_path))
+            .map_err(|e| StoreError::backend("opening the write-ahead log", e))?;
+        Self::from_database(db, &shown, Box::new(wal), &format!("{shown}-wal"), config)
     }
 
-    /// Opens (or creates) a store on a custom redb [`StorageBackend`], such as
-    /// [`crate::crash::CrashBackend`].
-    pub fn open_with_backend(
-        backend: impl StorageBackend,
+    /// Opens (or creates) a store on custom redb [`StorageBackend`]s, one for
+    /// the database and one for its write-ahead log, such as
+    /// [`crate::crash::CrashBackend`] and its [`crate::crash::CrashBackend::wal`].
+    pub fn open_with_backends(
+        database: impl StorageBackend,
+        wal: impl StorageBackend,
         config: StoreConfig,
     ) -> Result<Self, StoreError> {
         let db = Database::builder()
-            .create_with_backend(backend)
+            .create_with_backend(database)
             .map_err(|e| open_error("the storage backend", e))?;
-        Self::from_database(db, "the storage backend", config)
+        Self::from_database(
+            db,
+            "the storage backend",
+            Box::new(wal),
+            "the write-ahead log backend",
+            config,
+        )
     }
 
-    fn from_database(db: Database, shown: &str, config: StoreConfig) -> Result<Self, StoreError> {
-        initialize(&db, shown)?;
+    fn from_database(
+        db: Database,
+        shown: &str,
+        wal: Box<dyn StorageBackend>,
+        shown_wal: &str,
+        config: StoreConfig,
+    ) -> Result<Self, StoreError> {
+        let (checkpoint, fresh) = initialize(&db, shown)?;
+        let recovered = Wal::open(wal, checkpoint.store_id, checkpoint.lsn, fresh, shown_wal)?;
+        let mut wal = recovered.wal;
+        replay(&db, &mut wal, checkpoint.store_id, recovered.records)?;
         check_tail(&db)?;
         let shared = Arc::new(Shared {
             db,
@@ -230,6 +279,12 @@ impl RedbStore {
             jobs: AtomicU64::new(0),
             queue: Mutex::default(),
             wake: Condvar::new(),
+            writer: Mutex::new(Writer {
+                wal,
+                store_id: checkpoint.store_id,
+                failed: None,
+            }),
+            active: AtomicUsize::new(0),
         });
         let for_writer = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
@@ -369,9 +424,39 @@ impl RedbStore {
 
     /// Queues a write and waits until it is committed (durable) or rejected.
     fn submit(&self, op: Op) -> Result<Reply, StoreError> {
+        let shared = &*self.shared;
+        {
+            let queue = shared.queue();
+            if queue.stopped || queue.closing {
+                return Err(StoreError::Closed);
+            }
+            // A lone caller commits its own job on its own thread: handing it
+            // to the writer thread and back costs two thread wake-ups per
+            // append, which on a busy machine cost as much as the sync.
+            // Callers that overlap go through the writer thread, which
+            // gathers them into one commit.
+            if queue.jobs.is_empty()
+                && shared.active.load(Ordering::Relaxed) <= 1
+                && let Ok(mut writer) = shared.writer.try_lock()
+            {
+                drop(queue);
+                let mut replies = writer.commit_batch(shared, &[&op]);
+                drop(writer);
+                shared.jobs.fetch_add(1, Ordering::Relaxed);
+                let waiting = shared.queue().jobs.len();
+                shared.active.store(1 + waiting, Ordering::Relaxed);
+                if waiting > 0 {
+                    // Jobs queued behind this commit: the writer thread may
+                    // have been waiting for the lock, or for a wake-up.
+                    shared.wake.notify_one();
+                }
+                // commit_batch answers every op it is given.
+                return replies.pop().ok_or(StoreError::Closed);
+            }
+        }
         let (reply, answer) = mpsc::sync_channel(1);
         {
-            let mut queue = self.shared.queue();
+            let mut queue = shared.queue();
             if queue.stopped {
                 return Err(StoreError::Closed);
             }
@@ -422,6 +507,16 @@ impl std::fmt::Debug for RedbStore {
 }
 
 impl Shared {
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|poisoned| {
+            // A commit panicked midway (its transaction was dropped, so redb
+            // is unchanged): the log's state is unknown, refuse further writes.
+            let mut writer = poisoned.into_inner();
+            writer.failed = Some("a commit panicked".to_owned());
+            writer
+        })
+    }
+
     fn queue(&self) -> MutexGuard<'_, Queue> {
         // The queue is only pushed to and drained; a panic elsewhere cannot
         // leave it inconsistent.
@@ -456,9 +551,11 @@ fn storage(context: &'static str) -> impl Fn(redb::StorageError) -> StoreError {
     }
 }
 
-/// Creates the tables and the meta record of a new store, or checks the meta
-/// record of an existing one.
-fn initialize(db: &Database, shown: &str) -> Result<(), StoreError> {
+/// Creates the tables, the meta record and the checkpoint record of a new
+/// store, or checks those of an existing one (upgrading an older version in
+/// place). Returns the checkpoint, and whether the store is new or was just
+/// upgraded (so it has no write-ahead log of its own yet).
+fn initialize(db: &Database, shown: &str) -> Result<(Checkpoint, bool), StoreError> {
     let txn = db
         .begin_write()
         .map_err(|e| StoreError::backend("starting a write transaction", e))?;
@@ -475,6 +572,8 @@ fn initialize(db: &Database, shown: &str) -> Result<(), StoreError> {
         });
     }
     let open = |e| StoreError::backend("creating a table", e);
+    let checkpoint;
+    let fresh;
     {
         let mut meta = txn.open_table(META).map_err(open)?;
         let found = meta
@@ -484,16 +583,33 @@ fn initialize(db: &Database, shown: &str) -> Result<(), StoreError> {
         match found {
             Some(Meta::Store {
                 version: FORMAT_VERSION,
-            }) => {}
+            }) => {
+                let record = meta
+                    .get(CHECKPOINT_KEY)
+                    .map_err(storage("reading the checkpoint record"))?
+                    .ok_or_else(|| StoreError::Corrupt {
+                        what: "the checkpoint record is missing".to_owned(),
+                    })?;
+                checkpoint = format::decode_checkpoint(record.value())?;
+                fresh = false;
+            }
             Some(Meta::Store { version })
                 if (OLDEST_FORMAT_VERSION..FORMAT_VERSION).contains(&version) =>
             {
-                // Version 1 lacks only the tombstones table (created below)
-                // and never holds a deletion feed record: upgrading is
-                // creating the table and rewriting the meta record, in the
-                // same transaction.
+                // Version 1 lacks the tombstones table (created below) and
+                // never holds a deletion feed record; version 2 lacks the
+                // checkpoint record (nothing was ever in a write-ahead log).
+                // Upgrading is adding what is missing and rewriting the meta
+                // record, in the same transaction.
+                checkpoint = new_checkpoint();
+                fresh = true;
                 meta.insert(FORMAT_KEY, format::encode_meta(FORMAT_VERSION).as_slice())
                     .map_err(storage("upgrading the meta record"))?;
+                meta.insert(
+                    CHECKPOINT_KEY,
+                    format::encode_checkpoint(checkpoint).as_slice(),
+                )
+                .map_err(storage("writing the checkpoint record"))?;
             }
             Some(Meta::Store { version }) => {
                 return Err(StoreError::UnsupportedFormat {
@@ -515,8 +631,15 @@ fn initialize(db: &Database, shown: &str) -> Result<(), StoreError> {
                         detail: "it holds objects but no meta record".to_owned(),
                     });
                 }
+                checkpoint = new_checkpoint();
+                fresh = true;
                 meta.insert(FORMAT_KEY, format::encode_meta(FORMAT_VERSION).as_slice())
                     .map_err(storage("writing the meta record"))?;
+                meta.insert(
+                    CHECKPOINT_KEY,
+                    format::encode_checkpoint(checkpoint).as_slice(),
+                )
+                .map_err(storage("writing the checkpoint record"))?;
             }
         }
         txn.open_table(OBJECTS).map_err(open)?;
@@ -526,8 +649,89 @@ fn initialize(db: &Database, shown: &str) -> Result<(), StoreError> {
         txn.open_table(SNAPSHOTS).map_err(open)?;
         txn.open_table(TOMBSTONES).map_err(open)?;
     }
+    if fresh {
+        txn.commit()
+            .map_err(|e| StoreError::backend("committing the store's tables", e))?;
+    }
+    // An existing store is not written here: its state may be ahead in the
+    // write-ahead log, and the replay's checkpoint commits it.
+    Ok((checkpoint, fresh))
+}
+
+/// The checkpoint record of a store that never had a write-ahead log: a new
+/// random store id, nothing covered.
+fn new_checkpoint() -> Checkpoint {
+    use std::hash::{BuildHasher, Hasher};
+    // std's RandomState is seeded from the OS: random enough to tell two
+    // stores apart, without a dependency.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    Checkpoint {
+        store_id: hasher.finish(),
+        lsn: 0,
+    }
+}
+
+/// Applies the write-ahead log records not yet in the database, in one
+/// transaction, and checkpoints (commits durably) the result.
+fn replay(
+    db: &Database,
+    wal: &mut Wal,
+    store_id: u64,
+    records: Vec<format::WalRecord>,
+) -> Result<(), StoreError> {
+    if records.is_empty() {
+        wal.checkpointed();
+        return Ok(());
+    }
+    let txn = begin(db)?;
+    {
+        let mut tables = write_tables(&txn)?;
+        for record in &records {
+            for append in &record.appends {
+                let mismatch = |what: String| StoreError::Corrupt {
+                    what: format!(
+                        "write-ahead log record {} does not replay: {what}",
+                        record.lsn
+                    ),
+                };
+                let outcome =
+                    logic::append(&mut tables, &append.object, append.replica, &append.entries)
+                        .map_err(|e| mismatch(e.to_string()))?;
+                if outcome.position != Some(append.position)
+                    || outcome.appended != append.entries.len() as u64
+                {
+                    return Err(mismatch(format!(
+                        "the append to {}/{} gave position {:?}, the log says {}",
+                        append.object, append.replica, outcome.position, append.position
+                    )));
+                }
+            }
+        }
+    }
+    write_checkpoint(&txn, store_id, wal.last_lsn())?;
     txn.commit()
-        .map_err(|e| StoreError::backend("committing the store's tables", e))
+        .map_err(|e| StoreError::backend("checkpointing the replayed write-ahead log", e))?;
+    wal.checkpointed();
+    Ok(())
+}
+
+/// Writes the checkpoint record into `txn`: once it commits durably, the
+/// database holds every log record up to `lsn`.
+fn write_checkpoint(txn: &WriteTransaction, store_id: u64, lsn: u64) -> Result<(), StoreError> {
+    let mut meta = txn
+        .open_table(META)
+        .map_err(|e| StoreError::backend("opening a table", e))?;
+    meta.insert(
+        CHECKPOINT_KEY,
+        format::encode_checkpoint(Checkpoint { store_id, lsn }).as_slice(),
+    )
+    .map_err(storage("writing the checkpoint record"))?;
+    Ok(())
 }
 
 /// Verifies the checksums of the most recent writes, so that a damaged tail
@@ -618,6 +822,10 @@ fn write_loop(shared: &Shared) {
                     break;
                 }
                 if queue.closing {
+                    drop(queue);
+                    // A clean close leaves nothing to replay. If it fails,
+                    // the next open replays the log instead.
+                    let _ = shared.writer().close(shared);
                     return;
                 }
                 queue = shared
@@ -630,10 +838,12 @@ fn write_loop(shared: &Shared) {
             take_batch(&mut queue.jobs)
         };
         let started = Instant::now();
-        let replies = commit_batch(shared, &jobs);
+        let ops: Vec<&Op> = jobs.iter().map(|job| &job.op).collect();
+        let replies = shared.writer().commit_batch(shared, &ops);
         last_commit = started.elapsed();
         shared.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         expected = (jobs.len() + shared.queue().jobs.len()).min(MAX_BATCH_JOBS);
+        shared.active.store(expected, Ordering::Relaxed);
         for (job, reply) in jobs.into_iter().zip(replies) {
             // A caller that went away (it cannot while blocked, but a panic
             // could unwind it) does not need its answer.
@@ -687,63 +897,155 @@ fn take_batch(queue: &mut VecDeque<Job>) -> Vec<Job> {
     batch
 }
 
-/// Applies a batch of jobs in one transaction and commits it durably.
-fn commit_batch(shared: &Shared, jobs: &[Job]) -> Vec<Reply> {
-    let txn = match begin(&shared.db) {
-        Ok(txn) => txn,
-        Err(e) => return jobs.iter().map(|job| job.op.fail(&e)).collect(),
-    };
-    let mut replies = Vec::with_capacity(jobs.len());
-    let mut any_written = false;
-    let applied = (|| {
-        let mut tables = write_tables(&txn)?;
-        for job in jobs {
-            tables.wrote = false;
-            let reply = job.op.apply(&mut tables, &shared.config);
-            if tables.wrote {
-                if let Some(e) = reply.store_error() {
-                    // Storage failed midway through this job: the transaction
-                    // holds part of it, so none of the batch may be committed.
-                    return Err(e);
-                }
-                any_written = true;
-            }
-            replies.push(reply);
+/// The writer thread's state: the write-ahead log, and whether it failed.
+struct Writer {
+    wal: Wal,
+    store_id: u64,
+    /// Set when the log or a commit after it failed: the log's state on disk
+    /// is unknown, so every later write is refused until the store is
+    /// reopened (which replays what was durable).
+    failed: Option<String>,
+}
+
+impl Writer {
+    /// Applies a batch of jobs in one transaction and makes it durable: by a
+    /// write-ahead log record when the batch only appends, else by a durable
+    /// redb commit (a checkpoint).
+    fn commit_batch(&mut self, shared: &Shared, jobs: &[&Op]) -> Vec<Reply> {
+        if let Some(why) = &self.failed {
+            let e = StoreError::backend("an earlier write failed; reopen the store", why.clone());
+            return jobs.iter().map(|op| op.fail(&e)).collect();
         }
-        Ok(())
-    })();
-    if let Err(e) = applied {
-        return jobs.iter().map(|job| job.op.fail(&e)).collect();
-    }
-    if !any_written {
-        // Nothing to make durable (all re-deliveries or rejections); dropping
-        // the transaction aborts it.
-        return replies;
-    }
-    if let Err(e) = txn.commit() {
-        let e = StoreError::backend("committing a batch of writes", e);
-        return replies
-            .into_iter()
-            .zip(jobs)
-            .map(|(reply, job)| {
-                if reply.is_ok() {
-                    job.op.fail(&e)
-                } else {
-                    reply
+        let txn = match begin(&shared.db) {
+            Ok(txn) => txn,
+            Err(e) => return jobs.iter().map(|op| op.fail(&e)).collect(),
+        };
+        let mut replies = Vec::with_capacity(jobs.len());
+        let mut any_written = false;
+        // The appends of the batch as the log records them; `None` once a job
+        // does something else, which the log does not record.
+        let mut logged = Some(Vec::new());
+        let applied = (|| {
+            let mut tables = write_tables(&txn)?;
+            for &op in jobs {
+                tables.wrote = false;
+                let reply = op.apply(&mut tables, &shared.config);
+                if tables.wrote {
+                    if let Some(e) = reply.store_error() {
+                        // Storage failed midway through this job: the transaction
+                        // holds part of it, so none of the batch may be committed.
+                        return Err(e);
+                    }
+                    any_written = true;
+                    match (op, &reply, &mut logged) {
+                        (
+                            Op::Append {
+                                object,
+                                replica,
+                                entries,
+                            },
+                            Reply::Append(Ok(outcome)),
+                            Some(logged),
+                        ) => {
+                            let new = usize::try_from(outcome.appended)
+                                .map_or(0, |n| entries.len().saturating_sub(n));
+                            logged.push(WalAppend {
+                                object,
+                                replica: *replica,
+                                position: outcome.position.unwrap_or(0),
+                                entries: &entries[new..],
+                            });
+                        }
+                        _ => logged = None,
+                    }
                 }
-            })
-            .collect();
+                replies.push(reply);
+            }
+            Ok(())
+        })();
+        if let Err(e) = applied {
+            return jobs.iter().map(|op| op.fail(&e)).collect();
+        }
+        if !any_written {
+            // Nothing to make durable (all re-deliveries or rejections); dropping
+            // the transaction aborts it.
+            return replies;
+        }
+        let logged =
+            logged.filter(|appends| self.wal.fits(format::wal_record_len(appends.as_slice())));
+        let committed = match logged {
+            Some(appends) => self.commit_logged(txn, &appends),
+            None => self.checkpoint(txn),
+        };
+        if let Err(e) = committed {
+            return replies
+                .into_iter()
+                .zip(jobs)
+                .map(|(reply, op)| if reply.is_ok() { op.fail(&e) } else { reply })
+                .collect();
+        }
+        shared.commits.fetch_add(1, Ordering::Relaxed);
+        replies
     }
-    shared.commits.fetch_add(1, Ordering::Relaxed);
-    replies
+
+    /// Makes `txn` durable through the write-ahead log: the record is synced
+    /// first, then the transaction is committed without a sync (which makes
+    /// it visible to readers, who so never see undurable data).
+    fn commit_logged(
+        &mut self,
+        mut txn: WriteTransaction,
+        appends: &[WalAppend<'_>],
+    ) -> Result<(), StoreError> {
+        let record = format::encode_wal_record(self.wal.next_lsn(), appends);
+        if let Err(e) = self.wal.append(&record) {
+            // The record may be on disk in part, or whole: later records
+            // cannot follow it safely, and the next open sorts it out.
+            self.failed = Some(format!("writing the write-ahead log: {e}"));
+            return Err(StoreError::backend("writing the write-ahead log", e));
+        }
+        let committed = txn
+            .set_durability(Durability::None)
+            .map_err(|e| StoreError::backend("setting durability", e))
+            .and_then(|()| {
+                txn.commit()
+                    .map_err(|e| StoreError::backend("committing a batch of writes", e))
+            });
+        if let Err(e) = &committed {
+            // The log holds the batch durably, but the database does not:
+            // only a reopen (replaying the log) brings them together again.
+            self.failed = Some(format!("applying a logged batch: {e}"));
+        }
+        committed
+    }
+
+    /// Commits `txn` durably, with the checkpoint record: the database then
+    /// holds every log record, and the log starts over.
+    fn checkpoint(&mut self, mut txn: WriteTransaction) -> Result<(), StoreError> {
+        write_checkpoint(&txn, self.store_id, self.wal.last_lsn())?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| StoreError::backend("setting durability", e))?;
+        txn.commit()
+            .map_err(|e| StoreError::backend("committing a batch of writes", e))?;
+        self.wal.checkpointed();
+        Ok(())
+    }
+
+    /// Checkpoints on a clean close, so the next open has nothing to replay.
+    fn close(&mut self, shared: &Shared) -> Result<(), StoreError> {
+        if self.failed.is_some() || !self.wal.dirty() {
+            return Ok(());
+        }
+        let txn = begin(&shared.db)?;
+        self.checkpoint(txn)
+    }
 }
 
 fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
     let mut txn = db
         .begin_write()
         .map_err(|e| StoreError::backend("starting a write transaction", e))?;
-    // Immediate is redb's default; it is the durability point of every write,
-    // so say so rather than rely on a default.
+    // Immediate is redb's default; a batch that goes through the log lowers
+    // it before committing. Say so rather than rely on a default.
     txn.set_durability(Durability::Immediate)
         .map_err(|e| StoreError::backend("setting durability", e))?;
     Ok(txn)

@@ -119,7 +119,8 @@ pub enum Message {
         bytes: Vec<u8>,
     },
     /// Everything of the receiver's interest up to `position` of the
-    /// sender's change feed went out in data messages up to `n`.
+    /// sender's change feed went out in data messages up to `n` (or was
+    /// known to be held by the receiver already, and so not sent).
     Checkpoint {
         /// The last data message number it covers.
         n: u64,

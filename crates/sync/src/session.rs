@@ -300,6 +300,8 @@ pub struct QueueSizes {
     pub assembly_bytes: usize,
     /// Objects tracked for the peer.
     pub peer_objects: usize,
+    /// Objects of which the peer is known to hold some entries (not sent back to it).
+    pub peer_holds: usize,
     /// Objects, feed ranges and deletions waiting to be sent.
     pub work: usize,
     /// Objects the peer is known to have deleted (so they are not told again).
@@ -419,6 +421,15 @@ pub struct Session {
 
     // Serving the peer's interest.
     peer_vv: HashMap<String, (VersionVector, u32)>,
+    /// What the peer is known to hold, per object it subscribes to, from
+    /// the entries, chunked entries and snapshots it sent us (read from
+    /// its store, so held there). `peer_vv` starts from the peer's `Have`s
+    /// and follows what we sent (lowered when data is lost); this is
+    /// evidence of the rest: it only rises, and nothing it covers is sent,
+    /// so entries the peer gave us are not served straight back to it by
+    /// the feed tail. An optimisation only: past `max_objects` objects (or
+    /// `max_collection_len` replicas in one) nothing more is recorded.
+    peer_holds: HashMap<String, VersionVector>,
     round: u32,
     serve_listing: Option<(Cursor, u32)>,
     serving: bool,
@@ -500,6 +511,7 @@ impl Session {
             next_feed_poll: now,
             have_listing,
             peer_vv: HashMap::new(),
+            peer_holds: HashMap::new(),
             round: 0,
             serve_listing: None,
             serving: false,
@@ -731,6 +743,7 @@ impl Session {
             pending_bytes: self.pending_bytes,
             assembly_bytes: self.assemblies.iter().map(|a| a.buf.len()).sum(),
             peer_objects: self.peer_vv.len(),
+            peer_holds: self.peer_holds.len(),
             work: self.work.len() + self.ranges.len() + self.tomb_due.len(),
             peer_tombstones: self.peer_tombs.len(),
             events: self.events.len(),
@@ -975,6 +988,12 @@ impl Session {
         if !self.policy.allows(replica) {
             return Err(SessionError::Unauthorised { replica });
         }
+        // The peer read these from its store: it holds them (the codec
+        // checked that the batch is not empty and its seqs do not overflow).
+        let last = from_seq
+            .saturating_add(entries.len() as u64)
+            .saturating_sub(1);
+        self.note_held(&object, replica, last);
         if !self.config.interest.matches(&object) {
             return Ok(()); // Not subscribed: ignore (it is acknowledged all the same).
         }
@@ -1107,6 +1126,8 @@ impl Session {
                 self.config.max_snapshot_bytes
             )));
         }
+        // The peer's store holds what its snapshot covers.
+        self.note_holds(&object, &version_vector);
         if !self.config.interest.matches(&object) {
             return Ok(());
         }
@@ -1132,6 +1153,8 @@ impl Session {
         if !self.policy.allows(replica) {
             return Err(SessionError::Unauthorised { replica });
         }
+        // The peer read it from its store: it holds the log up to `seq`.
+        self.note_held(&object, replica, seq);
         if !self.config.interest.matches(&object) {
             return Ok(());
         }
@@ -1394,6 +1417,35 @@ impl Session {
         Ok(())
     }
 
+    /// Records that the peer holds `object`'s log of `replica` up to `upto`.
+    fn note_held(&mut self, object: &str, replica: ReplicaId, upto: u64) {
+        if !self.peer_wants(object) {
+            return; // Never served to the peer: nothing to spare.
+        }
+        let max_replicas = self.config.limits.max_collection_len;
+        if !self.peer_holds.contains_key(object) && self.peer_holds.len() >= self.config.max_objects
+        {
+            return;
+        }
+        let vv = self.peer_holds.entry(object.to_owned()).or_default();
+        if vv.get(replica) >= upto || (vv.get(replica) == 0 && vv.len() >= max_replicas) {
+            return;
+        }
+        vv.set(replica, upto);
+    }
+
+    /// Records that the peer holds at least `held` of `object`.
+    fn note_holds(&mut self, object: &str, held: &VersionVector) {
+        for (replica, upto) in held.iter() {
+            self.note_held(object, replica, upto);
+        }
+    }
+
+    /// The least the peer holds of `object`'s log of `replica`.
+    fn held(&self, object: &str, replica: ReplicaId) -> u64 {
+        self.peer_holds.get(object).map_or(0, |vv| vv.get(replica))
+    }
+
     fn window_open(&self) -> bool {
         self.inflight.len() < self.config.window_messages
             && self.inflight_bytes < self.config.window_bytes
@@ -1624,11 +1676,14 @@ impl Session {
             Err(e) => return Err(store_err(e)),
         };
         self.track(object)?;
-        let theirs = self
+        let mut theirs = self
             .peer_vv
             .get(object)
             .map(|(vv, _)| vv.clone())
             .unwrap_or_default();
+        if let Some(held) = self.peer_holds.get(object) {
+            theirs.merge(held);
+        }
         let Some((replica, range)) = local.missing_from(&theirs).into_iter().next() else {
             return Ok(());
         };
@@ -1652,6 +1707,11 @@ impl Session {
         last: u64,
         store: &dyn Store,
     ) -> Result<(), SessionError> {
+        // Skip what the peer is known to hold (above all, what it sent us).
+        let first = first.max(self.held(object, replica).saturating_add(1));
+        if first > last {
+            return Ok(());
+        }
         match self.send_entries(object, replica, first, last, store)? {
             Some(sent) if sent < last => {
                 self.ranges

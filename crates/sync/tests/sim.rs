@@ -573,6 +573,7 @@ impl Sim {
                 assert!(q.pending_bytes <= cfg.max_pending_bytes, "{q:?}");
                 assert!(q.assembly_bytes <= 2 * cfg.max_snapshot_bytes, "{q:?}");
                 assert!(q.peer_objects <= cfg.max_objects, "{q:?}");
+                assert!(q.peer_holds <= cfg.max_objects, "{q:?}");
                 assert!(q.events <= cfg.max_events + 8, "{q:?}");
                 assert!(q.out_frames <= 2 * cfg.window_messages + 8, "{q:?}");
                 assert!(q.recv_bytes <= cfg.limits.max_frame_bytes + 4, "{q:?}");

@@ -1,51 +1,72 @@
 //! The binary encoding of a text with its whole history.
 //!
-//! Layout (integers little-endian; see `FORMAT.md` in this crate):
+//! Layout (fixed-width integers little-endian):
 //!
 //! | bytes | field |
 //! |---|---|
 //! | 4 | magic `b"CVtx"` |
-//! | 2 | format version (1) |
+//! | 2 | format version (2) |
 //! | 4 | CRC-32 of the body |
-//! | n | body: [`Columns`] in postcard encoding (varint integers) |
+//! | n | body |
 //!
-//! The history is stored column by column, each run-length encoded: who
-//! wrote which operations, the causal graph, the operations, and the
-//! inserted text (LZ4-compressed when that is smaller). Loading replays the
-//! log; sequential history replays a run at a time.
+//! The body is two blobs, each a codec (0 = stored as is, 1 = raw
+//! DEFLATE, used when smaller), its decoded length and its stored length
+//! (varints), then the stored bytes: the *columns*, then the inserted text
+//! (UTF-8, in LV order). The columns are run-length encoded with LEB128
+//! varints (signed values zigzag-encoded), in the spirit of diamond-types'
+//! format:
+//!
+//! 1. the number of operations;
+//! 2. `replicas`: a count, then each replica id as 8 bytes;
+//! 3. `agents` (length-prefixed): who wrote which operations, one varint per
+//!    run: `len * replicas + index`. Counters are implied: each replica's
+//!    operations are numbered 1, 2, 3… in LV order;
+//! 4. `graph` (length-prefixed): the causal graph, one entry per run whose
+//!    first operation's parents are not just the operation before it:
+//!    `len << 2 | n` (`n` = number of parents, 3 = a count follows), then
+//!    the parents, newest first, each as a distance back from the entry's
+//!    start (the first) or from the previous parent. Linear history is one
+//!    entry;
+//! 5. `ops` (length-prefixed): the operation runs, positions as deltas
+//!    from where the previous run left the cursor (0 for uninterrupted
+//!    typing, and for backspacing); see [`put_op_run`];
+//! 6. `checkout` (length-prefixed, empty if absent): which op inserted each
+//!    character of the text at the whole version, in document order, as a
+//!    count of LV runs, then per run the zigzag distance of its start from
+//!    the previous run's end and its length minus one. Written for histories
+//!    that are not one chain, whose replay is costly; loading then reads the
+//!    text from it instead of replaying. A checkout is checked for form
+//!    (runs of insert ops in the log, none named twice) but not replayed, so
+//!    one that disagrees with its history loads as written; merges that do
+//!    not fit the text are refused.
+//!
+//! Loading decodes the columns straight into the log's run vectors, then
+//! takes the text from the checkout, or replays the log (a one-chain
+//! history a run at a time).
+//! Version 1 (postcard columns, LZ4 content) is refused with
+//! [`LoadError::UnsupportedVersion`].
 
-use serde::{Deserialize, Serialize};
+use std::ops::Range;
 
-use converge_crdt::ReplicaId;
+use converge_crdt::{Dot, ReplicaId};
 
 use crate::error::LoadError;
 use crate::framing;
 use crate::graph::{Frontier, Graph, Lv};
-use crate::text::oplog::{OpKind, OpLog};
+use crate::text::merge;
+use crate::text::oplog::{OpKind, OpLog, OpRun};
 
 /// Magic prefix of an encoded text.
 pub(crate) const MAGIC: [u8; 4] = *b"CVtx";
 /// Format version written and read by this build.
-pub(crate) const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 2;
 
-/// The encoded body: the log, column by column.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Columns {
-    /// Distinct replicas, in order of first appearance.
-    replicas: Vec<ReplicaId>,
-    /// Runs of LVs: (replica index, first counter, length).
-    agents: Vec<(u32, u64, u64)>,
-    /// Graph entries: (length, parents as distances back from the entry's start).
-    graph: Vec<(u64, Vec<u64>)>,
-    /// Op runs: (length << 2 | flags, where bit 0 = delete and bit 1 =
-    /// forward; position as a signed delta from where the previous run left
-    /// the cursor, which is 0 for uninterrupted typing).
-    ops: Vec<(u64, i64)>,
-    /// Whether `content` is LZ4-compressed (size-prepended).
-    compressed: bool,
-    /// Inserted text, UTF-8.
-    content: Vec<u8>,
-}
+/// Content codec: the UTF-8 bytes as they are.
+const CODEC_RAW: u64 = 0;
+/// Content codec: raw DEFLATE (RFC 1951; the CRC in the header covers it).
+const CODEC_DEFLATE: u64 = 1;
+/// Content shorter than this is stored raw: DEFLATE cannot win much on it.
+const MIN_COMPRESSED: usize = 32;
 
 /// Limits applied when loading.
 #[derive(Debug, Clone)]
@@ -54,7 +75,7 @@ pub struct LoadLimits {
     pub max_bytes: usize,
     /// Most operations in the history.
     pub max_ops: u64,
-    /// Most bytes of inserted text (after decompression).
+    /// Most bytes of inserted text, and of the columns, once decompressed.
     pub max_content_bytes: usize,
 }
 
@@ -68,213 +89,714 @@ impl Default for LoadLimits {
     }
 }
 
-pub(crate) fn encode(oplog: &OpLog) -> Vec<u8> {
+/// Encodes `oplog`. `checkout` is the log's checkout if known (see
+/// [`merge::checkout`]); otherwise it is computed when the history is not
+/// one chain (one-chain histories load fast by replay and need none).
+pub(crate) fn encode(oplog: &OpLog, checkout: Option<&[Range<Lv>]>) -> Vec<u8> {
     // Replicas holding the same ops must write the same bytes.
-    if let Some(canonical) = oplog.canonical() {
-        return encode(&canonical);
+    if let Some((canonical, new_lv)) = oplog.canonical() {
+        // Renumbered: a known checkout names the old LVs.
+        let renamed = checkout.map(|c| rename(c, &new_lv));
+        return encode(&canonical, renamed.as_deref());
     }
-    let mut replicas: Vec<ReplicaId> = Vec::new();
-    let mut agents = Vec::new();
-    for (lvs, replica, counter) in oplog.agents.runs() {
-        let idx = match replicas.iter().position(|r| *r == replica) {
-            Some(i) => i,
-            None => {
-                replicas.push(replica);
-                replicas.len() - 1
+    let computed;
+    let checkout = match checkout {
+        Some(c) => Some(c),
+        None if oplog.graph.is_chain() => None,
+        None => {
+            computed = merge::checkout(oplog);
+            computed.as_deref()
+        }
+    };
+    framing::frame(MAGIC, VERSION, |mut out| {
+        let mut cols = Vec::new();
+        put(&mut cols, oplog.len() as u64);
+
+        let mut replicas: Vec<ReplicaId> = Vec::new();
+        let mut agents = Vec::new();
+        let runs: Vec<_> = oplog.agents.runs().collect();
+        for (_, replica, _) in &runs {
+            if !replicas.contains(replica) {
+                replicas.push(*replica);
             }
-        };
-        agents.push((idx as u32, counter, (lvs.end - lvs.start) as u64));
-    }
-    let graph = oplog
-        .graph
-        .entries()
-        .map(|(span, parents)| {
-            (
-                (span.end - span.start) as u64,
-                parents.iter().map(|p| (span.start - p) as u64).collect(),
-            )
-        })
-        .collect();
-    let mut cursor = 0i64;
-    let ops = oplog
-        .runs
-        .iter()
-        .map(|r| {
-            let flags = u64::from(r.kind == OpKind::Delete) | (u64::from(r.fwd) << 1);
-            let pos = r.pos as i64;
-            let delta = pos - cursor;
-            cursor = cursor_after(r.kind, r.fwd, pos, r.len() as i64);
-            (((r.len() as u64) << 2) | flags, delta)
-        })
-        .collect();
-    let raw = oplog.text.as_bytes();
-    let packed = lz4_flex::compress_prepend_size(raw);
-    let (compressed, content) = if packed.len() < raw.len() {
-        (true, packed)
-    } else {
-        (false, raw.to_vec())
-    };
-    let columns = Columns {
-        replicas,
-        agents,
-        graph,
-        ops,
-        compressed,
-        content,
-    };
-    framing::frame(MAGIC, VERSION, |out| {
-        framing::postcard_extend(&columns, out)
+        }
+        let n = replicas.len() as u64;
+        for (lvs, replica, _) in &runs {
+            // Replica ids were collected from these very runs.
+            let idx = replicas.iter().position(|r| r == replica).unwrap_or(0) as u64;
+            put(&mut agents, (lvs.end - lvs.start) as u64 * n + idx);
+        }
+        put(&mut cols, n);
+        for r in &replicas {
+            cols.extend_from_slice(&r.as_u64().to_le_bytes());
+        }
+        put_section(&mut cols, &agents);
+
+        let mut graph = Vec::new();
+        for (span, parents) in oplog.graph.entries() {
+            let len = (span.end - span.start) as u64;
+            let code = parents.len().min(3) as u64;
+            put(&mut graph, len << 2 | code);
+            if code == 3 {
+                put(&mut graph, parents.len() as u64);
+            }
+            // Newest first: each distance is from the previous point.
+            let mut from = span.start;
+            for &p in parents.iter().rev() {
+                put(&mut graph, (from - p) as u64);
+                from = p;
+            }
+        }
+        put_section(&mut cols, &graph);
+
+        let mut ops = Vec::with_capacity(oplog.runs.len() * 2);
+        let mut cursor = 0i64;
+        for run in &oplog.runs {
+            put_op_run(&mut ops, run, &mut cursor);
+        }
+        put_section(&mut cols, &ops);
+
+        let mut spans = Vec::new();
+        if let Some(checkout) = checkout {
+            put(&mut spans, checkout.len() as u64);
+            let mut prev = 0i64;
+            for span in checkout {
+                put(&mut spans, zigzag(span.start as i64 - prev));
+                put(&mut spans, (span.end - span.start - 1) as u64);
+                prev = span.end as i64;
+            }
+        }
+        put_section(&mut cols, &spans);
+
+        put_blob(&mut out, &cols);
+        put_blob(&mut out, oplog.text.as_bytes());
+        out
     })
 }
 
-pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<OpLog, LoadError> {
-    let body = framing::unframe(MAGIC, VERSION, bytes, limits.max_bytes)?;
-    let bad = |why: &str| LoadError::Malformed(why.to_string());
-    let (cols, rest) = postcard::take_from_bytes::<Columns>(body)
-        .map_err(|e| LoadError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(bad("trailing bytes after the body"));
-    }
-    let content = if cols.compressed {
-        let Some(size) = cols
-            .content
-            .first_chunk::<4>()
-            .map(|b| u32::from_le_bytes(*b) as usize)
-        else {
-            return Err(bad("compressed content has no size"));
-        };
-        if size > limits.max_content_bytes {
-            return Err(LoadError::TooLarge(format!(
-                "{size} bytes of text, limit {}",
-                limits.max_content_bytes
-            )));
+/// `checkout` with each LV renamed by `new_lv`, as runs again.
+fn rename(checkout: &[Range<Lv>], new_lv: &[Lv]) -> Vec<Range<Lv>> {
+    let mut out: Vec<Range<Lv>> = Vec::with_capacity(checkout.len());
+    for &lv in checkout.iter().flat_map(|span| &new_lv[span.clone()]) {
+        match out.last_mut() {
+            Some(span) if span.end == lv => span.end += 1,
+            _ => out.push(lv..lv + 1),
         }
-        lz4_flex::decompress_size_prepended(&cols.content)
-            .map_err(|e| LoadError::Malformed(e.to_string()))?
-    } else {
-        cols.content
+    }
+    out
+}
+
+/// Writes one op run, moving `cursor` to where the run leaves it.
+///
+/// The first varint carries two flags in its low bits: bit 0 = more than
+/// one operation, bit 1 = delete. A single operation stores the zigzag
+/// delta of its position from the cursor in the rest (one byte for
+/// positions within 15 of the cursor). A longer run stores bit 2 = the
+/// position moved (then a zigzag delta varint follows), for deletes bit 3 =
+/// forward (delete key; else backspace), and `len - 2` in the rest.
+///
+/// The cursor is where the run starts: an insert's first position, a
+/// forward delete's position, and for a backspace run the position just
+/// after the last character it deleted first; it ends after the inserted
+/// text, at the forward delete's position, or at the last character a
+/// backspace run deleted.
+fn put_op_run(out: &mut Vec<u8>, run: &OpRun, cursor: &mut i64) {
+    let len = run.len() as u64;
+    let del = run.kind == OpKind::Delete;
+    let multi = len > 1;
+    let fwd = run.fwd || !multi;
+    let pos = run.pos as i64;
+    let (start, end) = match (run.kind, fwd) {
+        (OpKind::Insert, _) => (pos, pos + len as i64),
+        (OpKind::Delete, true) => (pos, pos),
+        (OpKind::Delete, false) => (pos + 1, pos + 1 - len as i64),
     };
-    let text = String::from_utf8(content).map_err(|_| bad("inserted text is not UTF-8"))?;
+    let diff = start - *cursor;
+    *cursor = end;
+    let flags = u64::from(multi) | u64::from(del) << 1;
+    if !multi {
+        put(out, zigzag(diff) << 2 | flags);
+        return;
+    }
+    let mut head = (len - 2) << 1 | u64::from(diff != 0);
+    if del {
+        head = head << 1 | u64::from(fwd);
+    }
+    put(out, head << 2 | flags);
+    if diff != 0 {
+        put(out, zigzag(diff));
+    }
+}
+
+/// A decoded text: its log, and its checkout with the text it spells when
+/// the encoding holds one.
+pub(crate) struct Decoded {
+    pub(crate) oplog: OpLog,
+    pub(crate) checkout: Option<(Vec<Range<Lv>>, String)>,
+}
+
+pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<Decoded, LoadError> {
+    let body = framing::unframe(MAGIC, VERSION, bytes, limits.max_bytes)?;
+    let mut body = Reader::new(body, "body");
+    let cols = take_blob(&mut body, "columns", limits.max_content_bytes)?;
+    let text = take_blob(&mut body, "inserted text", limits.max_content_bytes)?;
+    if !body.is_empty() {
+        return Err(malformed("trailing bytes after the body"));
+    }
+    let text = String::from_utf8(text).map_err(|_| malformed("inserted text is not UTF-8"))?;
+    let mut body = Reader::new(&cols, "columns");
+    let total = body.varint()?;
+    if total > limits.max_ops {
+        return Err(LoadError::TooLarge(format!(
+            "{total} operations, limit {}",
+            limits.max_ops
+        )));
+    }
+    let total = usize::try_from(total).map_err(|_| malformed("too many operations"))?;
+
+    let n_replicas = body.varint()?;
+    if n_replicas > (body.remaining() / 8) as u64 || (n_replicas == 0) != (total == 0) {
+        return Err(malformed("bad replica count"));
+    }
+    let mut replicas = Vec::with_capacity(n_replicas as usize);
+    for _ in 0..n_replicas {
+        let id = ReplicaId::from_u64(u64::from_le_bytes(body.array()?));
+        if replicas.contains(&id) {
+            return Err(malformed("a replica is listed twice"));
+        }
+        replicas.push(id);
+    }
 
     let mut oplog = OpLog::default();
-    // Authors: runs must cover 0..n and keep each replica's counters contiguous.
-    let mut next: Lv = 0;
-    for &(idx, counter, len) in &cols.agents {
-        let replica = *cols
-            .replicas
-            .get(idx as usize)
-            .ok_or_else(|| bad("unknown replica index"))?;
-        if len == 0 || counter != oplog.agents.version().get(replica) + 1 {
-            return Err(bad("a replica's operation counters are not contiguous"));
-        }
-        let end = (next as u64)
-            .checked_add(len)
-            .filter(|e| *e <= limits.max_ops)
-            .ok_or_else(|| bad("too many operations"))?;
-        oplog.agents.push(next..end as Lv, replica, counter);
-        next = end as Lv;
+    decode_agents(&mut body.section("agents")?, &replicas, total, &mut oplog)?;
+    let frontier = decode_graph(&mut body.section("graph")?, total, &mut oplog)?;
+    check_chains(&oplog)?;
+    decode_ops(&mut body.section("ops")?, total, &text, &mut oplog)?;
+    let mut spans = body.section("checkout")?;
+    if !body.is_empty() {
+        return Err(malformed("trailing bytes after the columns"));
     }
-    let total = next;
-    // Graph: entries cover 0..n, parents point strictly back.
+    oplog.text = text;
+    oplog.frontier = frontier;
+    let checkout = if spans.is_empty() {
+        None
+    } else {
+        Some(decode_checkout(&mut spans, &oplog)?)
+    };
+    Ok(Decoded { oplog, checkout })
+}
+
+/// The checkout: disjoint runs of insert ops, in document order; returns
+/// them with the text they spell.
+fn decode_checkout(
+    r: &mut Reader<'_>,
+    oplog: &OpLog,
+) -> Result<(Vec<Range<Lv>>, String), LoadError> {
+    let total = oplog.len();
+    let count = r.varint()?;
+    if count > r.remaining() as u64 {
+        return Err(malformed("checkout is truncated"));
+    }
+    let mut spans = Vec::with_capacity(count as usize);
+    let mut prev: i64 = 0;
+    for _ in 0..count {
+        let start = prev
+            .checked_add(unzigzag(r.varint()?))
+            .and_then(|s| usize::try_from(s).ok());
+        let len = r.varint()?;
+        let span = start
+            .zip(usize::try_from(len).ok())
+            .and_then(|(s, l)| Some(s..s.checked_add(l)?.checked_add(1)?))
+            .filter(|span| span.end <= total)
+            .ok_or_else(|| malformed("checkout names ops the log lacks"))?;
+        prev = span.end as i64;
+        spans.push(span);
+    }
+    if !r.is_empty() {
+        return Err(malformed("trailing bytes after the checkout"));
+    }
+    let mut sorted = spans.clone();
+    sorted.sort_unstable_by_key(|s| s.start);
+    if sorted.windows(2).any(|w| w[0].end > w[1].start) {
+        return Err(malformed("checkout names an op twice"));
+    }
+    let mut text = String::new();
+    for span in &spans {
+        let mut lv = span.start;
+        while lv < span.end {
+            let (run, k) = oplog.run_at(lv);
+            if run.kind != OpKind::Insert {
+                return Err(malformed("checkout names a delete"));
+            }
+            let n = (run.lvs.end - lv).min(span.end - lv);
+            text.push_str(oplog.run_text(run, k, n));
+            lv += n;
+        }
+    }
+    Ok((spans, text))
+}
+
+/// Authors: runs must cover `0..total`; counters follow from LV order.
+fn decode_agents(
+    r: &mut Reader<'_>,
+    replicas: &[ReplicaId],
+    total: Lv,
+    oplog: &mut OpLog,
+) -> Result<(), LoadError> {
+    let n = replicas.len() as u64;
+    let mut next: Lv = 0;
+    while !r.is_empty() {
+        let v = r.varint()?;
+        // `n > 0` whenever there are operations (checked by the caller).
+        let (len, idx) = (v / n.max(1), v % n.max(1));
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| next.checked_add(len))
+            .filter(|end| len > 0 && *end <= total)
+            .ok_or_else(|| malformed("authors do not cover the log"))?;
+        let replica = replicas[idx as usize];
+        let counter = oplog.agents.version().get(replica) + 1;
+        oplog.agents.push(next..end, replica, counter);
+        next = end;
+    }
+    if next != total {
+        return Err(malformed("authors do not cover the log"));
+    }
+    Ok(())
+}
+
+/// Graph: entries cover `0..total`, parents point strictly back.
+fn decode_graph(r: &mut Reader<'_>, total: Lv, oplog: &mut OpLog) -> Result<Frontier, LoadError> {
     let mut start: Lv = 0;
     let mut frontier = Frontier::new();
-    for (len, parents) in &cols.graph {
-        let end = (start as u64)
-            .checked_add(*len)
-            .filter(|e| *len > 0 && *e <= total as u64)
-            .ok_or_else(|| bad("graph does not cover the log"))? as Lv;
-        let mut ps: Frontier = Frontier::new();
-        for d in parents {
-            let d = usize::try_from(*d)
-                .ok()
-                .filter(|d| *d >= 1 && *d <= start)
-                .ok_or_else(|| bad("a parent points forward"))?;
-            ps.push(start - d);
+    let mut parents = Frontier::new();
+    while !r.is_empty() {
+        let head = r.varint()?;
+        let end = usize::try_from(head >> 2)
+            .ok()
+            .and_then(|len| start.checked_add(len))
+            .filter(|end| *end > start && *end <= total)
+            .ok_or_else(|| malformed("graph does not cover the log"))?;
+        let count = match head & 3 {
+            3 => r.varint()?,
+            n => n,
+        };
+        if count > start as u64 {
+            return Err(malformed("more parents than operations before them"));
         }
-        ps.sort_unstable();
-        ps.dedup();
-        oplog.graph.push(&ps, start..end);
-        Graph::advance_frontier(&mut frontier, &ps, &(start..end));
+        parents.clear();
+        let mut from = start;
+        for _ in 0..count {
+            let d = r.varint()?;
+            from = usize::try_from(d)
+                .ok()
+                .filter(|d| *d >= 1 && *d <= from)
+                .map(|d| from - d)
+                .ok_or_else(|| malformed("a parent points forward"))?;
+            parents.push(from);
+        }
+        parents.reverse();
+        oplog.graph.push(&parents, start..end);
+        Graph::advance_frontier(&mut frontier, &parents, &(start..end));
         start = end;
     }
     if start != total {
-        return Err(bad("graph does not cover the log"));
+        return Err(malformed("graph does not cover the log"));
     }
-    // Each replica's ops must form a causal chain.
-    for (lvs, replica, counter) in oplog.agents.runs().collect::<Vec<_>>() {
-        let prev = (counter > 1)
-            .then(|| {
-                oplog
-                    .agents
-                    .lv(converge_crdt::Dot::new(replica, counter - 1))
-            })
-            .flatten();
-        if !oplog
-            .graph
-            .extends_own_chain(&oplog.graph.parents_of(lvs.start), prev)
-        {
-            return Err(bad(
+    Ok(frontier)
+}
+
+/// Each replica's operations must form a causal chain.
+fn check_chains(oplog: &OpLog) -> Result<(), LoadError> {
+    for (lvs, replica, counter) in oplog.agents.runs() {
+        if counter == 1 {
+            continue;
+        }
+        let prev = oplog.agents.lv(Dot::new(replica, counter - 1));
+        let parents = oplog.graph.parents_of(lvs.start);
+        if !oplog.graph.extends_own_chain(&parents, prev) {
+            return Err(malformed(
                 "an operation has not seen its replica's previous operation",
             ));
         }
     }
-    // Ops: runs cover 0..n; inserts consume the text in order.
-    let mut chars = text
-        .char_indices()
-        .map(|(i, _)| i)
-        .chain(std::iter::once(text.len()));
-    // The iterator yields char boundaries; skip the first (0) so that
-    // `nth(n - 1)` gives the boundary `n` characters on.
-    let _ = chars.next();
+    Ok(())
+}
+
+/// Reads a blob written by [`put_blob`]: at most `limit` bytes once decoded.
+fn take_blob(r: &mut Reader<'_>, what: &str, limit: usize) -> Result<Vec<u8>, LoadError> {
+    let codec = r.varint()?;
+    let size = r.varint()?;
+    if size > limit as u64 {
+        return Err(LoadError::TooLarge(format!(
+            "{size} bytes of {what}, limit {limit}"
+        )));
+    }
+    let size = size as usize;
+    let stored = r.section("blob")?.rest();
+    match codec {
+        CODEC_RAW if stored.len() == size => Ok(stored.to_vec()),
+        CODEC_RAW => Err(LoadError::Malformed(format!(
+            "{what}: length does not match"
+        ))),
+        CODEC_DEFLATE => {
+            inflate(stored, size).map_err(|why| LoadError::Malformed(format!("{what}: {why}")))
+        }
+        _ => Err(LoadError::Malformed(format!(
+            "{what}: unknown codec {codec}"
+        ))),
+    }
+}
+
+/// Op runs: they cover `0..total`, and inserts consume `text` in order.
+fn decode_ops(
+    r: &mut Reader<'_>,
+    total: Lv,
+    text: &str,
+    oplog: &mut OpLog,
+) -> Result<(), LoadError> {
+    let ascii = text.is_ascii();
     let mut byte = 0usize;
     let mut lv: Lv = 0;
     let mut cursor: i64 = 0;
-    for &(len_flags, delta) in &cols.ops {
-        let (flags, len) = (len_flags & 3, len_flags >> 2);
-        let pos = cursor
-            .checked_add(delta)
-            .filter(|p| *p >= 0)
-            .ok_or_else(|| bad("negative position"))?;
-        let end = (lv as u64)
-            .checked_add(len)
-            .filter(|e| len > 0 && *e <= total as u64)
-            .ok_or_else(|| bad("ops do not cover the log"))? as Lv;
-        let kind = if flags & 1 == 1 {
-            OpKind::Delete
+    while !r.is_empty() {
+        let head = r.varint()?;
+        let (multi, del) = (head & 1 == 1, head & 2 == 2);
+        let mut rest = head >> 2;
+        let (len, diff, fwd) = if multi {
+            let fwd = if del {
+                let fwd = rest & 1 == 1;
+                rest >>= 1;
+                fwd
+            } else {
+                true
+            };
+            let moved = rest & 1 == 1;
+            let len = (rest >> 1)
+                .checked_add(2)
+                .ok_or_else(|| malformed("run too long"))?;
+            let diff = if moved { unzigzag(r.varint()?) } else { 0 };
+            (len, diff, fwd)
         } else {
-            OpKind::Insert
+            (1, unzigzag(rest), true)
         };
-        let fwd = flags & 2 == 2;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| lv.checked_add(len))
+            .filter(|end| *end <= total)
+            .ok_or_else(|| malformed("ops do not cover the log"))?;
         let n = end - lv;
-        if kind == OpKind::Delete && !fwd && (pos as usize) + 1 < n {
-            return Err(bad("backspace run past the start"));
-        }
+        let start = cursor
+            .checked_add(diff)
+            .filter(|s| *s >= 0)
+            .ok_or_else(|| malformed("negative position"))?;
+        let kind = if del { OpKind::Delete } else { OpKind::Insert };
+        let (pos, after) = match (kind, fwd) {
+            (OpKind::Insert, _) => (start, start.checked_add(n as i64)),
+            (OpKind::Delete, true) => (start, Some(start)),
+            (OpKind::Delete, false) => {
+                if start < n as i64 {
+                    return Err(malformed("backspace run past the start"));
+                }
+                (start - 1, Some(start - n as i64))
+            }
+        };
+        cursor = after.ok_or_else(|| malformed("position overflows"))?;
         let content = if kind == OpKind::Insert {
             let from = byte;
-            byte = chars
-                .nth(n - 1)
-                .ok_or_else(|| bad("inserted text is shorter than the inserts"))?;
+            byte = if ascii {
+                Some(from + n).filter(|b| *b <= text.len())
+            } else {
+                advance_chars(text, from, n)
+            }
+            .ok_or_else(|| malformed("inserted text is shorter than the inserts"))?;
             from..byte
         } else {
             byte..byte
         };
-        oplog.push_decoded(lv..end, kind, pos as usize, fwd, content, &text);
-        cursor = cursor_after(kind, fwd, pos, n as i64);
+        let pos = usize::try_from(pos).map_err(|_| malformed("position overflows"))?;
+        let run_ascii = ascii || text[content.clone()].is_ascii();
+        oplog.push_decoded(lv..end, kind, pos, fwd, content, run_ascii);
         lv = end;
     }
     if lv != total || byte != text.len() {
-        return Err(bad("ops do not match the log or the text"));
+        return Err(malformed("ops do not match the log or the text"));
     }
-    oplog.text = text;
-    oplog.frontier = frontier;
-    Ok(oplog)
+    Ok(())
 }
 
-/// Where the cursor is after a run: the base for the next run's position.
-fn cursor_after(kind: OpKind, fwd: bool, pos: i64, len: i64) -> i64 {
-    match (kind, fwd) {
-        (OpKind::Insert, _) => pos + len,
-        (OpKind::Delete, true) => pos,
-        (OpKind::Delete, false) => pos - len + 1,
+/// The byte offset `n` characters after byte offset `from` of `s`.
+fn advance_chars(s: &str, from: usize, n: usize) -> Option<usize> {
+    let mut count = 0;
+    for (off, _) in s[from..].char_indices() {
+        if count == n {
+            return Some(from + off);
+        }
+        count += 1;
+    }
+    (count == n).then_some(s.len())
+}
+
+fn malformed(why: &str) -> LoadError {
+    LoadError::Malformed(why.to_string())
+}
+
+/// Appends `v` as a LEB128 varint.
+fn put(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Appends a blob: codec, decoded length, stored length, stored bytes
+/// (DEFLATE when that is smaller).
+fn put_blob(out: &mut Vec<u8>, raw: &[u8]) {
+    let packed = (raw.len() >= MIN_COMPRESSED)
+        .then(|| deflate(raw))
+        .filter(|p| p.len() < raw.len());
+    put(
+        out,
+        if packed.is_some() {
+            CODEC_DEFLATE
+        } else {
+            CODEC_RAW
+        },
+    );
+    put(out, raw.len() as u64);
+    let stored = packed.as_deref().unwrap_or(raw);
+    put_section(out, stored);
+}
+
+/// Appends `bytes` prefixed with their length.
+fn put_section(out: &mut Vec<u8>, bytes: &[u8]) {
+    put(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(u: u64) -> i64 {
+    (u >> 1) as i64 ^ -((u & 1) as i64)
+}
+
+fn deflate(raw: &[u8]) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut out = Vec::with_capacity(raw.len() / 2 + 64);
+    loop {
+        let before = c.total_in() as usize;
+        out.reserve(raw.len() / 4 + 64);
+        // Compressing into a growing Vec only fails on a full output,
+        // which the reserve above rules out.
+        match c.compress_vec(&raw[before..], &mut out, flate2::FlushCompress::Finish) {
+            Ok(flate2::Status::StreamEnd) => return out,
+            Ok(_) => continue,
+            Err(e) => unreachable!("in-memory DEFLATE cannot fail: {e}"),
+        }
+    }
+}
+
+/// Decompresses `packed`, which must decode to exactly `size` bytes. The
+/// output grows as data arrives, so a false `size` cannot make it allocate
+/// much more than the data warrants.
+fn inflate(packed: &[u8], size: usize) -> Result<Vec<u8>, String> {
+    let mut d = flate2::Decompress::new(false);
+    let mut out = Vec::with_capacity(size.min(packed.len().saturating_mul(4) + 1024));
+    loop {
+        if out.len() == out.capacity() {
+            let room = size - out.len().min(size);
+            if room == 0 {
+                return Err("decompresses to more than its length".into());
+            }
+            out.reserve_exact(room.min(out.len().max(1 << 16)));
+        }
+        let (was_in, was_out) = (d.total_in(), d.total_out());
+        let rest = packed.get(was_in as usize..).unwrap_or_default();
+        let status = d
+            .decompress_vec(rest, &mut out, flate2::FlushDecompress::None)
+            .map_err(|e| e.to_string())?;
+        if status == flate2::Status::StreamEnd {
+            break;
+        }
+        if d.total_in() == was_in && d.total_out() == was_out && out.len() < out.capacity() {
+            return Err("compressed data is truncated".into());
+        }
+    }
+    if out.len() != size || d.total_in() != packed.len() as u64 {
+        return Err("does not decompress to its length".into());
+    }
+    Ok(out)
+}
+
+/// Reads varints and slices off a byte slice; every read is checked.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8], what: &'static str) -> Self {
+        Self { bytes, what }
+    }
+
+    fn truncated(&self) -> LoadError {
+        LoadError::Malformed(format!("{} is truncated", self.what))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn varint(&mut self) -> Result<u64, LoadError> {
+        let mut v = 0u64;
+        for (i, &b) in self.bytes.iter().enumerate().take(10) {
+            let bits = u64::from(b & 0x7f);
+            if i == 9 && b > 1 {
+                return Err(LoadError::Malformed(format!(
+                    "{}: varint overflows",
+                    self.what
+                )));
+            }
+            v |= bits << (7 * i);
+            if b < 0x80 {
+                self.bytes = &self.bytes[i + 1..];
+                return Ok(v);
+            }
+        }
+        Err(self.truncated())
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], LoadError> {
+        let (head, rest) = self
+            .bytes
+            .split_first_chunk::<N>()
+            .ok_or_else(|| self.truncated())?;
+        self.bytes = rest;
+        Ok(*head)
+    }
+
+    /// A length-prefixed section.
+    fn section(&mut self, what: &'static str) -> Result<Self, LoadError> {
+        let len = self.varint()?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|l| *l <= self.bytes.len())
+            .ok_or_else(|| LoadError::Malformed(format!("{what} is truncated")))?;
+        let (head, rest) = self.bytes.split_at(len);
+        self.bytes = rest;
+        Ok(Self::new(head, what))
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            put(&mut out, v);
+            let mut r = Reader::new(&out, "test");
+            assert_eq!(r.varint().unwrap(), v);
+            assert!(r.is_empty());
+        }
+        for v in [0, 1, -1, 63, -64, i64::MAX, i64::MIN] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+        // Eleven bytes, or a tenth byte above 1, overflow; a cut one is truncated.
+        assert!(Reader::new(&[0xff; 11], "t").varint().is_err());
+        assert!(
+            Reader::new(
+                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2],
+                "t"
+            )
+            .varint()
+            .is_err()
+        );
+        assert!(Reader::new(&[0x80], "t").varint().is_err());
+    }
+
+    #[test]
+    fn renamed_checkouts_merge_runs_that_become_adjacent() {
+        let new_lv = [3, 4, 0, 1, 2, 5];
+        assert_eq!(rename(&[0..2, 5..6], &new_lv), vec![3..6]);
+        assert_eq!(rename(&[2..4, 0..1], &new_lv), vec![0..2, 3..4]);
+        assert!(rename(&[], &new_lv).is_empty());
+    }
+
+    #[test]
+    fn inflate_checks_the_declared_length() {
+        let raw = "the quick brown fox jumps over the lazy dog; ".repeat(5000);
+        let packed = deflate(raw.as_bytes());
+        assert!(packed.len() * 10 < raw.len());
+        assert_eq!(inflate(&packed, raw.len()).unwrap(), raw.as_bytes());
+        assert!(
+            inflate(&packed, raw.len() - 1).is_err(),
+            "longer than declared"
+        );
+        assert!(
+            inflate(&packed, raw.len() + 1).is_err(),
+            "shorter than declared"
+        );
+        assert!(
+            inflate(&packed[..packed.len() / 2], raw.len()).is_err(),
+            "cut"
+        );
+        let mut trailing = packed.clone();
+        trailing.push(0);
+        assert!(inflate(&trailing, raw.len()).is_err(), "trailing bytes");
+    }
+
+    #[test]
+    fn op_runs_round_trip_through_the_cursor() {
+        let runs = [
+            (OpKind::Insert, 5, 3, true),
+            (OpKind::Delete, 7, 3, false),
+            (OpKind::Delete, 4, 2, true),
+            (OpKind::Insert, 4, 1, true),
+            (OpKind::Delete, 0, 1, true),
+            (OpKind::Insert, 1000, 40, true),
+        ];
+        let text = "abc".to_string() + "d" + &"x".repeat(40);
+        let mut oplog = OpLog::default();
+        let mut lv = 0;
+        let mut byte = 0;
+        let mut out = Vec::new();
+        let mut cursor = 0;
+        for (kind, pos, len, fwd) in runs {
+            let content = if kind == OpKind::Insert {
+                byte += len;
+                byte - len..byte
+            } else {
+                byte..byte
+            };
+            let run = OpRun {
+                lvs: lv..lv + len,
+                kind,
+                pos,
+                fwd,
+                content,
+                ascii: true,
+            };
+            put_op_run(&mut out, &run, &mut cursor);
+            oplog.runs.push(run);
+            lv += len;
+        }
+        // Backspacing right after typing, and typing where deleting stopped, cost one byte.
+        let mut decoded = OpLog::default();
+        decode_ops(&mut Reader::new(&out, "ops"), lv, &text, &mut decoded).unwrap();
+        assert_eq!(decoded.runs, oplog.runs);
     }
 }

@@ -11,12 +11,15 @@ mod encode;
 mod merge;
 pub mod oplog;
 
+use std::ops::Range;
+
 use converge_crdt::{ReplicaId, VersionVector};
 use jumprope::JumpRopeBuf;
 
 use crate::doc::PosUnit;
 use crate::error::DocError;
 pub use crate::error::LoadError;
+use crate::graph::Lv;
 pub use encode::LoadLimits;
 pub use oplog::{Limits, OpKind, OpLog, TextChange};
 
@@ -46,6 +49,9 @@ pub struct Text {
     /// The text at the log's whole version (between calls, always).
     content: JumpRopeBuf,
     limits: Limits,
+    /// The checkout read by [`Text::load`], kept until the first change so
+    /// that re-encoding an unchanged text needs no replay.
+    checkout: Option<Vec<Range<Lv>>>,
 }
 
 impl Text {
@@ -56,6 +62,7 @@ impl Text {
             oplog: OpLog::default(),
             content: JumpRopeBuf::new(),
             limits: Limits::default(),
+            checkout: None,
         }
     }
 
@@ -165,6 +172,7 @@ impl Text {
         if n == 0 {
             return Ok(());
         }
+        self.checkout = None;
         self.oplog
             .push_local(self.replica, OpKind::Insert, pos, n, text);
         self.content.insert(pos, text);
@@ -183,6 +191,7 @@ impl Text {
         if len == 0 {
             return Ok(());
         }
+        self.checkout = None;
         self.oplog
             .push_local(self.replica, OpKind::Delete, pos, len, "");
         self.content.remove(pos..pos + len);
@@ -192,7 +201,7 @@ impl Text {
     /// Encodes the text with its whole history (compact, versioned,
     /// checksummed). [`Text::load`] reads it back.
     pub fn encode(&self) -> Vec<u8> {
-        encode::encode(&self.oplog)
+        encode::encode(&self.oplog, self.checkout.as_deref())
     }
 
     /// Loads an encoded text, to be edited further by `replica`, with
@@ -207,11 +216,19 @@ impl Text {
         replica: ReplicaId,
         limits: &LoadLimits,
     ) -> Result<Self, LoadError> {
-        let oplog = encode::decode(bytes, limits)?;
+        let encode::Decoded { oplog, checkout } = encode::decode(bytes, limits)?;
         let mut text = Self::new(replica);
-        let (edits, _) = merge::merge(&oplog, &[], &oplog.frontier, 0)
-            .map_err(|e| LoadError::Malformed(format!("history does not replay: {e}")))?;
-        apply_edits(&mut text.content, edits);
+        if let Some((spans, content)) = checkout {
+            // The stored text at the whole version: no replay needed.
+            text.content = JumpRopeBuf::new_from_str(&content);
+            text.checkout = Some(spans);
+        } else if oplog.graph.is_chain() {
+            text.content = replay_chain(&oplog)?;
+        } else {
+            let (edits, _) = merge::merge(&oplog, &[], &oplog.frontier, 0)
+                .map_err(|e| LoadError::Malformed(format!("history does not replay: {e}")))?;
+            apply_edits(&mut text.content, edits);
+        }
         text.oplog = oplog;
         Ok(text)
     }
@@ -235,7 +252,8 @@ impl Text {
         }
         let len = self.len_chars();
         let merged = match pushed {
-            Ok(()) => merge::merge(&self.oplog, &old_frontier, &self.oplog.frontier, len),
+            Ok(()) => merge::merge(&self.oplog, &old_frontier, &self.oplog.frontier, len)
+                .and_then(|(edits, f)| check_edits(len, &edits).map(|()| (edits, f))),
             Err(e) => Err(e),
         };
         let (edits, _) = match merged {
@@ -245,9 +263,63 @@ impl Text {
                 return Err(e);
             }
         };
+        if self.oplog.len() != start {
+            self.checkout = None;
+        }
         apply_edits(&mut self.content, edits);
         Ok(())
     }
+}
+
+/// The text of a log whose history is one chain (each operation made on
+/// the one before), built run by run with no merge bookkeeping: the common
+/// case of a text edited by one replica at a time.
+fn replay_chain(oplog: &OpLog) -> Result<JumpRopeBuf, LoadError> {
+    let mut content = JumpRopeBuf::new();
+    let mut len = 0usize;
+    for run in &oplog.runs {
+        let (pos, n) = (run.pos, run.len());
+        match (run.kind, run.fwd) {
+            (OpKind::Insert, _) if pos <= len => {
+                content.insert(pos, &oplog.text[run.content.clone()]);
+                len += n;
+            }
+            (OpKind::Delete, true) if pos.checked_add(n).is_some_and(|end| end <= len) => {
+                content.remove(pos..pos + n);
+                len -= n;
+            }
+            (OpKind::Delete, false) if pos < len && pos + 1 >= n => {
+                content.remove(pos + 1 - n..pos + 1);
+                len -= n;
+            }
+            _ => {
+                return Err(LoadError::Malformed(format!(
+                    "history does not replay: operation {} at position {pos} is past the end ({len})",
+                    run.lvs.start
+                )));
+            }
+        }
+    }
+    Ok(content)
+}
+
+/// Checks that `edits` stay within a text of `len` characters. Merges of
+/// honest histories always do; a loaded text whose stored checkout
+/// disagreed with its history might not, and must get an error, not a
+/// panic in the rope.
+fn check_edits(mut len: usize, edits: &[merge::Edit<'_>]) -> Result<(), DocError> {
+    for edit in edits {
+        let (pos, end, grow) = match *edit {
+            merge::Edit::InsertChar(pos, _, _) => (pos, pos, 1),
+            merge::Edit::InsertStr(pos, _, s) => (pos, pos, s.chars().count()),
+            merge::Edit::Delete(pos, n) => (pos, pos.saturating_add(n), 0),
+        };
+        if end > len {
+            return Err(DocError::OutOfBounds { pos: end, len });
+        }
+        len = len + grow - (end - pos);
+    }
+    Ok(())
 }
 
 /// Applies merge output to the rope. Positions were validated by the merge.
@@ -255,8 +327,8 @@ fn apply_edits(content: &mut JumpRopeBuf, edits: Vec<merge::Edit<'_>>) {
     let mut buf = [0u8; 4];
     for edit in edits {
         match edit {
-            merge::Edit::InsertChar(pos, ch) => content.insert(pos, ch.encode_utf8(&mut buf)),
-            merge::Edit::InsertStr(pos, s) => content.insert(pos, s),
+            merge::Edit::InsertChar(pos, _, ch) => content.insert(pos, ch.encode_utf8(&mut buf)),
+            merge::Edit::InsertStr(pos, _, s) => content.insert(pos, s),
             merge::Edit::Delete(pos, n) => content.remove(pos..pos + n),
         }
     }

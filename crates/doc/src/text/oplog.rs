@@ -177,8 +177,8 @@ impl OpLog {
         });
     }
 
-    /// Appends a run read from an encoding; `content` indexes `text`, which
-    /// becomes the log's text once every run is in.
+    /// Appends a run read from an encoding; `content` indexes the text,
+    /// which becomes the log's text once every run is in.
     pub(crate) fn push_decoded(
         &mut self,
         lvs: Range<Lv>,
@@ -186,9 +186,8 @@ impl OpLog {
         pos: usize,
         fwd: bool,
         content: Range<usize>,
-        text: &str,
+        ascii: bool,
     ) {
-        let ascii = text.get(content.clone()).is_some_and(str::is_ascii);
         self.runs.push(OpRun {
             lvs,
             kind,
@@ -252,8 +251,9 @@ impl OpLog {
     }
 
     /// This log with its ops in canonical order (see
-    /// [`Graph::canonical_order`]), or `None` if it already is.
-    pub(crate) fn canonical(&self) -> Option<Self> {
+    /// [`Graph::canonical_order`]) and each old LV's new LV, or `None` if it
+    /// already is in that order.
+    pub(crate) fn canonical(&self) -> Option<(Self, Vec<Lv>)> {
         let order = self.graph.canonical_order(&self.agents)?;
         let mut new_lv = vec![0; order.len()];
         for (i, lv) in order.iter().enumerate() {
@@ -283,7 +283,7 @@ impl OpLog {
                 text,
             );
         }
-        Some(out)
+        Some((out, new_lv))
     }
 
     /// The operations a replica at `version` lacks, as self-contained runs

@@ -109,8 +109,9 @@ fn crash_loop(crash: impl Fn(&CrashBackend, u64) -> CrashBackend) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
     for seed in 0..seeds {
-        let store = RedbStore::open_with_backend(backend.clone(), StoreConfig::default())
-            .unwrap_or_else(|e| panic!("seed {seed}: reopening after a crash failed: {e}"));
+        let store =
+            RedbStore::open_with_backends(backend.clone(), backend.wal(), StoreConfig::default())
+                .unwrap_or_else(|e| panic!("seed {seed}: reopening after a crash failed: {e}"));
         // Check everything acknowledged so far, across all earlier crashes.
         for ((object, replica), seq) in acked.lock().unwrap().iter() {
             if *replica == DELETED {

@@ -125,11 +125,17 @@ fn memory_and_redb_agree_on_random_operations() {
     for seed in 0..12 {
         let memory = MemoryStore::new();
         let backend = CrashBackend::new();
-        let redb = RedbStore::open_with_backend(backend.clone(), StoreConfig::default()).unwrap();
+        let redb =
+            RedbStore::open_with_backends(backend.clone(), backend.wal(), StoreConfig::default())
+                .unwrap();
         run(seed, &memory, &redb);
         drop(redb);
         // Reopened from what was synced, the redb store holds the same state.
-        let redb = RedbStore::open_with_backend(backend.crashed(), StoreConfig::default()).unwrap();
+        let redb = {
+            let crashed = backend.crashed();
+            RedbStore::open_with_backends(crashed.clone(), crashed.wal(), StoreConfig::default())
+        }
+        .unwrap();
         redb.verify().unwrap();
         assert_eq!(
             outcome(memory.changes_since(0, 10_000)),

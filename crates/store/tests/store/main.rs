@@ -6,3 +6,4 @@ mod differential;
 mod kill;
 mod redb_backend;
 mod util;
+mod wal;

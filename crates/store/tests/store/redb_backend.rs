@@ -325,7 +325,9 @@ fn concurrent_appends_share_syncs() {
     const THREADS: u64 = 12;
     const APPENDS: u64 = 15;
     let backend = CrashBackend::new();
-    let store = RedbStore::open_with_backend(backend.clone(), StoreConfig::default()).unwrap();
+    let store =
+        RedbStore::open_with_backends(backend.clone(), backend.wal(), StoreConfig::default())
+            .unwrap();
     // A slow disk, so that appenders pile up behind each sync.
     backend.set_sync_delay(Duration::from_millis(3));
     let before = store.commit_stats();
@@ -366,7 +368,9 @@ fn steady_writers_all_share_each_sync() {
     const THREADS: u64 = 8;
     const APPENDS: u64 = 40;
     let backend = CrashBackend::new();
-    let store = RedbStore::open_with_backend(backend.clone(), StoreConfig::default()).unwrap();
+    let store =
+        RedbStore::open_with_backends(backend.clone(), backend.wal(), StoreConfig::default())
+            .unwrap();
     backend.set_sync_delay(Duration::from_millis(3));
     let before = store.commit_stats();
     std::thread::scope(|scope| {
@@ -399,7 +403,9 @@ fn steady_writers_all_share_each_sync() {
 #[test]
 fn rejected_job_does_not_disturb_its_batch() {
     let backend = CrashBackend::new();
-    let store = RedbStore::open_with_backend(backend.clone(), StoreConfig::default()).unwrap();
+    let store =
+        RedbStore::open_with_backends(backend.clone(), backend.wal(), StoreConfig::default())
+            .unwrap();
     backend.set_sync_delay(Duration::from_millis(3));
     store.append("o", A, &entries("o", A, 1..=1)).unwrap();
     // Good and bad appends race into shared batches; each gets its own answer.

@@ -706,3 +706,75 @@ fn random_bytes_and_mutated_frames_never_panic_a_session() {
         }
     }
 }
+
+// See issue 5: a session that stored entries from its peer then tailed its
+// own store's change feed and served the same entries straight back.
+#[test]
+fn entries_from_the_peer_are_not_served_back_to_it() {
+    const C: ReplicaId = ReplicaId::from_u64(0xc);
+    let mut p = Pair::new(everything(), everything());
+    // "todos" is listed (so tracked by vector), "notes" only appears later
+    // (served from the feed as ranges): both paths are covered.
+    append(&p.sy, "todos", B, 1..=2);
+    p.drive();
+    assert_eq!(p.sx.version_vector("todos").unwrap().get(B), 2);
+    p.data = (0, 0);
+    // y writes, and relays C's entries as if from a third replica.
+    append(&p.sy, "todos", B, 3..=5);
+    append(&p.sy, "notes", B, 1..=4);
+    append(&p.sy, "notes", C, 1..=2);
+    p.y.handle_store_change(p.now, &p.sy).unwrap();
+    for _ in 0..20 {
+        p.step();
+        // As a node does: x's store changed, so all its sessions look at the feed.
+        p.x.handle_store_change(p.now, &p.sx).unwrap();
+    }
+    for (object, replica, upto) in [("todos", B, 5), ("notes", B, 4), ("notes", C, 2)] {
+        assert_eq!(p.sx.version_vector(object).unwrap().get(replica), upto);
+    }
+    assert!(p.data.1 > 0, "y sent its entries");
+    assert_eq!(p.data.0, 0, "x sent none of them back");
+    assert_eq!(p.x.queue_sizes().peer_holds, 2);
+    // A later write at x still goes out, and only it.
+    append(&p.sx, "notes", A, 1..=1);
+    p.x.handle_store_change(p.now, &p.sx).unwrap();
+    p.drive();
+    assert_eq!(p.sy.version_vector("notes").unwrap().get(A), 1);
+    assert_eq!(p.data.0, 1);
+    assert!(p.x.is_idle() && p.y.is_idle());
+}
+
+#[test]
+fn a_snapshot_and_its_suffix_from_the_peer_are_not_served_back() {
+    let mut cy = everything();
+    cy.limits = Limits::default().with_max_frame_bytes(4096);
+    let mut cx = everything();
+    cx.limits = cy.limits;
+    let mut p = Pair::new(cx, cy);
+    p.drive();
+    // After the listing, y compacts and writes more: x is served live, a
+    // snapshot (x lacks the compacted prefix) and then the suffix.
+    append(&p.sy, "doc", B, 1..=10);
+    let vv = p.sy.version_vector("doc").unwrap();
+    p.sy.put_snapshot("doc", &vv, &[7u8; 9000]).unwrap();
+    p.sy.compact("doc", &vv).unwrap();
+    append(&p.sy, "doc", B, 11..=12);
+    p.y.handle_store_change(p.now, &p.sy).unwrap();
+    let mut x_data = 0;
+    for _ in 0..30 {
+        p.now += 1;
+        while let Some(f) = p.y.poll_transmit() {
+            let _ = p.x.handle_bytes(p.now, &f, &p.sx);
+        }
+        p.x.handle_store_change(p.now, &p.sx).unwrap();
+        while let Some(f) = p.x.poll_transmit() {
+            let decoded = codec::decode(&f, &p.x.config().limits);
+            x_data += usize::from(matches!(decoded, Ok((m, _)) if m.data_number().is_some()));
+            let _ = p.y.handle_bytes(p.now, &f, &p.sy);
+        }
+    }
+    assert_eq!(p.sx.version_vector("doc").unwrap().get(B), 12);
+    assert!(p.sx.latest_snapshot("doc").unwrap().is_some());
+    assert_eq!(x_data, 0, "x sent y nothing of what came from y");
+    assert!(p.x.is_idle() && p.y.is_idle());
+}
