@@ -586,7 +586,7 @@ impl Node {
         // copy): never reuse a seq that exists elsewhere.
         guard.next_seq = guard.next_seq.max(seen.get(self.replica) + 1);
         guard.seen = seen;
-        match guard.doc.receive_changes(changes) {
+        match receive_in_chunks(&mut guard.doc, changes) {
             Ok(patches) => {
                 metrics::counter!("converge_remote_changes_applied_total").increment(1);
                 if !patches.is_empty() {
@@ -757,7 +757,7 @@ fn load_doc(
     let mut doc = Doc::new(replica);
     let (changes, seen) = read_new(store, object, &VersionVector::new())?;
     // Entries of different replicas may depend on each other: hold and retry.
-    doc.receive_changes(changes)?;
+    receive_in_chunks(&mut doc, changes)?;
     if doc.pending_changes() > 0 {
         // Peers deliver each replica's log in order but the logs in any
         // order, so an entry may be stored before one of another replica
@@ -784,6 +784,25 @@ fn load_doc(
         seen,
         patches,
     })
+}
+
+/// Changes handed to the document at once when folding stored logs.
+/// `Doc::receive_changes` refuses a batch that could overflow its pending
+/// limit (10,000 by default) before applying any of it, so a document
+/// whose logs held more changes could not be loaded at all (the `node`
+/// bench's `sync-writes-1` found it). Logs are read in seq order, so in
+/// chunks everything in order applies at once and never waits.
+const RECEIVE_CHUNK: usize = 1024;
+
+/// `doc.receive_changes(changes)`, [`RECEIVE_CHUNK`] changes at a time.
+fn receive_in_chunks(doc: &mut Doc, changes: Vec<Change>) -> Result<Vec<Patch>, DocError> {
+    let mut patches = Vec::new();
+    let mut changes = changes.into_iter().peekable();
+    while changes.peek().is_some() {
+        let chunk: Vec<Change> = changes.by_ref().take(RECEIVE_CHUNK).collect();
+        patches.extend(doc.receive_changes(chunk)?);
+    }
+    Ok(patches)
 }
 
 /// The changes in `object`'s logs past `seen`, decoded, and the new `seen`.

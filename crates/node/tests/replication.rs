@@ -143,3 +143,26 @@ async fn concurrent_writers_of_one_document_all_land_in_order() {
     let last = reader.await.expect("reader");
     assert!(last.iter().all(|&v| v == WRITES - 1), "{last:?}");
 }
+
+/// A document whose logs hold more changes than the document's pending
+/// limit (10,000) loads: the node folds them in chunks. Found by the `node`
+/// bench (`sync-writes-1`), whose sync clients write tens of thousands of
+/// changes to one document that the node opens only when it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_with_more_changes_than_the_pending_limit_loads() {
+    use converge_doc::{Doc, encode_changes};
+    use converge_store::{Entry, Store};
+    let writer = ReplicaId::from_u64(7);
+    let store = Arc::new(MemoryStore::new());
+    let mut doc = Doc::new(writer);
+    for i in 1..=12_000u64 {
+        let before = doc.version().clone();
+        doc.apply(&set("n", i as i64)).expect("apply");
+        let new = doc.changes_since(&before);
+        store
+            .append("big", writer, &[Entry::new(i, encode_changes(&new))])
+            .expect("append");
+    }
+    let node = Node::with_store(ReplicaId::from_u64(1), store, NodeConfig::new("unused"));
+    assert_eq!(node.get("big").await.expect("load"), json!({"n": 12_000}));
+}
