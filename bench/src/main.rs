@@ -8,10 +8,12 @@
 //! cargo run --release -p converge-bench -- crdt
 //! cargo run --release -p converge-bench -- text [TRACE.json.gz ...]
 //! cargo run --release -p converge-bench -- sync
+//! cargo run --release -p converge-bench -- node
 //! ```
 
 mod crdt;
 mod harness;
+mod node;
 mod store;
 mod sync;
 mod text;
@@ -114,8 +116,7 @@ struct Suite {
     run: fn(&Options) -> Result<(), String>,
 }
 
-/// Every suite, in the order `usage` lists them. `node` joins here
-/// as its crate lands.
+/// Every suite, in the order `usage` lists them.
 const SUITES: &[Suite] = &[
     Suite {
         name: "crdt",
@@ -136,6 +137,11 @@ const SUITES: &[Suite] = &[
         name: "sync",
         about: "sync protocol in memory: catch-up overhead, steady-state cost, convergence",
         run: sync::run,
+    },
+    Suite {
+        name: "node",
+        about: "converge serve on loopback: HTTP and sync writes/s, propagation, idle sessions",
+        run: node::run,
     },
 ];
 

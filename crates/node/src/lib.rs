@@ -43,7 +43,8 @@
 //! to the store, then into the open documents, whose watchers get the
 //! patches. Peers are trusted (any peer may write as any replica):
 //! authentication is future work. Each connection is one task pumping a
-//! sans-IO session; store calls run on blocking threads.
+//! sans-IO session; calls that may write to the store run on blocking
+//! threads, reads on the task.
 
 #[cfg(feature = "http")]
 mod api;

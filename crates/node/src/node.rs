@@ -84,14 +84,87 @@ impl From<StoreError> for NodeError {
 }
 
 /// One open document: its state, its next log seq, and its watchers.
+///
+/// Local changes are applied to `doc` at once and queued in `unflushed`;
+/// one writer at a time (`flushing`) appends the whole queue durably and
+/// publishes the outcome on `durable`. A writer answers only once its entry
+/// is durable and watchers get patches only then, but reads of `doc` see a
+/// change up to one commit before it is durable.
 struct OpenDoc {
     doc: Doc,
     /// This node's next entry seq in the document's log.
     next_seq: u64,
+    /// Entries applied to `doc` but not yet appended, in seq order.
+    unflushed: Vec<Unflushed>,
+    /// Whether a writer is appending a batch now.
+    flushing: bool,
+    /// A flush failed: the document is being dropped; writers must retry.
+    failed: bool,
+    /// How far this node's entries are durable, for the waiting writers.
+    durable: watch::Sender<Durable>,
     /// The log entries folded into `doc`: replica -> last seq read. Entries
     /// that peers append are read from here on ([`Node::refresh`]).
     seen: VersionVector,
     patches: broadcast::Sender<Arc<Vec<Patch>>>,
+}
+
+/// A local change applied to the document and waiting to be appended.
+struct Unflushed {
+    entry: Entry,
+    /// Its patches, sent to watchers once the entry is durable.
+    patches: Vec<Patch>,
+    /// Operations it carries (metrics).
+    ops: u64,
+}
+
+/// The durable state of an open document's own log, as writers wait for it.
+#[derive(Default)]
+struct Durable {
+    /// This node's entries up to this seq are durable.
+    upto: u64,
+    /// The store's version vector of the document after that append.
+    version: Arc<VersionVector>,
+    /// Entries from a seq on that will never be durable.
+    failed: Option<FlushFailure>,
+}
+
+/// A failed flush: entries from `from` on were not stored.
+struct FlushFailure {
+    from: u64,
+    kind: FailureKind,
+    message: String,
+}
+
+/// Which [`NodeError`] a failed flush gives its writers.
+#[derive(Clone, Copy)]
+enum FailureKind {
+    Deleted,
+    BadRequest,
+    Storage,
+}
+
+impl FlushFailure {
+    fn new(from: u64, e: &NodeError) -> Self {
+        let (kind, message) = match e {
+            NodeError::Deleted(id) => (FailureKind::Deleted, id.clone()),
+            NodeError::BadRequest(m) => (FailureKind::BadRequest, m.clone()),
+            other => (FailureKind::Storage, other.to_string()),
+        };
+        Self {
+            from,
+            kind,
+            message,
+        }
+    }
+
+    fn error(&self) -> NodeError {
+        let m = self.message.clone();
+        match self.kind {
+            FailureKind::Deleted => NodeError::Deleted(m),
+            FailureKind::BadRequest => NodeError::BadRequest(m),
+            FailureKind::Storage => NodeError::Storage(m),
+        }
+    }
 }
 
 /// What [`Node::import`] did.
@@ -237,45 +310,88 @@ impl Node {
         }
         let open = self.open_doc(id, true).await?;
         let mut guard = open.lock().await;
+        if guard.failed {
+            drop(guard);
+            // Normally evicted by the writer that saw the flush fail; this
+            // covers that writer having been cancelled.
+            self.evict(id);
+            return Err(NodeError::Storage(
+                "an earlier write to this document failed; retry".into(),
+            ));
+        }
         let before = guard.doc.version().clone();
         let patches = guard.doc.apply(changes)?;
         let new = guard.doc.changes_since(&before);
-        if !new.is_empty() {
-            let entry = Entry::new(guard.next_seq, encode_changes(&new));
-            let store = self.store.clone();
-            let (object, replica) = (id.to_string(), self.replica);
-            let appended =
-                tokio::task::spawn_blocking(move || store.append(&object, replica, &[entry]))
-                    .await
-                    .map_err(|e| NodeError::Storage(format!("append task failed: {e}")));
-            match appended {
-                Ok(Ok(_)) => {
-                    let seq = guard.next_seq;
-                    guard.seen.set(self.replica, seq);
-                    guard.next_seq += 1;
-                }
-                Ok(Err(e)) => {
-                    drop(guard);
-                    self.evict(id);
-                    return Err(append_error(e));
-                }
-                Err(e) => {
-                    drop(guard);
-                    self.evict(id);
-                    return Err(e);
-                }
-            }
-            metrics::counter!("converge_entries_appended_total").increment(1);
-            metrics::counter!("converge_ops_applied_total")
-                .increment(new.iter().map(|c| c.ops.len() as u64).sum());
-            if !patches.is_empty() {
-                // No watcher is fine: send only fails when nobody listens.
-                let _ = guard.patches.send(Arc::new(patches));
-            }
-            self.notify_appended();
+        if new.is_empty() {
+            drop(guard);
+            return self.log_version(id).await;
         }
+        let seq = guard.next_seq;
+        guard.next_seq += 1;
+        guard.unflushed.push(Unflushed {
+            entry: Entry::new(seq, encode_changes(&new)),
+            patches,
+            ops: new.iter().map(|c| c.ops.len() as u64).sum(),
+        });
+        let durable = guard.durable.subscribe();
         drop(guard);
-        self.log_version(id).await
+        self.await_durable(id, &open, durable, seq).await
+    }
+
+    /// Waits until a flush of `open` covers this node's entry `seq`,
+    /// flushing whenever no one else is: every writer of a hot document
+    /// shares one durable append instead of queueing behind its lock.
+    /// Returns the document's log version vector after that flush.
+    async fn await_durable(
+        &self,
+        id: &str,
+        open: &Arc<tokio::sync::Mutex<OpenDoc>>,
+        mut durable: watch::Receiver<Durable>,
+        seq: u64,
+    ) -> Result<VersionVector, NodeError> {
+        loop {
+            match &*durable.borrow_and_update() {
+                Durable {
+                    failed: Some(f), ..
+                } if f.from <= seq => return Err(f.error()),
+                Durable { upto, version, .. } if *upto >= seq => {
+                    return Ok((**version).clone());
+                }
+                _ => {}
+            }
+            let batch = {
+                let mut guard = open.lock().await;
+                if guard.flushing || guard.unflushed.is_empty() {
+                    None
+                } else {
+                    guard.flushing = true;
+                    Some(std::mem::take(&mut guard.unflushed))
+                }
+            };
+            match batch {
+                Some(batch) => {
+                    // A task of its own: dropping this request (its client
+                    // went away) must not leave the document flushing forever.
+                    let flushed = tokio::spawn(flush(
+                        self.store.clone(),
+                        self.replica,
+                        id.to_string(),
+                        open.clone(),
+                        self.appended.clone(),
+                        batch,
+                    ))
+                    .await;
+                    if !matches!(flushed, Ok(true)) {
+                        self.evict(id);
+                    }
+                }
+                None => {
+                    // The flusher sends when done; a closed channel cannot
+                    // happen while `open` holds the sender.
+                    let _ = durable.changed().await;
+                }
+            }
+        }
     }
 
     /// The document `id` with its whole history, in converge-doc's canonical
@@ -331,6 +447,13 @@ impl Node {
                 version: self.log_version_or_empty(id).await?,
             });
         }
+        if guard.failed {
+            drop(guard);
+            self.evict(id);
+            return Err(NodeError::Storage(
+                "an earlier write to this document failed; retry".into(),
+            ));
+        }
         let ops_added = missing.iter().map(|c| c.ops.len() as u64).sum();
         let patches = guard.doc.apply_changes(&missing)?;
         let first = guard.next_seq;
@@ -340,33 +463,32 @@ impl Node {
             .map(|(chunk, seq)| Entry::new(seq, encode_changes(&chunk)))
             .collect();
         let count = entries.len() as u64;
-        let store = self.store.clone();
-        let object = id.to_string();
-        let appended =
-            tokio::task::spawn_blocking(move || store.append(&object, replica, &entries))
-                .await
-                .map_err(|e| NodeError::Storage(format!("append task failed: {e}")))
-                .and_then(|r| r.map_err(append_error));
-        if let Err(e) = appended {
-            // The document already holds the changes: reload it from the
-            // store on next use.
-            drop(guard);
-            self.evict(id);
-            return Err(e);
+        let last = first + count - 1;
+        guard.next_seq = last + 1;
+        // Through the document's append queue, behind any change waiting
+        // there, so that seqs reach the store in order; the patches go out
+        // with the last entry, once all are durable.
+        let mut patches = Some(patches);
+        for entry in entries {
+            let is_last = entry.seq == last;
+            guard.unflushed.push(Unflushed {
+                entry,
+                patches: if is_last {
+                    patches.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                ops: 0,
+            });
         }
-        guard.next_seq = first + count;
-        guard.seen.set(self.replica, first + count - 1);
-        metrics::counter!("converge_entries_appended_total").increment(count);
-        metrics::counter!("converge_ops_imported_total").increment(ops_added);
-        if !patches.is_empty() {
-            let _ = guard.patches.send(Arc::new(patches));
-        }
-        self.notify_appended();
+        let durable = guard.durable.subscribe();
         drop(guard);
+        let version = self.await_durable(id, &open, durable, last).await?;
+        metrics::counter!("converge_ops_imported_total").increment(ops_added);
         Ok(ImportOutcome {
             ops_added,
             entries: count,
-            version: self.log_version(id).await?,
+            version,
         })
     }
 
@@ -436,7 +558,14 @@ impl Node {
         };
         let mut guard = open.lock().await;
         let store = self.store.clone();
-        let (object, seen) = (id.to_string(), guard.seen.clone());
+        // Every entry of ours up to `next_seq` is in the document already,
+        // durable or still being flushed: never read those back.
+        let mut seen = guard.seen.clone();
+        seen.set(
+            self.replica,
+            seen.get(self.replica).max(guard.next_seq.saturating_sub(1)),
+        );
+        let object = id.to_string();
         let read = tokio::task::spawn_blocking(move || read_new(&*store, &object, &seen))
             .await
             .map_err(|e| NodeError::Storage(format!("read task failed: {e}")))
@@ -457,7 +586,7 @@ impl Node {
         // copy): never reuse a seq that exists elsewhere.
         guard.next_seq = guard.next_seq.max(seen.get(self.replica) + 1);
         guard.seen = seen;
-        match guard.doc.receive_changes(changes) {
+        match receive_in_chunks(&mut guard.doc, changes) {
             Ok(patches) => {
                 metrics::counter!("converge_remote_changes_applied_total").increment(1);
                 if !patches.is_empty() {
@@ -542,6 +671,74 @@ impl Node {
     }
 }
 
+/// Appends `batch` (the document's unflushed entries, in seq order) in
+/// one durable append, then publishes the outcome to the waiting writers.
+/// Returns whether it succeeded; on failure the caller drops the document.
+async fn flush(
+    store: Arc<dyn Store>,
+    replica: ReplicaId,
+    id: String,
+    open: Arc<tokio::sync::Mutex<OpenDoc>>,
+    appended: watch::Sender<u64>,
+    batch: Vec<Unflushed>,
+) -> bool {
+    let entries: Vec<Entry> = batch.iter().map(|u| u.entry.clone()).collect();
+    let (first, last) = (
+        entries.first().map_or(0, |e| e.seq),
+        entries.last().map_or(0, |e| e.seq),
+    );
+    let object = id;
+    // The version vector is read on the same blocking thread right after
+    // the append: one hand-off to the blocking pool per batch.
+    let stored = tokio::task::spawn_blocking(move || {
+        store
+            .append(&object, replica, &entries)
+            .map(|_| store.version_vector(&object))
+    })
+    .await;
+    let outcome = match stored {
+        Ok(Ok(Ok(version))) => Ok(version),
+        Ok(Ok(Err(e))) => Err(read_error(e)),
+        Ok(Err(e)) => Err(append_error(e)),
+        Err(e) => Err(NodeError::Storage(format!("append task failed: {e}"))),
+    };
+    let mut guard = open.lock().await;
+    guard.flushing = false;
+    match outcome {
+        Ok(version) => {
+            let own = guard.seen.get(replica).max(last);
+            guard.seen.set(replica, own);
+            for u in batch {
+                metrics::counter!("converge_entries_appended_total").increment(1);
+                metrics::counter!("converge_ops_applied_total").increment(u.ops);
+                if !u.patches.is_empty() {
+                    // No watcher is fine: send only fails when nobody listens.
+                    let _ = guard.patches.send(Arc::new(u.patches));
+                }
+            }
+            guard.durable.send_modify(|d| {
+                d.upto = last;
+                d.version = Arc::new(version);
+            });
+            drop(guard);
+            // Tells sync sessions that the store gained entries.
+            appended.send_modify(|n| *n = n.wrapping_add(1));
+            true
+        }
+        Err(e) => {
+            // The document holds changes that are not stored: drop it
+            // (it reloads from the store on next use) and fail every
+            // write from this batch on, including those queued behind it.
+            guard.failed = true;
+            guard.unflushed.clear();
+            guard.durable.send_modify(|d| {
+                d.failed = Some(FlushFailure::new(first, &e));
+            });
+            false
+        }
+    }
+}
+
 /// Reads every log of `object` and rebuilds the document.
 fn load_doc(
     store: &dyn Store,
@@ -560,7 +757,7 @@ fn load_doc(
     let mut doc = Doc::new(replica);
     let (changes, seen) = read_new(store, object, &VersionVector::new())?;
     // Entries of different replicas may depend on each other: hold and retry.
-    doc.receive_changes(changes)?;
+    receive_in_chunks(&mut doc, changes)?;
     if doc.pending_changes() > 0 {
         // Peers deliver each replica's log in order but the logs in any
         // order, so an entry may be stored before one of another replica
@@ -572,12 +769,40 @@ fn load_doc(
         );
     }
     let (patches, _) = broadcast::channel(256);
+    let next_seq = vv.get(replica).max(seen.get(replica)) + 1;
+    let durable = Durable {
+        upto: next_seq - 1,
+        ..Durable::default()
+    };
     Ok(OpenDoc {
         doc,
-        next_seq: vv.get(replica).max(seen.get(replica)) + 1,
+        next_seq,
+        unflushed: Vec::new(),
+        flushing: false,
+        failed: false,
+        durable: watch::channel(durable).0,
         seen,
         patches,
     })
+}
+
+/// Changes handed to the document at once when folding stored logs.
+/// `Doc::receive_changes` refuses a batch that could overflow its pending
+/// limit (10,000 by default) before applying any of it, so a document
+/// whose logs held more changes could not be loaded at all (the `node`
+/// bench's `sync-writes-1` found it). Logs are read in seq order, so in
+/// chunks everything in order applies at once and never waits.
+const RECEIVE_CHUNK: usize = 1024;
+
+/// `doc.receive_changes(changes)`, [`RECEIVE_CHUNK`] changes at a time.
+fn receive_in_chunks(doc: &mut Doc, changes: Vec<Change>) -> Result<Vec<Patch>, DocError> {
+    let mut patches = Vec::new();
+    let mut changes = changes.into_iter().peekable();
+    while changes.peek().is_some() {
+        let chunk: Vec<Change> = changes.by_ref().take(RECEIVE_CHUNK).collect();
+        patches.extend(doc.receive_changes(chunk)?);
+    }
+    Ok(patches)
 }
 
 /// The changes in `object`'s logs past `seen`, decoded, and the new `seen`.

@@ -14,9 +14,14 @@
 //!   ([`Node::refresh`]) and wakes the other sessions, so entries relay
 //!   through this node to its other peers.
 //!
-//! The store is synchronous and a redb append blocks until durable, so every
-//! session call that may touch it runs on a blocking thread: the session is
-//! moved into `spawn_blocking` and back.
+//! The store is synchronous and a redb append blocks until durable, so
+//! [`Session::handle_bytes`], the only call that may write (entries,
+//! snapshots, deletions the peer sent), runs on a blocking thread: the
+//! session is moved into `spawn_blocking` and back. Timers and store
+//! changes only read (the change feed, entries to send, up to one window),
+//! so they run on the task itself: every append wakes every session, and a
+//! trip through the blocking pool per session per append was most of the
+//! node's CPU with 256 writing clients (the `node` bench's `sync-writes-256`).
 //!
 //! Incoming connections arrive on `GET /v1/sync` (at most
 //! [`NodeConfig::max_sync_sessions`] at once); outgoing ones are made by one
@@ -36,13 +41,38 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use converge_crdt::ReplicaId;
-use converge_sync::{Config, Event, Interest, Limits, Policy, Session, SessionError};
+use converge_sync::{Config, Event, Interest, Limits, Message, Policy, Session, SessionError};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::node::{Node, NodeConfig};
+
+/// Least time between two reads of the change feed that a session makes
+/// because the store changed: bounds the feed reads of N sessions under
+/// N writers, at the cost of up to this much propagation delay.
+const STORE_PUMP_GAP: Duration = Duration::from_millis(2);
+
+/// Whether a WebSocket message is one small frame of a kind that cannot
+/// make the session write to the store (acks, checkpoints, keep-alives,
+/// presence), so it can be handled without a trip through the blocking
+/// pool (most of a writing client's messages are these). Anything else, or
+/// anything that does not decode, goes to a blocking thread as before.
+fn only_reads(bytes: &[u8]) -> bool {
+    const SMALL: usize = 512;
+    bytes.len() <= SMALL
+        && converge_sync::codec::decode(bytes, &Limits::default()).is_ok_and(|(msg, len)| {
+            len == bytes.len()
+                && matches!(
+                    msg,
+                    Message::Ack { .. }
+                        | Message::Checkpoint { .. }
+                        | Message::KeepAlive
+                        | Message::Presence { .. }
+                )
+        })
+}
 
 /// Where the connection to one configured peer stands, as
 /// [`Node::peer_connection`] reports it.
@@ -410,6 +440,10 @@ where
     let hub = node.sync();
     let mut stop = hub.stop.subscribe();
     let mut appended = node.subscribe_appends();
+    // A store change seen but not yet handed to the session, and the
+    // earliest time the session may read the store again for one.
+    let mut store_changed = false;
+    let mut next_store_pump = Instant::now();
     let mut session = Box::new(Session::new(
         hub.now(),
         config,
@@ -421,11 +455,18 @@ where
         session.close("the node is shutting down");
     }
     loop {
-        // Flush what the session wants to say, then act on what happened.
+        // Flush what the session wants to say (one flush for all frames:
+        // an ack and a checkpoint leave in one write), then act on what
+        // happened.
+        let mut fed = false;
         while let Some(frame) = session.poll_transmit() {
-            if let Err(e) = socket.send(frame).await {
+            if let Err(e) = socket.feed(frame).await {
                 return Ending::Transport(e.to_string());
             }
+            fed = true;
+        }
+        if fed && let Err(e) = socket.flush().await {
+            return Ending::Transport(e.to_string());
         }
         let mut updated = false;
         while let Some(event) = session.poll_event() {
@@ -492,6 +533,13 @@ where
                 None => std::future::pending().await,
             }
         };
+        let store_pump = async {
+            if store_changed {
+                tokio::time::sleep_until(next_store_pump).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             msg = socket.next() => {
                 let bytes = match msg {
@@ -507,7 +555,8 @@ where
                     Some(Err(e)) => return Ending::Transport(e.to_string()),
                 };
                 let now = hub.now();
-                let (s, r) = match step(node, session, move |s, store| {
+                let inline = only_reads(&bytes);
+                let handle = move |s: &mut Session, store: &dyn converge_store::Store| {
                     s.handle_bytes(now, &bytes, store)?;
                     // One WebSocket message carries whole frames: a partial
                     // frame left over would wait forever.
@@ -515,30 +564,44 @@ where
                         s.close("a WebSocket message must carry whole sync frames");
                     }
                     Ok(())
-                })
-                .await
-                {
-                    Ok(x) => x,
-                    Err(e) => return e,
                 };
-                session = s;
+                let r = if inline {
+                    handle(&mut session, &**node.store())
+                } else {
+                    match step(node, session, handle).await {
+                        Ok((s, r)) => {
+                            session = s;
+                            r
+                        }
+                        Err(e) => return e,
+                    }
+                };
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "sync session failed");
                 }
             }
+            // Read-only session calls (see the module docs): no blocking
+            // thread. Errors close the session and surface as its event.
             () = sleep => {
-                let now = hub.now();
-                match step(node, session, move |s, store| s.handle_timeout(now, store)).await {
-                    Ok((s, _)) => session = s,
-                    Err(e) => return e,
+                let _ = session.handle_timeout(hub.now(), &**node.store());
+            }
+            // Every append wakes every session, and each reads the change
+            // feed: at most one read per STORE_PUMP_GAP per session, so
+            // that under many writers a session reads many appends at once.
+            Ok(()) = appended.changed(), if !store_changed => {
+                let at = Instant::now();
+                if at >= next_store_pump {
+                    next_store_pump = at + STORE_PUMP_GAP;
+                    let _ = session.handle_store_change(hub.now(), &**node.store());
+                } else {
+                    store_changed = true;
                 }
             }
-            Ok(()) = appended.changed() => {
-                let now = hub.now();
-                match step(node, session, move |s, store| s.handle_store_change(now, store)).await {
-                    Ok((s, _)) => session = s,
-                    Err(e) => return e,
-                }
+            () = store_pump => {
+                store_changed = false;
+                appended.borrow_and_update();
+                next_store_pump = Instant::now() + STORE_PUMP_GAP;
+                let _ = session.handle_store_change(hub.now(), &**node.store());
             }
             _ = stop.changed() => session.close("the node is shutting down"),
         }
