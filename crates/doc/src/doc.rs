@@ -871,13 +871,6 @@ impl Doc {
         if rest.is_empty() {
             return Ok(patches);
         }
-        let target: Frontier = {
-            let mut f = self.frontier.clone();
-            for &lv in &rest {
-                Graph::advance_frontier(&mut f, &self.graph.parents_of(lv), &(lv..lv + 1));
-            }
-            f
-        };
         // Maps and counters do not depend on order: apply in causal order.
         let mut seq_containers: Vec<Cid> = Vec::new();
         for &lv in &rest {
@@ -913,6 +906,22 @@ impl Doc {
                 _ => self.apply_direct(lv, &mut patches)?,
             }
         }
+        let advance = |f: &mut Frontier| {
+            for &lv in &rest {
+                Graph::advance_frontier(f, &self.graph.parents_of(lv), &(lv..lv + 1));
+            }
+        };
+        if seq_containers.is_empty() {
+            // Nothing to replay: move the version in place. A copy per call
+            // would cost the frontier's width each time, which receiving
+            // many concurrent changes one at a time makes quadratic.
+            let mut frontier = std::mem::take(&mut self.frontier);
+            advance(&mut frontier);
+            self.frontier = frontier;
+            return Ok(patches);
+        }
+        let mut target = self.frontier.clone();
+        advance(&mut target);
         // Sequences: replay the conflict zone of each one touched.
         for c in seq_containers {
             let view = SeqView {
