@@ -341,6 +341,11 @@ pub struct DocLimits {
     pub max_depth: usize,
     /// Most changes held for missing dependencies.
     pub max_pending_changes: usize,
+    /// Most concurrent values one map key may hold. Each write of a key
+    /// looks at every value it holds, so a hostile history of many
+    /// concurrent writes of one key would make applying it quadratic;
+    /// honest ones hold a value per writer racing on that key.
+    pub max_key_conflicts: usize,
 }
 
 impl Default for DocLimits {
@@ -351,6 +356,7 @@ impl Default for DocLimits {
             max_key_len: 4096,
             max_depth: 64,
             max_pending_changes: 10_000,
+            max_key_conflicts: 1024,
         }
     }
 }
@@ -997,6 +1003,16 @@ impl Doc {
                     .collect();
                 if is_set {
                     kept.push(lv);
+                }
+                if kept.len() > self.limits.max_key_conflicts {
+                    return Err(fail(
+                        self,
+                        format!(
+                            "map key {key:?} would hold more than {} concurrent values \
+                             (DocLimits::max_key_conflicts)",
+                            self.limits.max_key_conflicts
+                        ),
+                    ));
                 }
                 if let Some(ContainerState::Map(m)) = self.containers.get_mut(&c) {
                     if kept.is_empty() {
