@@ -53,12 +53,77 @@ pub(crate) enum DocCommand {
         /// Document id.
         id: String,
     },
-    /// List documents.
+    /// List documents: every one, page by page, unless --limit is given.
     List {
         /// Only ids starting with this.
         #[arg(long, default_value = "")]
         prefix: String,
+        /// List at most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Ids asked for per page (tests use a small page to cover paging).
+        #[arg(long, default_value_t = LIST_PAGE, hide = true)]
+        list_page: usize,
     },
+}
+
+/// Ids asked for per page when listing (the node's largest page).
+pub(crate) const LIST_PAGE: usize = 1000;
+
+/// Writes one line to standard output (see the `outln!` macro).
+///
+/// A closed pipe means the reader went away, as with `converge doc list |
+/// head`: a normal way to stop, so the process exits quietly with status
+/// 0, where `println!` would panic.
+pub(crate) fn print_line(line: std::fmt::Arguments<'_>) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(e).context("writing to standard output"),
+    }
+}
+
+/// Lists the ids starting with `prefix`, at most `limit` of them (all if
+/// `None`), following the node's paging `page` ids at a time; `each` gets
+/// every page as it arrives.
+pub(crate) fn list_pages(
+    target: &Target,
+    prefix: &str,
+    page: usize,
+    limit: Option<usize>,
+    mut each: impl FnMut(&[String]) -> Result<()>,
+) -> Result<()> {
+    let page = page.clamp(1, LIST_PAGE);
+    let mut left = limit.unwrap_or(usize::MAX);
+    let mut after: Option<String> = None;
+    while left > 0 {
+        let mut url = target.at(&format!(
+            "/v1/docs?prefix={}&limit={}",
+            encode_id(prefix),
+            page.min(left)
+        ));
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={}", encode_id(a)));
+        }
+        let body = get_json(&url)?;
+        let Some(list) = body["docs"].as_array() else {
+            bail!("GET {url}: the answer has no `docs` list");
+        };
+        let ids: Vec<String> = list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(String::from)
+            .take(left)
+            .collect();
+        left -= ids.len();
+        each(&ids)?;
+        match body["next_after"].as_str() {
+            Some(next) if !ids.is_empty() => after = Some(next.to_string()),
+            _ => break,
+        }
+    }
+    Ok(())
 }
 
 /// An HTTP agent that hands back error statuses as answers (the node
@@ -123,29 +188,28 @@ pub(crate) fn answer(mut resp: ureq::http::Response<ureq::Body>, what: &str) -> 
 pub(crate) fn status(target: &Target) -> Result<()> {
     let status = get_json(&target.at("/v1/status"))?;
     if target.json {
-        println!("{status}");
-        return Ok(());
+        return outln!("{status}");
     }
-    println!("replica   {}", status["replica"].as_str().unwrap_or("?"));
-    println!("open docs {}", status["open_docs"]);
-    println!("feed head {}", status["feed_head"]);
+    outln!("replica   {}", status["replica"].as_str().unwrap_or("?"))?;
+    outln!("open docs {}", status["open_docs"])?;
+    outln!("feed head {}", status["feed_head"])?;
     let sync = &status["sync"];
-    println!("sessions  {} incoming", sync["incoming_sessions"]);
+    outln!("sessions  {} incoming", sync["incoming_sessions"])?;
     for p in sync["peers"].as_array().into_iter().flatten() {
         let state = if p["connected"] == true {
             "connected"
         } else {
             "down"
         };
-        print!(
-            "peer      {} {state}, feed position {}",
+        let error = match p["last_error"].as_str() {
+            Some(e) if p["connected"] != true => format!(" ({e})"),
+            _ => String::new(),
+        };
+        outln!(
+            "peer      {} {state}, feed position {}{error}",
             p["url"].as_str().unwrap_or("?"),
             p["feed_position"]
-        );
-        match p["last_error"].as_str() {
-            Some(e) if p["connected"] != true => println!(" ({e})"),
-            _ => println!(),
-        }
+        )?;
     }
     Ok(())
 }
@@ -156,9 +220,9 @@ pub(crate) fn doc(target: &Target, command: DocCommand) -> Result<()> {
         DocCommand::Get { id } => {
             let body = get_json(&target.at(&format!("/v1/docs/{}", encode_id(&id))))?;
             if target.json {
-                println!("{body}");
+                outln!("{body}")?;
             } else {
-                println!("{}", serde_json::to_string_pretty(&body)?);
+                outln!("{}", serde_json::to_string_pretty(&body)?)?;
             }
         }
         DocCommand::Edit { id, changes } => {
@@ -172,21 +236,28 @@ pub(crate) fn doc(target: &Target, command: DocCommand) -> Result<()> {
                 .map_err(|e| unreachable(&what, e))?;
             let body = answer(resp, &what)?;
             if target.json {
-                println!("{body}");
+                outln!("{body}")?;
             } else {
-                println!("applied; version {}", body["version"]);
+                outln!("applied; version {}", body["version"])?;
             }
         }
         DocCommand::Watch { id } => watch(target, &id)?,
-        DocCommand::List { prefix } => {
-            let url = target.at(&format!("/v1/docs?prefix={}", encode_id(&prefix)));
-            let body = get_json(&url)?;
-            if target.json {
-                println!("{body}");
-            } else if let Some(ids) = body["docs"].as_array() {
-                for id in ids {
-                    println!("{}", id.as_str().unwrap_or("?"));
+        DocCommand::List {
+            prefix,
+            limit,
+            list_page,
+        } => {
+            let mut all = Vec::new();
+            list_pages(target, &prefix, list_page, limit, |ids| {
+                if target.json {
+                    all.extend_from_slice(ids);
+                    return Ok(());
                 }
+                // Printed as pages arrive, so `| head` stops the paging early.
+                ids.iter().try_for_each(|id| outln!("{id}"))
+            })?;
+            if target.json {
+                outln!("{}", serde_json::json!({ "docs": all }))?;
             }
         }
     }
@@ -234,18 +305,11 @@ fn watch(target: &Target, id: &str) -> Result<()> {
 fn print_patches(data: &str, json: bool) -> Result<()> {
     let patches: Vec<Value> =
         serde_json::from_str(data).with_context(|| format!("the node sent {data:?}"))?;
-    let mut out = std::io::stdout().lock();
     for p in &patches {
-        let written = if json {
-            writeln!(out, "{p}")
+        if json {
+            outln!("{p}")?;
         } else {
-            writeln!(out, "{}", human_patch(p))
-        };
-        match written {
-            Ok(()) => {}
-            // The reader went away (`| head -3`): a normal way to stop.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-            Err(e) => return Err(e).context("writing to standard output"),
+            outln!("{}", human_patch(p))?;
         }
     }
     Ok(())

@@ -8,6 +8,15 @@
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+/// `println!` for command output: writes a line to standard output through
+/// [`client::print_line`], which treats a closed pipe (`| head`) as a quiet
+/// exit 0, not a panic. Evaluates to a `Result`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::client::print_line(format_args!($($arg)*))
+    };
+}
+
 mod client;
 mod serve;
 mod transfer;

@@ -1,6 +1,7 @@
 //! `converge serve`: settings (flags > environment > TOML file > defaults),
 //! the node's lifetime, and a bounded graceful shutdown.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -212,8 +213,10 @@ async fn serve(settings: Settings) -> Result<()> {
         .with_context(|| format!("listening on {}", settings.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(replica = %node.replica(), data = %settings.data.display(), "node started");
-    // Tests and scripts read this line to find the port.
-    println!(
+    // Tests and scripts read this line to find the port. Nobody reading it
+    // (a closed pipe) is no reason to stop serving, nor to panic.
+    let _ = writeln!(
+        std::io::stdout().lock(),
         "converge listening on http://{addr} (replica {})",
         node.replica()
     );

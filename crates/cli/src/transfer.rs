@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::client::{Target, agent, answer, encode_id, get_json, unreachable};
+use crate::client::{LIST_PAGE, Target, agent, answer, encode_id, list_pages, unreachable};
 
 /// The export file's first bytes.
 const MAGIC: &[u8; 8] = b"CVEXPORT";
@@ -48,8 +48,6 @@ const MAX_ID_BYTES: usize = 1024;
 const MAX_DOC_BYTES: u64 = 256 << 20;
 /// The extension of a document file in a directory export.
 const DOC_EXT: &str = "cvdoc";
-/// Ids asked for per page when listing the whole store.
-const LIST_PAGE: usize = 1000;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct ExportArgs {
@@ -122,7 +120,7 @@ pub(crate) fn export(args: ExportArgs) -> Result<()> {
     progress.finish();
     let elapsed = started.elapsed();
     if args.target.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "documents": docs,
@@ -132,21 +130,21 @@ pub(crate) fn export(args: ExportArgs) -> Result<()> {
                 "skipped": skipped,
                 "seconds": elapsed.as_secs_f64(),
             })
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "exported {docs} document{} ({}) to {} in {}",
             plural(docs),
             HumanBytes(bytes),
             args.out.display(),
             seconds(elapsed)
-        );
+        )?;
         if !skipped.is_empty() {
-            println!(
+            outln!(
                 "skipped {} deleted while exporting: {}",
                 skipped.len(),
                 skipped.join(", ")
-            );
+            )?;
         }
     }
     Ok(())
@@ -188,7 +186,7 @@ pub(crate) fn import(args: ImportArgs) -> Result<()> {
     progress.finish();
     let elapsed = started.elapsed();
     if args.target.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "documents": docs,
@@ -199,22 +197,22 @@ pub(crate) fn import(args: ImportArgs) -> Result<()> {
                 "skipped_deleted": deleted,
                 "seconds": elapsed.as_secs_f64(),
             })
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "imported {docs} document{} ({}) in {}: {changed} changed ({ops} operation{} added), {} already up to date",
             plural(docs),
             HumanBytes(bytes),
             seconds(elapsed),
             plural(ops),
             docs - changed
-        );
+        )?;
         if !deleted.is_empty() {
-            println!(
+            outln!(
                 "skipped {} deleted on this node (a deleted id takes no more writes): {}",
                 deleted.len(),
                 deleted.join(", ")
-            );
+            )?;
         }
     }
     Ok(())
@@ -249,22 +247,11 @@ fn fetch(target: &Target, id: &str, explicit: bool) -> Result<Option<Vec<u8>>> {
 /// Every document id on the node, page by page.
 fn list_all(target: &Target, page: usize) -> Result<Vec<String>> {
     let mut ids = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut url = target.at(&format!("/v1/docs?limit={page}"));
-        if let Some(a) = &after {
-            url.push_str(&format!("&after={}", encode_id(a)));
-        }
-        let page = get_json(&url)?;
-        let Some(list) = page["docs"].as_array() else {
-            bail!("GET {url}: the answer has no `docs` list");
-        };
-        ids.extend(list.iter().filter_map(Value::as_str).map(String::from));
-        match page["next_after"].as_str() {
-            Some(next) if !list.is_empty() => after = Some(next.to_string()),
-            _ => return Ok(ids),
-        }
-    }
+    list_pages(target, "", page, None, |page| {
+        ids.extend_from_slice(page);
+        Ok(())
+    })?;
+    Ok(ids)
 }
 
 fn plural(n: u64) -> &'static str {

@@ -790,6 +790,73 @@ fn edit_until_seen(s: &Server, lines: &mpsc::Receiver<String>) -> String {
 }
 
 #[test]
+fn doc_list_follows_the_paging_unless_limited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::start(dir.path(), &[]);
+    for id in ["a1", "a2", "a3", "a4", "a5", "b1"] {
+        let (status, _) = post(
+            &s,
+            &format!("/v1/docs/{id}/changes"),
+            r#"[{"op":"set","path":["x"],"value":1}]"#,
+        );
+        assert_eq!(status, 200);
+    }
+    let list = |extra: &[&str]| {
+        let out = converge(
+            &[
+                &["doc", "list", "--url", &s.base, "--list-page", "2"],
+                extra,
+            ]
+            .concat(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    assert_eq!(list(&[]), "a1\na2\na3\na4\na5\nb1\n");
+    assert_eq!(list(&["--prefix", "a"]), "a1\na2\na3\na4\na5\n");
+    assert_eq!(list(&["--limit", "3"]), "a1\na2\na3\n");
+    assert_eq!(list(&["--prefix", "a", "--limit", "9"]).lines().count(), 5);
+    let json = converge_json(&["doc", "list", "--url", &s.base, "--list-page", "4"]);
+    assert_eq!(json, json!({"docs": ["a1", "a2", "a3", "a4", "a5", "b1"]}));
+}
+
+// `converge doc list | head` used to panic in println! once head exited.
+#[test]
+fn doc_commands_exit_quietly_into_a_closed_pipe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::start(dir.path(), &["--demo"]);
+    for args in [
+        &["doc", "list", "--list-page", "1"][..],
+        &["doc", "get", "demo"],
+        &["doc", "get", "demo", "--json"],
+        &["status"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_converge"))
+            .args(args)
+            .args(["--url", &s.base])
+            .env_remove("CONVERGE_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run converge");
+        // Close the reading end before the command has printed anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "converge {args:?}: {:?} {stderr}",
+            out.status
+        );
+        assert!(!stderr.contains("panicked"), "converge {args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn doc_watch_prints_patches_and_stops_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = Server::start(dir.path(), &["--demo"]);

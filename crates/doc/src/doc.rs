@@ -341,6 +341,11 @@ pub struct DocLimits {
     pub max_depth: usize,
     /// Most changes held for missing dependencies.
     pub max_pending_changes: usize,
+    /// Most concurrent values one map key may hold. Each write of a key
+    /// looks at every value it holds, so a hostile history of many
+    /// concurrent writes of one key would make applying it quadratic;
+    /// honest ones hold a value per writer racing on that key.
+    pub max_key_conflicts: usize,
 }
 
 impl Default for DocLimits {
@@ -351,6 +356,7 @@ impl Default for DocLimits {
             max_key_len: 4096,
             max_depth: 64,
             max_pending_changes: 10_000,
+            max_key_conflicts: 1024,
         }
     }
 }
@@ -871,13 +877,6 @@ impl Doc {
         if rest.is_empty() {
             return Ok(patches);
         }
-        let target: Frontier = {
-            let mut f = self.frontier.clone();
-            for &lv in &rest {
-                Graph::advance_frontier(&mut f, &self.graph.parents_of(lv), &(lv..lv + 1));
-            }
-            f
-        };
         // Maps and counters do not depend on order: apply in causal order.
         let mut seq_containers: Vec<Cid> = Vec::new();
         for &lv in &rest {
@@ -913,6 +912,22 @@ impl Doc {
                 _ => self.apply_direct(lv, &mut patches)?,
             }
         }
+        let advance = |f: &mut Frontier| {
+            for &lv in &rest {
+                Graph::advance_frontier(f, &self.graph.parents_of(lv), &(lv..lv + 1));
+            }
+        };
+        if seq_containers.is_empty() {
+            // Nothing to replay: move the version in place. A copy per call
+            // would cost the frontier's width each time, which receiving
+            // many concurrent changes one at a time makes quadratic.
+            let mut frontier = std::mem::take(&mut self.frontier);
+            advance(&mut frontier);
+            self.frontier = frontier;
+            return Ok(patches);
+        }
+        let mut target = self.frontier.clone();
+        advance(&mut target);
         // Sequences: replay the conflict zone of each one touched.
         for c in seq_containers {
             let view = SeqView {
@@ -988,6 +1003,16 @@ impl Doc {
                     .collect();
                 if is_set {
                     kept.push(lv);
+                }
+                if kept.len() > self.limits.max_key_conflicts {
+                    return Err(fail(
+                        self,
+                        format!(
+                            "map key {key:?} would hold more than {} concurrent values \
+                             (DocLimits::max_key_conflicts)",
+                            self.limits.max_key_conflicts
+                        ),
+                    ));
                 }
                 if let Some(ContainerState::Map(m)) = self.containers.get_mut(&c) {
                     if kept.is_empty() {

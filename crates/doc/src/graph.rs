@@ -92,10 +92,46 @@ impl Graph {
     /// op, `prev` (the LV of `(replica, counter - 1)`, if `counter > 1`).
     /// Replicas that behave always satisfy it; canonical order relies on it.
     pub(crate) fn extends_own_chain(&self, parents: &[Lv], prev: Option<Lv>) -> bool {
-        match prev {
-            None => true,
-            Some(p) => parents.contains(&p) || self.contains(parents, p),
+        // An unlimited budget never runs out.
+        let mut unlimited = u64::MAX;
+        self.extends_own_chain_within(parents, prev, &mut unlimited)
+            .unwrap_or(false)
+    }
+
+    /// [`Self::extends_own_chain`], visiting at most `budget` graph runs
+    /// (deducted from it): `None` once the budget runs out.
+    ///
+    /// The check walks back from `parents` to `prev`, through every run
+    /// between them. For one replica those stretches do not overlap, but
+    /// many replicas taking turns make every check walk past every other
+    /// replica's ops: a whole-history check costs replicas × runs, which a
+    /// hostile file can make quadratic. Loading bounds it with this budget.
+    pub(crate) fn extends_own_chain_within(
+        &self,
+        parents: &[Lv],
+        prev: Option<Lv>,
+        budget: &mut u64,
+    ) -> Option<bool> {
+        let Some(p) = prev else { return Some(true) };
+        if parents.contains(&p) {
+            return Some(true);
         }
+        if parents.iter().all(|f| *f < p) {
+            return Some(false);
+        }
+        let mut only_target = Vec::new();
+        self.walk(
+            &[p],
+            parents,
+            |span, side| {
+                if side == Side::A {
+                    push_desc(&mut only_target, span);
+                }
+            },
+            false,
+            budget,
+        )?;
+        Some(only_target.is_empty())
     }
 
     /// The Lamport timestamp of every op: one more than its parents' greatest.
@@ -238,7 +274,14 @@ impl Graph {
             frontier.push(span.end - 1);
             return;
         }
-        frontier.retain(|f| !parents.contains(f));
+        // One binary search per parent, not a scan of the frontier per
+        // entry: a history of many concurrent heads (tens of thousands of
+        // roots, say) must not make loading or receiving quadratic.
+        for p in parents {
+            if let Ok(i) = frontier.binary_search(p) {
+                frontier.remove(i);
+            }
+        }
         let last = span.end - 1;
         let i = frontier.partition_point(|f| *f < last);
         frontier.insert(i, last);
@@ -264,6 +307,8 @@ impl Graph {
         if a == b {
             return (only_a, only_b);
         }
+        // An unlimited budget never runs out.
+        let mut unlimited = u64::MAX;
         self.walk(
             a,
             b,
@@ -273,6 +318,7 @@ impl Graph {
                 Side::Shared => {}
             },
             false,
+            &mut unlimited,
         );
         (only_a, only_b)
     }
@@ -287,7 +333,10 @@ impl Graph {
         b: &[Lv],
         visit: impl FnMut(Range<Lv>, Side),
     ) -> Frontier {
-        self.walk(a, b, visit, true)
+        // An unlimited budget never runs out.
+        let mut unlimited = u64::MAX;
+        self.walk(a, b, visit, true, &mut unlimited)
+            .unwrap_or_default()
     }
 
     /// The shared walk behind [`Self::diff`] and [`Self::find_conflicting`]:
@@ -295,14 +344,16 @@ impl Graph {
     ///
     /// With `to_common` false it stops once only shared operations remain;
     /// with it true it goes on until a single shared point remains, and
-    /// returns it.
+    /// returns it. Each run visited costs one from `budget`; `None` if it
+    /// runs out first.
     fn walk(
         &self,
         a: &[Lv],
         b: &[Lv],
         mut visit: impl FnMut(Range<Lv>, Side),
         to_common: bool,
-    ) -> Frontier {
+        budget: &mut u64,
+    ) -> Option<Frontier> {
         let mut heap: BinaryHeap<(Lv, Reverse<Side>)> = BinaryHeap::new();
         // Number of heap items that are not Shared.
         let mut unshared = 0usize;
@@ -318,6 +369,7 @@ impl Graph {
             unshared += 1;
         }
         while let Some((lv, Reverse(mut side))) = heap.pop() {
+            *budget = budget.checked_sub(1)?;
             if side != Side::Shared {
                 unshared -= 1;
             }
@@ -336,10 +388,10 @@ impl Graph {
             }
             if side == Side::Shared && unshared == 0 {
                 if !to_common {
-                    return Frontier::new(); // everything left is shared
+                    return Some(Frontier::new()); // everything left is shared
                 }
                 if heap.is_empty() && !reached_root {
-                    return smallvec![lv]; // every path passes through `lv`
+                    return Some(smallvec![lv]); // every path passes through `lv`
                 }
             }
             let e = self.entry(lv);
@@ -364,10 +416,10 @@ impl Graph {
                 }
             }
             if !to_common && unshared == 0 {
-                return Frontier::new();
+                return Some(Frontier::new());
             }
         }
-        Frontier::new()
+        Some(Frontier::new())
     }
 }
 

@@ -692,3 +692,48 @@ fn cases(default: u32) -> u32 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// `n` one-character inserts by `n` replicas, each on the empty version.
+fn concurrent_root_inserts(n: u64) -> Vec<TextChange> {
+    (1..=n)
+        .map(|r| TextChange {
+            id: Dot::new(ReplicaId::from_u64(r), 1),
+            parents: Vec::new(),
+            kind: OpKind::Insert,
+            pos: 0,
+            len: 1,
+            fwd: true,
+            text: "x".into(),
+        })
+        .collect()
+}
+
+/// Times receiving many concurrent changes (`cargo test --release --test
+/// text -- --ignored --nocapture hostile_text_timings`).
+#[test]
+#[ignore = "a measurement, not a check"]
+fn hostile_text_timings() {
+    for n in [2_000u64, 5_000, 10_000] {
+        let changes = concurrent_root_inserts(n);
+        let t = std::time::Instant::now();
+        let mut text = Text::new(ReplicaId::from_u64(0));
+        text.apply_changes(&changes).unwrap();
+        println!("{n} roots: apply_changes at once {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        let bytes = text.encode();
+        println!("{n} roots: encode {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        Text::load(&bytes, ReplicaId::from_u64(0)).unwrap();
+        println!("{n} roots: load {:?}", t.elapsed());
+    }
+    // With no common ancestor, each receive replays the whole history:
+    // far worse than quadratic, so kept small.
+    for n in [250u64, 500, 1_000] {
+        let t = std::time::Instant::now();
+        let mut text = Text::new(ReplicaId::from_u64(0));
+        for c in &concurrent_root_inserts(n) {
+            text.apply_changes(std::slice::from_ref(c)).unwrap();
+        }
+        println!("{n} roots: apply_changes one by one {:?}", t.elapsed());
+    }
+}

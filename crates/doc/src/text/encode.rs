@@ -46,13 +46,14 @@
 //! Version 1 (postcard columns, LZ4 content) is refused with
 //! [`LoadError::UnsupportedVersion`].
 
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use converge_crdt::{Dot, ReplicaId};
 
 use crate::error::LoadError;
 use crate::framing;
-use crate::graph::{Frontier, Graph, Lv};
+use crate::graph::{Frontier, Lv};
 use crate::text::merge;
 use crate::text::oplog::{OpKind, OpLog, OpRun};
 
@@ -77,6 +78,16 @@ pub struct LoadLimits {
     pub max_ops: u64,
     /// Most bytes of inserted text, and of the columns, once decompressed.
     pub max_content_bytes: usize,
+    /// Most graph runs visited, in total, checking that each replica's
+    /// operations form a causal chain (each made after its previous one).
+    ///
+    /// A check walks back from an operation to its replica's previous one,
+    /// past whatever other replicas did in between, so the total is about
+    /// the graph's runs times the number of replicas editing at once: a few
+    /// million for a large document edited live by a hundred people. A
+    /// hostile file of thousands of replicas taking turns would need
+    /// billions; it is refused with [`LoadError::TooLarge`] instead.
+    pub max_chain_check: u64,
 }
 
 impl Default for LoadLimits {
@@ -85,6 +96,7 @@ impl Default for LoadLimits {
             max_bytes: 256 << 20,
             max_ops: 1 << 32,
             max_content_bytes: 1 << 30,
+            max_chain_check: 1 << 25,
         }
     }
 }
@@ -112,18 +124,21 @@ pub(crate) fn encode(oplog: &OpLog, checkout: Option<&[Range<Lv>]>) -> Vec<u8> {
         let mut cols = Vec::new();
         put(&mut cols, oplog.len() as u64);
 
+        // Replicas in order of first appearance, each with its index.
         let mut replicas: Vec<ReplicaId> = Vec::new();
+        let mut index: HashMap<ReplicaId, u64> = HashMap::new();
         let mut agents = Vec::new();
         let runs: Vec<_> = oplog.agents.runs().collect();
         for (_, replica, _) in &runs {
-            if !replicas.contains(replica) {
+            index.entry(*replica).or_insert_with(|| {
                 replicas.push(*replica);
-            }
+                replicas.len() as u64 - 1
+            });
         }
         let n = replicas.len() as u64;
         for (lvs, replica, _) in &runs {
             // Replica ids were collected from these very runs.
-            let idx = replicas.iter().position(|r| r == replica).unwrap_or(0) as u64;
+            let idx = index.get(replica).copied().unwrap_or(0);
             put(&mut agents, (lvs.end - lvs.start) as u64 * n + idx);
         }
         put(&mut cols, n);
@@ -259,9 +274,10 @@ pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<Decoded, LoadE
         return Err(malformed("bad replica count"));
     }
     let mut replicas = Vec::with_capacity(n_replicas as usize);
+    let mut seen = HashSet::with_capacity(n_replicas as usize);
     for _ in 0..n_replicas {
         let id = ReplicaId::from_u64(u64::from_le_bytes(body.array()?));
-        if replicas.contains(&id) {
+        if !seen.insert(id) {
             return Err(malformed("a replica is listed twice"));
         }
         replicas.push(id);
@@ -270,7 +286,7 @@ pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<Decoded, LoadE
     let mut oplog = OpLog::default();
     decode_agents(&mut body.section("agents")?, &replicas, total, &mut oplog)?;
     let frontier = decode_graph(&mut body.section("graph")?, total, &mut oplog)?;
-    check_chains(&oplog)?;
+    check_chains(&oplog, limits.max_chain_check)?;
     decode_ops(&mut body.section("ops")?, total, &text, &mut oplog)?;
     let mut spans = body.section("checkout")?;
     if !body.is_empty() {
@@ -365,10 +381,19 @@ fn decode_agents(
     Ok(())
 }
 
-/// Graph: entries cover `0..total`, parents point strictly back.
+/// Graph: entries cover `0..total`, parents point strictly back. Returns
+/// the frontier of the whole log.
+///
+/// The frontier is worked out once at the end, in time linear in the
+/// entries and parents: the last op of each entry, unless a later entry
+/// names it as a parent (an op inside an entry always has a successor).
+/// Keeping it up to date entry by entry would cost the frontier's width per
+/// entry, which a hostile file of many concurrent roots makes quadratic.
 fn decode_graph(r: &mut Reader<'_>, total: Lv, oplog: &mut OpLog) -> Result<Frontier, LoadError> {
     let mut start: Lv = 0;
-    let mut frontier = Frontier::new();
+    // Per decoded entry: its end, and whether a later entry names its last op.
+    let mut ends: Vec<Lv> = Vec::new();
+    let mut named: Vec<bool> = Vec::new();
     let mut parents = Frontier::new();
     while !r.is_empty() {
         let head = r.varint()?;
@@ -396,25 +421,47 @@ fn decode_graph(r: &mut Reader<'_>, total: Lv, oplog: &mut OpLog) -> Result<Fron
             parents.push(from);
         }
         parents.reverse();
+        for p in &parents {
+            if let Ok(i) = ends.binary_search(&(p + 1)) {
+                named[i] = true;
+            }
+        }
         oplog.graph.push(&parents, start..end);
-        Graph::advance_frontier(&mut frontier, &parents, &(start..end));
+        ends.push(end);
+        named.push(false);
         start = end;
     }
     if start != total {
         return Err(malformed("graph does not cover the log"));
     }
-    Ok(frontier)
+    Ok(ends
+        .iter()
+        .zip(&named)
+        .filter(|(_, named)| !**named)
+        .map(|(end, _)| end - 1)
+        .collect())
 }
 
-/// Each replica's operations must form a causal chain.
-fn check_chains(oplog: &OpLog) -> Result<(), LoadError> {
+/// Each replica's operations must form a causal chain; the checks visit at
+/// most `budget` graph runs in all.
+fn check_chains(oplog: &OpLog, budget: u64) -> Result<(), LoadError> {
+    let mut left = budget;
     for (lvs, replica, counter) in oplog.agents.runs() {
         if counter == 1 {
             continue;
         }
         let prev = oplog.agents.lv(Dot::new(replica, counter - 1));
         let parents = oplog.graph.parents_of(lvs.start);
-        if !oplog.graph.extends_own_chain(&parents, prev) {
+        let extends = oplog
+            .graph
+            .extends_own_chain_within(&parents, prev, &mut left)
+            .ok_or_else(|| {
+                LoadError::TooLarge(format!(
+                    "checking that each replica's operations form a causal chain \
+                     visits more than {budget} graph runs (LoadLimits::max_chain_check)"
+                ))
+            })?;
+        if !extends {
             return Err(malformed(
                 "an operation has not seen its replica's previous operation",
             ));
@@ -798,5 +845,155 @@ mod tests {
         let mut decoded = OpLog::default();
         decode_ops(&mut Reader::new(&out, "ops"), lv, &text, &mut decoded).unwrap();
         assert_eq!(decoded.runs, oplog.runs);
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+
+    /// A hand-built encoding of `n` single-character inserts at position 0
+    /// by `replicas` replicas, op `i` written by replica `author(i)` and made
+    /// on `parents(i)` (ascending), with a stored checkout so that loading
+    /// needs no replay.
+    pub(super) fn build(
+        n: usize,
+        replicas: usize,
+        author: impl Fn(usize) -> usize,
+        parents: impl Fn(usize) -> Vec<Lv>,
+    ) -> Vec<u8> {
+        framing::frame(MAGIC, VERSION, |mut out| {
+            let mut cols = Vec::new();
+            put(&mut cols, n as u64);
+            put(&mut cols, replicas as u64);
+            for r in 0..replicas {
+                cols.extend_from_slice(&(r as u64 + 1).to_le_bytes());
+            }
+            let (mut agents, mut graph, mut ops) = (Vec::new(), Vec::new(), Vec::new());
+            let mut cursor = 0;
+            for i in 0..n {
+                put(&mut agents, (replicas + author(i)) as u64);
+                let ps = parents(i);
+                put(&mut graph, 1 << 2 | ps.len().min(3) as u64);
+                if ps.len() >= 3 {
+                    put(&mut graph, ps.len() as u64);
+                }
+                let mut from = i;
+                for &p in ps.iter().rev() {
+                    put(&mut graph, (from - p) as u64);
+                    from = p;
+                }
+                let run = OpRun {
+                    lvs: i..i + 1,
+                    kind: OpKind::Insert,
+                    pos: 0,
+                    fwd: true,
+                    content: i..i + 1,
+                    ascii: true,
+                };
+                put_op_run(&mut ops, &run, &mut cursor);
+            }
+            put_section(&mut cols, &agents);
+            put_section(&mut cols, &graph);
+            put_section(&mut cols, &ops);
+            let mut checkout = Vec::new();
+            put(&mut checkout, 1);
+            put(&mut checkout, 0);
+            put(&mut checkout, n as u64 - 1);
+            put_section(&mut cols, &checkout);
+            put_blob(&mut out, &cols);
+            put_blob(&mut out, "x".repeat(n).as_bytes());
+            out
+        })
+    }
+
+    /// `n` concurrent roots, each by its own replica.
+    pub(super) fn concurrent_roots(n: usize) -> Vec<u8> {
+        build(n, n, |i| i, |_| Vec::new())
+    }
+
+    /// `2 * k` ops by `k` replicas taking turns, each op made on the two
+    /// before it: every replica's second op is `k` entries after its first.
+    pub(super) fn interleaved(k: usize) -> Vec<u8> {
+        build(
+            2 * k,
+            k,
+            |i| i % k,
+            |i| match i {
+                0 => Vec::new(),
+                1 => vec![0],
+                _ => vec![i - 2, i - 1],
+            },
+        )
+    }
+
+    // Many concurrent roots used to make loading quadratic (a scan of the
+    // frontier per entry, and of the replica list per replica): 50 000
+    // took a second in release, 200 000 nineteen.
+    #[test]
+    fn concurrent_roots_load() {
+        let n = 50_000;
+        let decoded = decode(&concurrent_roots(n), &LoadLimits::default()).unwrap();
+        assert!(decoded.oplog.frontier.iter().copied().eq(0..n));
+        assert_eq!(decoded.oplog.version().iter().count(), n);
+        let text = crate::text::Text::load(&concurrent_roots(n), ReplicaId::from_u64(0)).unwrap();
+        assert_eq!(text.to_string(), "x".repeat(n));
+    }
+
+    #[test]
+    fn frontier_is_what_no_later_entry_names() {
+        // 0 and 1 are roots; 2 is made on 0; 3 on 2 and 1; 4 is a root.
+        let parents = [vec![], vec![], vec![0], vec![1, 2], vec![]];
+        let bytes = build(5, 5, |i| i, |i| parents[i].clone());
+        let decoded = decode(&bytes, &LoadLimits::default()).unwrap();
+        assert_eq!(decoded.oplog.frontier.as_slice(), &[3, 4]);
+        let bytes = build(3, 3, |i| i, |i| if i == 2 { vec![0, 1] } else { vec![] });
+        let decoded = decode(&bytes, &LoadLimits::default()).unwrap();
+        assert_eq!(decoded.oplog.frontier.as_slice(), &[2]);
+    }
+
+    // Replicas taking turns make the causal-chain check cost replicas ×
+    // runs: 20 000 of them took twenty seconds. The check is bounded by
+    // `LoadLimits::max_chain_check`.
+    #[test]
+    fn interleaved_replicas_are_bounded_by_the_chain_check_limit() {
+        let k = 1_000;
+        let bytes = interleaved(k);
+        let decoded = decode(&bytes, &LoadLimits::default()).unwrap();
+        assert_eq!(decoded.oplog.frontier.as_slice(), &[2 * k - 1]);
+        // Each replica's second op walks back past the k ops in between.
+        let tight = LoadLimits {
+            max_chain_check: 100_000,
+            ..LoadLimits::default()
+        };
+        assert!(matches!(
+            decode(&bytes, &tight),
+            Err(LoadError::TooLarge(_))
+        ));
+        // A replica whose second op has not seen its first is still refused.
+        let bytes = build(3, 2, |i| i % 2, |i| if i == 2 { vec![1] } else { vec![] });
+        assert!(matches!(
+            decode(&bytes, &LoadLimits::default()),
+            Err(LoadError::Malformed(_))
+        ));
+    }
+
+    /// Times loading hostile inputs (`cargo test --release -- --ignored
+    /// --nocapture hostile_timings`).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn hostile_timings() {
+        for n in [10_000, 50_000, 100_000, 200_000] {
+            let bytes = concurrent_roots(n);
+            let t = std::time::Instant::now();
+            let r = decode(&bytes, &LoadLimits::default()).map(|d| d.oplog.frontier.len());
+            println!("{n} concurrent roots: {:?} in {:?}", r, t.elapsed());
+        }
+        for k in [2_000, 5_000, 10_000, 20_000] {
+            let bytes = interleaved(k);
+            let t = std::time::Instant::now();
+            let r = decode(&bytes, &LoadLimits::default()).map(|d| d.oplog.frontier.len());
+            println!("{k} interleaved replicas: {:?} in {:?}", r, t.elapsed());
+        }
     }
 }
