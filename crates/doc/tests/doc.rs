@@ -687,48 +687,6 @@ fn concurrent_writes_of_one_key_are_bounded() {
     assert_eq!(all.conflicts(&[key("k")]).map(|v| v.len()), Some(1));
 }
 
-/// Times applying and loading hostile inputs (`cargo test --release --test
-/// doc -- --ignored --nocapture hostile_doc_timings`).
-#[test]
-#[ignore = "a measurement, not a check"]
-fn hostile_doc_timings() {
-    for n in [10_000u64, 50_000, 100_000] {
-        let changes = concurrent_root_sets(n);
-        let t = std::time::Instant::now();
-        let mut doc = Doc::new(ReplicaId::from_u64(0));
-        doc.apply_changes(&changes).unwrap();
-        println!("{n} roots: apply_changes {:?}", t.elapsed());
-        let bytes = doc.encode();
-        println!("{n} roots: encode {:?}", t.elapsed());
-        let t = std::time::Instant::now();
-        Doc::load(&bytes, ReplicaId::from_u64(0)).unwrap();
-        println!("{n} roots: load {:?}", t.elapsed());
-        let t = std::time::Instant::now();
-        let mut doc = Doc::new(ReplicaId::from_u64(0));
-        for chunk in changes.chunks(1000) {
-            doc.receive_changes(chunk.to_vec()).unwrap();
-        }
-        println!("{n} roots: receive_changes {:?}", t.elapsed());
-    }
-    // Concurrent writes of one key: each write filters the key's live values.
-    for n in [5_000u64, 10_000, 20_000] {
-        let mut changes = concurrent_root_sets(n);
-        for c in &mut changes {
-            if let converge_doc::OpBody::MapSet { key, .. } = &mut c.ops[0].body {
-                *key = "k".into();
-            }
-        }
-        let t = std::time::Instant::now();
-        let refused = Doc::new(ReplicaId::from_u64(0))
-            .apply_changes(&changes)
-            .is_err();
-        println!(
-            "{n} writes of one key: apply_changes refused={refused} in {:?}",
-            t.elapsed()
-        );
-    }
-}
-
 // Many concurrent heads used to make applying, loading and receiving
 // quadratic (a scan, then a copy, of the frontier per change): 100 000
 // root changes took three to four seconds in release, now a few tenths.

@@ -977,23 +977,4 @@ mod hostile {
             Err(LoadError::Malformed(_))
         ));
     }
-
-    /// Times loading hostile inputs (`cargo test --release -- --ignored
-    /// --nocapture hostile_timings`).
-    #[test]
-    #[ignore = "a measurement, not a check"]
-    fn hostile_timings() {
-        for n in [10_000, 50_000, 100_000, 200_000] {
-            let bytes = concurrent_roots(n);
-            let t = std::time::Instant::now();
-            let r = decode(&bytes, &LoadLimits::default()).map(|d| d.oplog.frontier.len());
-            println!("{n} concurrent roots: {:?} in {:?}", r, t.elapsed());
-        }
-        for k in [2_000, 5_000, 10_000, 20_000] {
-            let bytes = interleaved(k);
-            let t = std::time::Instant::now();
-            let r = decode(&bytes, &LoadLimits::default()).map(|d| d.oplog.frontier.len());
-            println!("{k} interleaved replicas: {:?} in {:?}", r, t.elapsed());
-        }
-    }
 }
