@@ -150,6 +150,41 @@ pub(crate) fn markdown_table(records: &[Record], subjects: [&str; 2]) -> String 
     out
 }
 
+/// A one-subject table: one row per case (in first-seen order), one column
+/// per metric in `metrics`; `–` where a case lacks the metric, `FAILED`
+/// where its result failed the check.
+pub(crate) fn metric_table(
+    records: &[Record],
+    metrics: &[&str],
+    format: fn(f64, &str) -> String,
+) -> String {
+    let mut cases: Vec<&str> = Vec::new();
+    for r in records {
+        if !cases.contains(&r.case.as_str()) {
+            cases.push(&r.case);
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "| case | {} |", metrics.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(metrics.len()));
+    for case in cases {
+        let cells: Vec<String> = metrics
+            .iter()
+            .map(
+                |m| match records.iter().find(|r| r.case == case && r.metric == *m) {
+                    None => "–".to_owned(),
+                    Some(Record {
+                        median: Some(v), ..
+                    }) => format(*v, m),
+                    Some(_) => "FAILED".to_owned(),
+                },
+            )
+            .collect();
+        let _ = writeln!(out, "| {case} | {} |", cells.join(" | "));
+    }
+    out
+}
+
 fn format_value(v: f64, metric: &str) -> String {
     if metric == MS {
         if v < 1.0 {

@@ -1009,31 +1009,7 @@ fn value(records: &[Record], case: &str, metric: &str) -> Option<f64> {
 
 /// One row per case, one column per metric.
 fn markdown_table(records: &[Record]) -> String {
-    let mut cases: Vec<&str> = Vec::new();
-    for r in records {
-        if !cases.contains(&r.case.as_str()) {
-            cases.push(&r.case);
-        }
-    }
-    let mut out = String::new();
-    let _ = writeln!(out, "| case | {} |", COLUMNS.join(" | "));
-    let _ = writeln!(out, "|---|{}", "---:|".repeat(COLUMNS.len()));
-    for case in cases {
-        let cells: Vec<String> = COLUMNS
-            .iter()
-            .map(
-                |m| match records.iter().find(|r| r.case == case && r.metric == *m) {
-                    None => "–".to_owned(),
-                    Some(Record {
-                        median: Some(v), ..
-                    }) => format_value(*v, m),
-                    Some(_) => "FAILED".to_owned(),
-                },
-            )
-            .collect();
-        let _ = writeln!(out, "| {case} | {} |", cells.join(" | "));
-    }
-    out
+    crate::harness::metric_table(records, &COLUMNS, format_value)
 }
 
 fn format_value(v: f64, metric: &str) -> String {

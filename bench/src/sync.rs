@@ -729,37 +729,15 @@ fn format_value(v: f64, metric: &str) -> String {
     }
 }
 
-/// One row per case, one column per metric.
+/// One row per case, one column per metric (in first-seen order).
 fn markdown_table(records: &[Record]) -> String {
-    let mut cases: Vec<&str> = Vec::new();
     let mut metrics: Vec<&str> = Vec::new();
     for r in records {
-        if !cases.contains(&r.case.as_str()) {
-            cases.push(&r.case);
-        }
         if !metrics.contains(&r.metric.as_str()) {
             metrics.push(&r.metric);
         }
     }
-    let mut out = String::new();
-    let _ = writeln!(out, "| case | {} |", metrics.join(" | "));
-    let _ = writeln!(out, "|---|{}", "---:|".repeat(metrics.len()));
-    for case in cases {
-        let cells: Vec<String> = metrics
-            .iter()
-            .map(
-                |m| match records.iter().find(|r| r.case == case && r.metric == *m) {
-                    None => "–".to_owned(),
-                    Some(Record {
-                        median: Some(v), ..
-                    }) => format_value(*v, m),
-                    Some(_) => "FAILED".to_owned(),
-                },
-            )
-            .collect();
-        let _ = writeln!(out, "| {case} | {} |", cells.join(" | "));
-    }
-    out
+    crate::harness::metric_table(records, &metrics, format_value)
 }
 
 fn value(records: &[Record], case: &str, metric: &str) -> Option<f64> {

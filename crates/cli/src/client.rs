@@ -360,23 +360,7 @@ fn exit_on_ctrl_c() {
         else {
             return;
         };
-        runtime.block_on(async {
-            #[cfg(unix)]
-            let term = async {
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(mut s) => {
-                        s.recv().await;
-                    }
-                    Err(_) => std::future::pending::<()>().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let term = std::future::pending::<()>();
-            tokio::select! {
-                r = tokio::signal::ctrl_c() => if r.is_err() { std::future::pending::<()>().await },
-                () = term => {}
-            }
-        });
+        runtime.block_on(crate::serve::stop_signal());
         std::process::exit(0);
     });
 }

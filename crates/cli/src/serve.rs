@@ -266,7 +266,8 @@ async fn close(node: Arc<Node>, within: Duration) {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on the first SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub(crate) async fn stop_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -287,6 +288,10 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = term => {}
     }
+}
+
+async fn shutdown_signal() {
+    stop_signal().await;
     tracing::info!("shutting down: closing sessions, finishing requests in flight");
 }
 
