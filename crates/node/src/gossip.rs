@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use converge_crdt::ReplicaId;
 use converge_doc::PathChange;
+use converge_sync::Config;
 use converge_sync::membership::{GossipConfig, MEMBERS_OBJECT, MemberView, Membership};
-use converge_sync::{Config, Interest};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -273,7 +273,9 @@ async fn gossip_with(node: Arc<Node>, replica: ReplicaId, url: String, lifetime:
     };
     let reached = match connected {
         Ok(ws) => {
-            let mut config = Config::new(Interest::Prefix(String::new()));
+            // The configured peers' interest: feed positions are recorded
+            // from every session with a member, so they must all ask alike.
+            let mut config = Config::new(node.config().peer_interest.clone());
             config.resume_after = hub.members.with(|m| m.feed_position(replica));
             let close_at = Instant::now() + lifetime;
             let ending = drive(&node, client_socket(ws), config, None, Some(close_at)).await;

@@ -27,7 +27,10 @@
 //! [`NodeConfig::max_sync_sessions`] at once); outgoing ones are made by one
 //! task per configured peer, which reconnects with exponential backoff and
 //! resumes from the peer's change feed position it last confirmed (kept in
-//! memory: a restart compares version vectors once).
+//! memory: a restart compares version vectors once). Gossip
+//! ([`crate::gossip`]) opens further outgoing sessions to random cluster
+//! members for a while each; every session, whichever side dialled, counts
+//! as a link to its peer in the membership view once the peer said hello.
 //!
 //! Peers are trusted ([`Policy::trusted`]): any peer may write as any
 //! replica. Authentication of peers is future work.
