@@ -211,7 +211,42 @@ pub(crate) fn status(target: &Target) -> Result<()> {
             p["feed_position"]
         )?;
     }
+    let membership = &status["membership"];
+    if membership["gossip"] == true {
+        outln!(
+            "gossip    every {} ms, {} session(s) open",
+            membership["interval_ms"],
+            membership["gossip_sessions"]
+        )?;
+    }
+    for m in membership["members"].as_array().into_iter().flatten() {
+        outln!("member    {}", member_line(m))?;
+    }
     Ok(())
+}
+
+/// One member of `/v1/status` as `converge status` prints it: replica,
+/// state, URL, then lag and backoff when they say something.
+fn member_line(m: &Value) -> String {
+    let mut line = format!(
+        "{} {} {}",
+        m["replica"].as_str().unwrap_or("?"),
+        m["state"].as_str().unwrap_or("?"),
+        m["url"].as_str().unwrap_or("(no url)")
+    );
+    match m["lag_ms"].as_u64() {
+        Some(0) => {}
+        Some(lag) => line.push_str(&format!(", lag {lag} ms")),
+        None if m["state"] != "local" => line.push_str(", never seen"),
+        None => {}
+    }
+    if let Some(n) = m["failures"].as_u64().filter(|&n| n > 0) {
+        line.push_str(&format!(", {n} failure(s)"));
+    }
+    if let Some(ms) = m["retry_in_ms"].as_u64() {
+        line.push_str(&format!(", retry in {ms} ms"));
+    }
+    line
 }
 
 /// `converge doc ...`.

@@ -46,7 +46,8 @@ enum Command {
         #[command(flatten)]
         target: client::Target,
     },
-    /// Show a node's status: replica id, documents open, sync peers.
+    /// Show a node's status: replica id, documents open, sync peers, and
+    /// the cluster members it knows with their state and lag.
     Status {
         #[command(flatten)]
         target: client::Target,

@@ -20,7 +20,8 @@ use serde_json::json;
 #[derive(clap::Args, Debug)]
 pub(crate) struct ServeArgs {
     /// A TOML file with any of the settings below, by their key names
-    /// (`data`, `listen`, `replica_id`, `peers`, `demo`,
+    /// (`data`, `listen`, `replica_id`, `peers`, `advertise`,
+    /// `gossip_interval`, `max_gossip_sessions`, `demo`,
     /// `max_sync_sessions`, `max_changes_per_request`,
     /// `shutdown_timeout_secs`). Flags and environment variables override
     /// it; an unknown key is an error.
@@ -46,6 +47,24 @@ pub(crate) struct ServeArgs {
     /// keeps reconnecting while the peer is down [key: peers, a list].
     #[arg(long = "peer", env = "CONVERGE_PEERS", value_delimiter = ',', value_parser = parse_peer)]
     peers: Vec<String>,
+    /// This node's sync URL as other nodes should dial it, written into the
+    /// cluster's membership so that every node can reach it (e.g.
+    /// ws://10.0.0.1:7878/v1/sync). By default ws://LISTEN/v1/sync when
+    /// --listen is a concrete address (not 0.0.0.0 or ::); else none, and
+    /// other nodes know of this node but cannot dial it [key: advertise].
+    #[arg(long, env = "CONVERGE_ADVERTISE", value_parser = parse_peer)]
+    advertise: Option<String>,
+    /// How often to sync with a random cluster member this node has no
+    /// session with, e.g. 1s or 500ms (each round waits 0.5 to 1.5 times
+    /// it); members learnt from the membership, not only --peer ones, so a
+    /// node that knows one seed finds the whole cluster. `off` (or 0)
+    /// disables membership and gossip [key: gossip_interval].
+    #[arg(long, env = "CONVERGE_GOSSIP_INTERVAL", default_value = "1s", value_parser = parse_interval)]
+    gossip_interval: Interval,
+    /// Most gossip sessions open at once, beyond the --peer ones [key:
+    /// max_gossip_sessions].
+    #[arg(long, env = "CONVERGE_MAX_GOSSIP_SESSIONS", default_value_t = 2)]
+    max_gossip_sessions: usize,
     /// Most sync sessions accepted at once [key: max_sync_sessions].
     #[arg(long, env = "CONVERGE_MAX_SYNC_SESSIONS", default_value_t = 256)]
     max_sync_sessions: usize,
@@ -72,6 +91,9 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     replica_id: Option<String>,
     peers: Option<Vec<String>>,
+    advertise: Option<String>,
+    gossip_interval: Option<String>,
+    max_gossip_sessions: Option<usize>,
     demo: Option<bool>,
     max_sync_sessions: Option<usize>,
     max_changes_per_request: Option<usize>,
@@ -85,6 +107,9 @@ struct Settings {
     listen: SocketAddr,
     replica_id: Option<ReplicaId>,
     peers: Vec<String>,
+    advertise: Option<String>,
+    gossip_interval: Interval,
+    max_gossip_sessions: usize,
     demo: bool,
     max_sync_sessions: usize,
     max_changes_per_request: usize,
@@ -103,6 +128,34 @@ fn parse_peer(s: &str) -> Result<String, String> {
             "{s:?} is not a ws:// URL; use ws://HOST:PORT/v1/sync"
         )),
     }
+}
+
+/// A gossip interval: `None` is off.
+type Interval = Option<Duration>;
+
+/// `500ms`, `2s`, or a bare number of seconds; `off` or zero disables.
+fn parse_interval(s: &str) -> Result<Interval, String> {
+    let s = s.trim();
+    let bad = || format!("{s:?} is not an interval; use e.g. 1s, 500ms or off");
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let (digits, unit_ms) = if let Some(ms) = s.strip_suffix("ms") {
+        (ms, 1)
+    } else if let Some(secs) = s.strip_suffix('s') {
+        (secs, 1000)
+    } else {
+        (s, 1000)
+    };
+    let n: u64 = digits.trim().parse().map_err(|_| bad())?;
+    let ms = n.checked_mul(unit_ms).ok_or_else(bad)?;
+    Ok((ms > 0).then(|| Duration::from_millis(ms)))
+}
+
+/// The sync URL to advertise by default for a node bound to `addr`: none
+/// for a wildcard address, which other hosts cannot dial.
+fn default_advertise(addr: SocketAddr) -> Option<String> {
+    (!addr.ip().is_unspecified()).then(|| format!("ws://{addr}/v1/sync"))
 }
 
 /// Reads and checks a config file.
@@ -143,11 +196,30 @@ fn resolve(args: ServeArgs, matches: &ArgMatches, file: FileConfig) -> Result<Se
             .collect::<Result<_>>()?,
         _ => args.peers,
     };
+    let advertise = match (args.advertise, file.advertise) {
+        (Some(a), _) => Some(a),
+        (None, Some(a)) => {
+            Some(parse_peer(&a).map_err(|e| anyhow::anyhow!("advertise in the config file: {e}"))?)
+        }
+        (None, None) => None,
+    };
+    let gossip_interval = match file.gossip_interval {
+        Some(i) if !given("gossip_interval") => parse_interval(&i)
+            .map_err(|e| anyhow::anyhow!("gossip_interval in the config file: {e}"))?,
+        _ => args.gossip_interval,
+    };
     let settings = Settings {
         data: pick(given("data"), args.data, file.data),
         listen: pick(given("listen"), args.listen, file.listen),
         replica_id,
         peers,
+        advertise,
+        gossip_interval,
+        max_gossip_sessions: pick(
+            given("max_gossip_sessions"),
+            args.max_gossip_sessions,
+            file.max_gossip_sessions,
+        ),
         demo: args.demo || file.demo.unwrap_or(false),
         max_sync_sessions: pick(
             given("max_sync_sessions"),
@@ -165,8 +237,13 @@ fn resolve(args: ServeArgs, matches: &ArgMatches, file: FileConfig) -> Result<Se
             file.shutdown_timeout_secs,
         )),
     };
-    if settings.max_sync_sessions == 0 || settings.max_changes_per_request == 0 {
-        bail!("max_sync_sessions and max_changes_per_request must be at least 1");
+    if settings.max_sync_sessions == 0
+        || settings.max_changes_per_request == 0
+        || settings.max_gossip_sessions == 0
+    {
+        bail!(
+            "max_sync_sessions, max_changes_per_request and max_gossip_sessions must be at least 1"
+        );
     }
     Ok(settings)
 }
@@ -196,11 +273,25 @@ pub(crate) fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
 }
 
 async fn serve(settings: Settings) -> Result<()> {
+    // Bound first: the advertised URL defaults to the actual port.
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("listening on {}", settings.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
     let mut config = NodeConfig::new(&settings.data);
     config.replica = settings.replica_id;
     config.peers = settings.peers.clone();
     config.max_sync_sessions = settings.max_sync_sessions;
     config.max_changes_per_request = settings.max_changes_per_request;
+    config.advertise = settings
+        .advertise
+        .clone()
+        .or_else(|| default_advertise(addr));
+    config.gossip_interval = settings.gossip_interval;
+    config.max_gossip_sessions = settings.max_gossip_sessions;
+    if config.advertise.is_none() && config.gossip_interval.is_some() {
+        tracing::warn!(%addr, "no --advertise URL: other nodes will know of this node but cannot dial it");
+    }
     let node = Arc::new(
         Node::open(config)
             .with_context(|| format!("opening data directory {}", settings.data.display()))?,
@@ -208,10 +299,6 @@ async fn serve(settings: Settings) -> Result<()> {
     if settings.demo {
         seed_demo(&node).await?;
     }
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("listening on {}", settings.listen))?;
-    let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(replica = %node.replica(), data = %settings.data.display(), "node started");
     // Tests and scripts read this line to find the port. Nobody reading it
     // (a closed pipe) is no reason to stop serving, nor to panic.
@@ -350,6 +437,62 @@ mod tests {
         assert!(s.peers.is_empty());
         assert_eq!(s.max_sync_sessions, 256);
         assert_eq!(s.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(s.advertise, None);
+        assert_eq!(s.gossip_interval, Some(Duration::from_secs(1)));
+        assert_eq!(s.max_gossip_sessions, 2);
+    }
+
+    #[test]
+    fn gossip_settings_parse_and_layer() {
+        assert_eq!(
+            parse_interval("500ms"),
+            Ok(Some(Duration::from_millis(500)))
+        );
+        assert_eq!(parse_interval("2s"), Ok(Some(Duration::from_secs(2))));
+        assert_eq!(parse_interval("3"), Ok(Some(Duration::from_secs(3))));
+        assert_eq!(parse_interval("off"), Ok(None));
+        assert_eq!(parse_interval("0ms"), Ok(None));
+        for bad in ["", "fast", "1h", "-1s", "99999999999999999999s"] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+        let file = r#"
+            advertise = "ws://10.0.0.1:7878/v1/sync"
+            gossip_interval = "250ms"
+            max_gossip_sessions = 4
+        "#;
+        let s = settings(&[], file).expect("settings");
+        assert_eq!(s.advertise.as_deref(), Some("ws://10.0.0.1:7878/v1/sync"));
+        assert_eq!(s.gossip_interval, Some(Duration::from_millis(250)));
+        assert_eq!(s.max_gossip_sessions, 4);
+        let s = settings(
+            &[
+                "--gossip-interval",
+                "off",
+                "--advertise",
+                "ws://h:1/v1/sync",
+            ],
+            file,
+        )
+        .expect("settings");
+        assert_eq!(s.gossip_interval, None, "the flag wins");
+        assert_eq!(s.advertise.as_deref(), Some("ws://h:1/v1/sync"));
+        let err = settings(&[], "advertise = \"http://x\"").expect_err("bad url");
+        assert!(err.to_string().contains("advertise"), "{err}");
+        let err = settings(&[], "gossip_interval = \"soon\"").expect_err("bad interval");
+        assert!(err.to_string().contains("gossip_interval"), "{err}");
+        assert!(settings(&["--max-gossip-sessions", "0"], "").is_err());
+    }
+
+    #[test]
+    fn the_advertised_url_defaults_to_a_concrete_listen_address() {
+        let at = |a: &str| default_advertise(a.parse().expect("addr"));
+        assert_eq!(
+            at("10.1.2.3:7878").as_deref(),
+            Some("ws://10.1.2.3:7878/v1/sync")
+        );
+        assert_eq!(at("[::1]:9").as_deref(), Some("ws://[::1]:9/v1/sync"));
+        assert_eq!(at("0.0.0.0:7878"), None);
+        assert_eq!(at("[::]:7878"), None);
     }
 
     #[test]

@@ -362,10 +362,13 @@ fn await_convergence(nodes: &[&Server], keys: &[String], count: usize, within: D
 
 /// A chain A <- B <- C (B dials A, C dials B), so A's and C's entries
 /// travel through B.
+/// Three nodes in a line, a <- b <- c, without gossip: entries between a
+/// and c relay through b.
 fn chain(dirs: &[tempfile::TempDir; 3]) -> (Server, Server, Server) {
-    let a = Server::start(dirs[0].path(), &[]);
-    let b = Server::start(dirs[1].path(), &["--peer", &a.ws()]);
-    let c = Server::start(dirs[2].path(), &["--peer", &b.ws()]);
+    let off = ["--gossip-interval", "off"];
+    let a = Server::start(dirs[0].path(), &off);
+    let b = Server::start(dirs[1].path(), &[&off[..], &["--peer", &a.ws()]].concat());
+    let c = Server::start(dirs[2].path(), &[&off[..], &["--peer", &b.ws()]].concat());
     (a, b, c)
 }
 
@@ -1196,8 +1199,11 @@ fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
 #[test]
 fn a_partitioned_node_converges_after_heal_without_losing_acknowledged_writes() {
     let dirs = [(); 3].map(|()| tempfile::tempdir().expect("tempdir"));
-    let a = Server::start(dirs[0].path(), &[]);
-    let b = Server::start(dirs[1].path(), &["--peer", &a.ws()]);
+    // Without gossip: c would otherwise learn a's and b's addresses and
+    // dial them past the proxy that partitions it.
+    let off = ["--gossip-interval", "off"];
+    let a = Server::start(dirs[0].path(), &off);
+    let b = Server::start(dirs[1].path(), &[&off[..], &["--peer", &a.ws()]].concat());
     let b_addr: SocketAddr = b
         .base
         .trim_start_matches("http://")
@@ -1205,7 +1211,10 @@ fn a_partitioned_node_converges_after_heal_without_losing_acknowledged_writes() 
         .expect("b's address");
     // c reaches b, and through it a, only through the proxy.
     let proxy = Proxy::start(b_addr);
-    let c = Server::start(dirs[2].path(), &["--peer", &proxy.ws()]);
+    let c = Server::start(
+        dirs[2].path(),
+        &[&off[..], &["--peer", &proxy.ws()]].concat(),
+    );
     let nodes = [&a, &b, &c];
     seed_counter(&a, &nodes);
 
@@ -1298,4 +1307,110 @@ fn a_partitioned_node_converges_after_heal_without_losing_acknowledged_writes() 
         peer["connects"].as_u64().is_some_and(|n| n >= 2),
         "{status}"
     );
+}
+
+/// The members `s` lists in its status: replica -> the member's JSON.
+fn members(s: &Server) -> std::collections::BTreeMap<String, Value> {
+    let (_, status) = get(s, "/v1/status");
+    status["membership"]["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| Some((m["replica"].as_str()?.to_string(), m.clone())))
+        .collect()
+}
+
+fn replica_of(s: &Server) -> String {
+    get(s, "/v1/status").1["replica"]
+        .as_str()
+        .expect("a replica id")
+        .to_string()
+}
+
+#[test]
+fn members_find_each_other_through_one_seed_and_gossip_on_after_it_dies() {
+    let dirs = [(); 3].map(|()| tempfile::tempdir().expect("tempdir"));
+    let fast = ["--gossip-interval", "200ms"];
+    let a = Server::start(dirs[0].path(), &fast);
+    let b = Server::start(dirs[1].path(), &[&fast[..], &["--peer", &a.ws()]].concat());
+    let c = Server::start(dirs[2].path(), &[&fast[..], &["--peer", &a.ws()]].concat());
+    let (ra, rb, rc) = (replica_of(&a), replica_of(&b), replica_of(&c));
+
+    // B and C were told only of A: they learn each other, with the URLs
+    // each advertises (its bound address), from the membership object.
+    wait_until("b and c learn each other", Duration::from_secs(10), || {
+        let (on_b, on_c) = (members(&b), members(&c));
+        on_b.get(&rc).is_some_and(|m| m["url"] == c.ws())
+            && on_c.get(&rb).is_some_and(|m| m["url"] == b.ws())
+            && on_b.contains_key(&ra)
+    });
+    let on_b = members(&b);
+    assert_eq!(on_b[&rb]["state"], "local", "{on_b:?}");
+    assert_eq!(on_b[&ra]["state"], "connected", "{on_b:?}");
+    // Gossip reaches C directly, though B was never told of it.
+    wait_until("b gossips with c", Duration::from_secs(10), || {
+        members(&b)[&rc]["state"] == "connected"
+    });
+    let (_, status) = get(&b, "/v1/status");
+    assert_eq!(status["membership"]["gossip"], true, "{status}");
+    assert_eq!(status["membership"]["interval_ms"], 200, "{status}");
+    // The membership object is the node's: users can neither write,
+    // delete nor import it, and listings leave it out.
+    let (code, body) = post(
+        &b,
+        "/v1/docs/$sys%2Fmembers/changes",
+        r#"[{"op":"set","path":["x"],"value":1}]"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("reserved")),
+        "{body}"
+    );
+    assert_eq!(delete(&b, "/v1/docs/$sys%2Fmembers").0, 400);
+    let (code, body) = post_bytes(&b, "/v1/docs/$sys%2Fmembers/import", b"x");
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("reserved")),
+        "{body}"
+    );
+    write_one(&b.base, "before");
+    wait_until("the write reaches c", Duration::from_secs(10), || {
+        get(&c, "/v1/docs/shared").1["before"] == true
+    });
+    assert_eq!(get(&b, "/v1/docs").1["docs"], json!(["shared"]));
+    assert_eq!(
+        get(&b, "/v1/docs?limit=1").1["docs"],
+        json!(["shared"]),
+        "a page skips it"
+    );
+
+    // The seed dies: B's writes still reach C, by gossip between them.
+    a.kill9();
+    write_one(&b.base, "after-a-died");
+    wait_until(
+        "b's write reaches c without a",
+        Duration::from_secs(10),
+        || get(&c, "/v1/docs/shared").1["after-a-died"] == true,
+    );
+    wait_until("c sees a failing", Duration::from_secs(10), || {
+        let m = &members(&c)[&ra];
+        m["state"] != "connected" && m["failures"].as_u64().is_some_and(|n| n >= 1)
+    });
+    let m = &members(&c)[&ra];
+    assert!(
+        m["retry_in_ms"].as_u64().is_some() || m["state"] == "dead",
+        "a dead member is backed off: {m}"
+    );
+    // `converge status` prints the members.
+    let out = converge(&["status", "--url", &c.base]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for r in [&ra, &rb, &rc] {
+        assert!(text.contains(&format!("member    {r} ")), "{text}");
+    }
+    assert!(text.contains(&format!("member    {rc} local")), "{text}");
 }

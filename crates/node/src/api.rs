@@ -15,6 +15,7 @@ use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use converge_crdt::VersionVector;
 use converge_doc::PathChange;
+use converge_sync::membership::is_system_object;
 use futures_util::SinkExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
@@ -87,9 +88,11 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let peers: Vec<_> = (0..node.config().peers.len())
+    let mut peers: Vec<_> = (0..node.config().peers.len())
         .map(|i| tokio::spawn(crate::sync::run_peer(node.clone(), i)))
         .collect();
+    // Membership and gossip (when configured) run beside the peers.
+    peers.push(tokio::spawn(crate::gossip::run_gossip(node.clone())));
     let stopping = node.clone();
     let served = axum::serve(listener, router(node, metrics))
         .with_graceful_shutdown(async move {
@@ -183,6 +186,7 @@ async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         "open_docs": node.open_docs(),
         "feed_head": feed_head,
         "sync": node.sync().status(),
+        "membership": node.sync().members.status(node.sync().now()),
         "version": env!("CARGO_PKG_VERSION"),
     })))
 }
@@ -200,8 +204,23 @@ async fn list_docs(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let ids = state.node.list(q.prefix, q.after, limit).await?;
-    let next = (ids.len() == limit).then(|| ids.last().cloned()).flatten();
+    // The node's own objects (membership) are not the user's documents:
+    // they are left out, and pages are topped up past them so that a page
+    // is short only at the end.
+    let (mut ids, mut after) = (Vec::new(), q.after);
+    let next = loop {
+        let want = limit - ids.len();
+        let page = state.node.list(q.prefix.clone(), after, want).await?;
+        let full = page.len() == want;
+        after = page.last().cloned();
+        ids.extend(page.into_iter().filter(|id| !is_system_object(id)));
+        if !full {
+            break None;
+        }
+        if ids.len() == limit {
+            break after;
+        }
+    };
     Ok(Json(json!({"docs": ids, "next_after": next})))
 }
 

@@ -23,7 +23,7 @@
 //! | `GET /v1/docs/{id}/watch` | server-sent events, one per batch of patches; the stream ends when the node shuts down |
 //! | `GET /v1/docs/{id}/export` | the document with its whole history, in converge-doc's canonical encoding ([`converge_doc::Doc::encode`]), as `application/octet-stream` |
 //! | `POST /v1/docs/{id}/import` | merges such an encoding (body up to 64 MiB) into the document, creating it if needed; answers `{"ops_added", "entries", "version"}` once durable; bad bytes are a 400 and write nothing; importing twice adds nothing |
-//! | `GET /v1/status` | replica id, documents, store figures, sync peers |
+//! | `GET /v1/status` | replica id, documents, store figures, sync peers, cluster members (`membership`: state, URL, lag per member) |
 //! | `GET /v1/sync` | WebSocket: the sync protocol (`converge-sync`), one frame per binary message |
 //! | `GET /healthz` | liveness |
 //! | `GET /metrics` | Prometheus metrics |
@@ -41,13 +41,18 @@
 //! accepts sessions on `/v1/sync` and keeps one connection to each peer in
 //! [`NodeConfig::peers`], reconnecting with backoff. Entries peers append go
 //! to the store, then into the open documents, whose watchers get the
-//! patches. Peers are trusted (any peer may write as any replica):
+//! patches. With [`NodeConfig::gossip_interval`] set (`serve` only), the
+//! node also writes itself into the membership object (`$sys/members`,
+//! see [`converge_sync::membership`]) and, every interval, syncs with a
+//! random member it has no session with, so a node that knows one seed
+//! learns the whole cluster. Peers are trusted (any peer may write as any replica):
 //! authentication is future work. Each connection is one task pumping a
 //! sans-IO session; calls that may write to the store run on blocking
 //! threads, reads on the task.
 
 #[cfg(feature = "http")]
 mod api;
+mod gossip;
 mod node;
 mod sync;
 

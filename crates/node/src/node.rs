@@ -10,6 +10,7 @@ use converge_store::{
     AppendError, Entry, ReadError, RedbStore, Store, StoreError, validate_object_id,
 };
 use converge_sync::Interest;
+use converge_sync::membership::{SYSTEM_PREFIX, is_system_object};
 use tokio::sync::{broadcast, watch};
 
 use crate::sync::SyncHub;
@@ -32,6 +33,16 @@ pub struct NodeConfig {
     pub peer_interest: Interest,
     /// Most sync sessions accepted at once on `/v1/sync`.
     pub max_sync_sessions: usize,
+    /// This node's sync endpoint as other nodes should dial it
+    /// (`ws://HOST:PORT/v1/sync`), written into the membership object;
+    /// `None`: other nodes learn of this node but cannot dial it.
+    pub advertise: Option<String>,
+    /// Mean time between gossip rounds (with jitter); `None` (the
+    /// default for an embedded node) disables membership and gossip.
+    /// Only `serve` gossips.
+    pub gossip_interval: Option<std::time::Duration>,
+    /// Most gossip sessions (beyond the configured peers) at once.
+    pub max_gossip_sessions: usize,
 }
 
 impl NodeConfig {
@@ -44,6 +55,9 @@ impl NodeConfig {
             peers: Vec::new(),
             peer_interest: Interest::Prefix(String::new()),
             max_sync_sessions: 256,
+            advertise: None,
+            gossip_interval: None,
+            max_gossip_sessions: 2,
         }
     }
 }
@@ -241,7 +255,7 @@ impl Node {
 
     /// A node on any store (tests use [`converge_store::MemoryStore`]).
     pub fn with_store(replica: ReplicaId, store: Arc<dyn Store>, config: NodeConfig) -> Self {
-        let sync = SyncHub::new(&config);
+        let sync = SyncHub::new(replica, &config);
         Self {
             replica,
             store,
@@ -295,8 +309,19 @@ impl Node {
     }
 
     /// Applies `changes` as one change on this node's replica, durably.
-    /// Returns the document's log version vector afterwards.
+    /// Returns the document's log version vector afterwards. Ids under
+    /// [`SYSTEM_PREFIX`] (the node's membership) are refused.
     pub async fn change(
+        &self,
+        id: &str,
+        changes: &[PathChange],
+    ) -> Result<VersionVector, NodeError> {
+        refuse_system_object(id)?;
+        self.change_any(id, changes).await
+    }
+
+    /// [`Node::change`] on any object, system objects included.
+    pub(crate) async fn change_any(
         &self,
         id: &str,
         changes: &[PathChange],
@@ -420,6 +445,7 @@ impl Node {
     /// Importing what the node already holds appends nothing.
     pub async fn import(&self, id: &str, bytes: Vec<u8>) -> Result<ImportOutcome, NodeError> {
         validate_object_id(id).map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        refuse_system_object(id)?;
         let replica = self.replica;
         // Replaying a history is CPU work: keep it off the async threads.
         let incoming = tokio::task::spawn_blocking(move || Doc::load(&bytes, replica))
@@ -607,6 +633,7 @@ impl Node {
     /// receive, so it never comes back). Returns whether this call deleted it.
     pub async fn delete(&self, id: &str) -> Result<bool, NodeError> {
         validate_object_id(id).map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        refuse_system_object(id)?;
         let store = self.store.clone();
         let object = id.to_string();
         let outcome = tokio::task::spawn_blocking(move || store.delete_object(&object))
@@ -839,6 +866,16 @@ fn read_new(
         }
     }
     Ok((changes, seen))
+}
+
+/// Refuses a user's write to an object the node keeps for itself.
+fn refuse_system_object(id: &str) -> Result<(), NodeError> {
+    if is_system_object(id) {
+        return Err(NodeError::BadRequest(format!(
+            "object ids starting with {SYSTEM_PREFIX:?} are reserved for the node ({id:?} is written by the node itself)"
+        )));
+    }
+    Ok(())
 }
 
 fn read_error(e: ReadError) -> NodeError {

@@ -27,7 +27,10 @@
 //! [`NodeConfig::max_sync_sessions`] at once); outgoing ones are made by one
 //! task per configured peer, which reconnects with exponential backoff and
 //! resumes from the peer's change feed position it last confirmed (kept in
-//! memory: a restart compares version vectors once).
+//! memory: a restart compares version vectors once). Gossip
+//! ([`crate::gossip`]) opens further outgoing sessions to random cluster
+//! members for a while each; every session, whichever side dialled, counts
+//! as a link to its peer in the membership view once the peer said hello.
 //!
 //! Peers are trusted ([`Policy::trusted`]): any peer may write as any
 //! replica. Authentication of peers is future work.
@@ -47,6 +50,7 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
+use crate::gossip::{Members, SessionLink};
 use crate::node::{Node, NodeConfig};
 
 /// Least time between two reads of the change feed that a session makes
@@ -149,10 +153,12 @@ pub(crate) struct SyncHub {
     peers: Vec<Arc<PeerState>>,
     /// Set to `true` once to close every session.
     stop: watch::Sender<bool>,
+    /// The cluster as this node sees it, and the gossip policy.
+    pub(crate) members: Members,
 }
 
 impl SyncHub {
-    pub(crate) fn new(config: &NodeConfig) -> Self {
+    pub(crate) fn new(replica: ReplicaId, config: &NodeConfig) -> Self {
         Self {
             epoch: Instant::now(),
             sessions: Arc::new(Semaphore::new(config.max_sync_sessions)),
@@ -163,11 +169,12 @@ impl SyncHub {
                 .map(|url| Arc::new(PeerState::new(url.clone())))
                 .collect(),
             stop: watch::channel(false).0,
+            members: Members::new(replica, config),
         }
     }
 
     /// Milliseconds since the hub was made: the sessions' `now`.
-    fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
@@ -226,7 +233,7 @@ pub(crate) struct PeerStatus {
 }
 
 /// An outgoing peer's live state.
-struct PeerState {
+pub(crate) struct PeerState {
     url: String,
     status: Mutex<PeerStatus>,
     /// The connection's state for [`Node::peer_connection`].
@@ -274,7 +281,7 @@ pub(crate) enum WsIn {
 
 /// Why a connection ended.
 #[derive(Debug)]
-enum Ending {
+pub(crate) enum Ending {
     /// The session closed (error, timeout, shutdown, or by the peer).
     Session(SessionError),
     /// The transport failed or ended without a closing message.
@@ -299,7 +306,7 @@ where
     <S as Sink<Vec<u8>>>::Error: std::fmt::Display,
 {
     let config = Config::new(Interest::Prefix(String::new()));
-    let ending = drive(&node, socket, config, None).await;
+    let ending = drive(&node, socket, config, None, None).await;
     tracing::debug!(%ending, "incoming sync session ended");
 }
 
@@ -311,7 +318,6 @@ pub(crate) async fn run_peer(node: Arc<Node>, index: usize) {
     };
     let mut stop = node.sync().stop.subscribe();
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
-    const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
@@ -319,28 +325,20 @@ pub(crate) async fn run_peer(node: Arc<Node>, index: usize) {
             return;
         }
         peer.link.send_replace(PeerConnection::Connecting);
-        let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .max_message_size(Some(max_ws_message()))
-            .max_frame_size(Some(max_ws_message()));
-        let connect =
-            tokio_tungstenite::connect_async_with_config(peer.url.as_str(), Some(ws_config), true);
-        // A black-holed address would otherwise hang for the OS's TCP timeout.
         let connected = tokio::select! {
-            r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => r.unwrap_or_else(|_| {
-                Err(tokio_tungstenite::tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()))
-            }),
+            r = connect(&peer.url) => r,
             _ = stop.changed() => {
                 peer.link.send_replace(PeerConnection::Stopped);
                 return;
             }
         };
         let (lived_long, error) = match connected {
-            Ok((ws, _response)) => {
+            Ok(ws) => {
                 let mut config = Config::new(node.config().peer_interest.clone());
                 config.resume_after = peer.snapshot().feed_position;
                 let socket = client_socket(ws);
                 let started = Instant::now();
-                let ending = drive(&node, socket, config, Some(&peer)).await;
+                let ending = drive(&node, socket, config, Some(&peer), None).await;
                 tracing::info!(peer = %peer.url, %ending, "sync connection ended");
                 let error = ending.to_string();
                 peer.update(|s| {
@@ -382,8 +380,28 @@ pub(crate) async fn run_peer(node: Arc<Node>, index: usize) {
     }
 }
 
+/// An outgoing WebSocket to a peer's sync endpoint.
+pub(crate) type ClientWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Dials the sync endpoint at `url`, giving up after 10 s (a black-holed
+/// address would otherwise hang for the OS's TCP timeout).
+pub(crate) async fn connect(url: &str) -> Result<ClientWs, tokio_tungstenite::tungstenite::Error> {
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(max_ws_message()))
+        .max_frame_size(Some(max_ws_message()));
+    let connect = tokio_tungstenite::connect_async_with_config(url, Some(ws_config), true);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(r) => r.map(|(ws, _response)| ws),
+        Err(_) => Err(tokio_tungstenite::tungstenite::Error::Io(
+            std::io::ErrorKind::TimedOut.into(),
+        )),
+    }
+}
+
 /// Adapts a tokio-tungstenite client stream to the driver's shape.
-fn client_socket<T>(
+pub(crate) fn client_socket<T>(
     ws: tokio_tungstenite::WebSocketStream<T>,
 ) -> impl Stream<Item = Result<WsIn, tokio_tungstenite::tungstenite::Error>>
 + Sink<Vec<u8>, Error = tokio_tungstenite::tungstenite::Error>
@@ -425,12 +443,14 @@ async fn step(
     .map_err(|e| Ending::Transport(format!("session task failed: {e}")))
 }
 
-/// Pumps one session over one WebSocket until either ends.
-async fn drive<S, E>(
+/// Pumps one session over one WebSocket until either ends, or until
+/// `close_at` if given (a gossip session's end).
+pub(crate) async fn drive<S, E>(
     node: &Arc<Node>,
     mut socket: S,
     config: Config,
     peer: Option<&PeerState>,
+    close_at: Option<Instant>,
 ) -> Ending
 where
     S: Stream<Item = Result<WsIn, E>> + Sink<Vec<u8>> + Unpin,
@@ -451,6 +471,10 @@ where
         Policy::trusted(),
     ));
     let mut closed: Option<SessionError> = None;
+    // Counts the session as a link to its peer in the membership view
+    // once the peer said hello, until the session ends.
+    let mut link: Option<SessionLink<'_>> = None;
+    let mut close_at = close_at;
     if *stop.borrow_and_update() {
         session.close("the node is shutting down");
     }
@@ -477,6 +501,9 @@ where
                         continue;
                     }
                     tracing::info!(peer = %id, "sync session open");
+                    if link.is_none() {
+                        link = Some(SessionLink::open(hub, id));
+                    }
                     if let Some(p) = peer {
                         p.update(|s| {
                             s.connected = true;
@@ -498,7 +525,8 @@ where
                     node.evict(&object);
                     updated = true;
                 }
-                Event::PeerFeedPosition { position, .. } => {
+                Event::PeerFeedPosition { peer: id, position } => {
+                    hub.members.with(|m| m.set_feed_position(id, position));
                     if let Some(p) = peer {
                         p.update(|s| s.feed_position = Some(position));
                     }
@@ -538,6 +566,12 @@ where
                 tokio::time::sleep_until(next_store_pump).await;
             } else {
                 std::future::pending::<()>().await;
+            }
+        };
+        let round_over = async move {
+            match close_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
         };
         tokio::select! {
@@ -604,6 +638,10 @@ where
                 let _ = session.handle_store_change(hub.now(), &**node.store());
             }
             _ = stop.changed() => session.close("the node is shutting down"),
+            () = round_over => {
+                close_at = None;
+                session.close("gossip round over");
+            }
         }
     }
 }

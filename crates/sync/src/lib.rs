@@ -18,6 +18,8 @@
 //!   version byte, postcard body), checked against [`Limits`] before use.
 //! - [`PresenceTable`]: ephemeral per-object state with expiry, for relaying
 //!   presence without storing it.
+//! - [`Membership`] ([`membership`]): the cluster's members as a node sees
+//!   them, and the gossip policy (whom to dial next, backoff of dead members).
 //!
 //! The protocol (message table, state diagram, flow control, anti-entropy)
 //! is described in `PROTOCOL.md` next to this crate's sources.
@@ -51,11 +53,13 @@
 //! ```
 
 pub mod codec;
+pub mod membership;
 mod message;
 mod presence;
 mod session;
 
 pub use codec::{DecodeError, EncodeError, PROTOCOL_VERSION};
+pub use membership::{GossipConfig, MemberState, MemberView, Membership};
 pub use message::{ErrorCode, Interest, LimitError, Limits, Message};
 pub use presence::PresenceTable;
 pub use session::{Config, Event, Policy, QueueSizes, Session, SessionError, SnapshotMerge};
