@@ -48,8 +48,6 @@ pub(crate) struct Wal {
     offset: u64,
     /// The LSN of the last record written (or covered by the checkpoint).
     last_lsn: u64,
-    /// The LSN the durable redb state covers.
-    checkpointed: u64,
 }
 
 /// What was found in the log on open.
@@ -85,7 +83,6 @@ impl Wal {
             len,
             offset: WAL_HEADER_LEN as u64,
             last_lsn: checkpoint,
-            checkpointed: checkpoint,
         };
         match header {
             WalHeader::Log {
@@ -165,11 +162,6 @@ impl Wal {
         self.last_lsn
     }
 
-    /// Whether records were written since the last checkpoint.
-    pub(crate) fn dirty(&self) -> bool {
-        self.last_lsn > self.checkpointed
-    }
-
     /// Whether a record of `size` bytes fits before the log is full.
     pub(crate) fn fits(&self, size: usize) -> bool {
         size <= DIRECT_MAX && self.offset + size as u64 <= CAPACITY
@@ -198,7 +190,6 @@ impl Wal {
     /// Records that the database now durably holds everything up to
     /// [`Wal::last_lsn`]: the log is written from its start again.
     pub(crate) fn checkpointed(&mut self) {
-        self.checkpointed = self.last_lsn;
         self.offset = WAL_HEADER_LEN as u64;
     }
 }
