@@ -20,28 +20,44 @@
 //!
 //! Every write goes through one dedicated writer thread. A caller checks its
 //! input, queues a job and blocks on its own reply channel. The writer takes
-//! *all* queued jobs (up to a bound), applies them one after another in one
-//! redb write transaction, makes the batch durable with one sync (of a
-//! write-ahead log record holding the batch's new entries, or, for a batch
-//! that does more than append, of a [`Durability::Immediate`] redb commit),
-//! commits the transaction, then answers every caller. While it syncs, new
-//! jobs queue up and form the next batch, so under concurrency many appends
-//! share one sync, and no caller returns before its own data is durable.
-//! Before starting a batch, the writer waits briefly (at most 200 µs and a
-//! quarter of the last commit) until as many jobs are queued as callers were
-//! active at the last answer, so that writers in a loop all share each sync
-//! instead of splitting into two alternating groups.
+//! *all* queued jobs (up to a bound) and makes them durable with one sync.
+//! While it syncs, new jobs queue up and form the next batch, so under
+//! concurrency many appends share one sync, and no caller returns before its
+//! own data is durable. Before starting a batch, the writer waits briefly
+//! (at most 200 µs and a quarter of the last commit) until as many jobs are
+//! queued as callers were active at the last answer, so that writers in a
+//! loop all share each sync instead of splitting into two alternating groups.
 //!
 //! A caller alone (nothing queued, nothing being committed, and at most one
 //! caller active at the last commit) commits its own job on its own thread,
 //! through the same path: the hand-off to the writer thread and back costs
 //! two thread wake-ups, which on a loaded machine cost as much as the sync.
 //!
-//! Each job checks everything before writing anything, so a job rejected for
-//! its input (a gap, a conflict) leaves the shared transaction untouched and
+//! ## Appends: the log, the overlay and the applier
+//!
+//! A batch of appends never touches redb on the caller's path (redb's
+//! B-tree inserts and commit were nearly all of an append's CPU). The writer
+//! checks each append (gap, duplicate, conflict, deleted object) against
+//! redb plus the [`Overlay`] of records synced but not yet applied, with its
+//! own cache of the heads it wrote in front, so a steady writer reads no
+//! redb page; it writes the batch's new entries as one write-ahead log
+//! record, syncs it, adds the batch to the overlay (now readers see it) and
+//! answers. The applier thread folds queued records into redb, many per
+//! transaction, without a sync, then drops them from the overlay; every
+//! [`BACKGROUND_CHECKPOINT_BYTES`] of log its commit is durable instead (a
+//! checkpoint), so that when the log is full and must rewind, little is left
+//! to sync. Readers lock the overlay, then open a redb snapshot: whatever
+//! left the overlay is in that snapshot, so no acknowledged append is missed.
+//!
+//! A batch that does more than append (snapshot, compaction, deletion), or
+//! whose record is too large for the log, waits for the applier to drain the
+//! overlay, is applied in one redb transaction and committed durably (a
+//! checkpoint). Each job checks everything before writing anything, so a job
+//! rejected for its input (a gap, a conflict) leaves the batch untouched and
 //! only its own caller sees the error. If storage fails after a job started
-//! writing, the transaction is dropped and every caller in the batch gets the
-//! error: nothing of the batch was written.
+//! writing, nothing of the batch is written and every caller in it gets the
+//! error. If the applier fails, redb no longer follows the log: writes are
+//! refused until the store is reopened, which replays the log.
 
 use std::collections::VecDeque;
 use std::ops::Bound;
