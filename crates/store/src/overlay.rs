@@ -93,6 +93,7 @@ impl Overlay {
     /// Drops what `batch` added, now that redb holds it.
     pub(crate) fn remove(&mut self, batch: &Batch) {
         for append in &batch.appends {
+            self.feed.remove(&append.position);
             let Some(logs) = self.logs.get_mut(&append.object) else {
                 continue;
             };
@@ -108,7 +109,6 @@ impl Overlay {
             if logs.is_empty() {
                 self.logs.remove(&append.object);
             }
-            self.feed.remove(&append.position);
         }
         for object in &batch.created {
             self.objects.remove(object);
