@@ -58,6 +58,8 @@ mod error;
 mod logic;
 mod memory;
 #[cfg(feature = "redb")]
+mod overlay;
+#[cfg(feature = "redb")]
 mod redb_store;
 #[cfg(feature = "redb")]
 mod wal;

@@ -21,8 +21,10 @@ pub struct MemoryStore {
     state: Mutex<State>,
 }
 
+/// The tables of a [`MemoryStore`] (also a plain in-memory [`View`] and
+/// [`Txn`] for the tests of other backends' layers).
 #[derive(Debug, Default)]
-struct State {
+pub(crate) struct State {
     objects: BTreeSet<String>,
     heads: BTreeMap<(String, ReplicaId), Head>,
     log: BTreeMap<(String, ReplicaId, u64), Vec<u8>>,

@@ -20,35 +20,51 @@
 //!
 //! Every write goes through one dedicated writer thread. A caller checks its
 //! input, queues a job and blocks on its own reply channel. The writer takes
-//! *all* queued jobs (up to a bound), applies them one after another in one
-//! redb write transaction, makes the batch durable with one sync (of a
-//! write-ahead log record holding the batch's new entries, or, for a batch
-//! that does more than append, of a [`Durability::Immediate`] redb commit),
-//! commits the transaction, then answers every caller. While it syncs, new
-//! jobs queue up and form the next batch, so under concurrency many appends
-//! share one sync, and no caller returns before its own data is durable.
-//! Before starting a batch, the writer waits briefly (at most 200 µs and a
-//! quarter of the last commit) until as many jobs are queued as callers were
-//! active at the last answer, so that writers in a loop all share each sync
-//! instead of splitting into two alternating groups.
+//! *all* queued jobs (up to a bound) and makes them durable with one sync.
+//! While it syncs, new jobs queue up and form the next batch, so under
+//! concurrency many appends share one sync, and no caller returns before its
+//! own data is durable. Before starting a batch, the writer waits briefly
+//! (at most 200 µs and a quarter of the last commit) until as many jobs are
+//! queued as callers were active at the last answer, so that writers in a
+//! loop all share each sync instead of splitting into two alternating groups.
 //!
 //! A caller alone (nothing queued, nothing being committed, and at most one
 //! caller active at the last commit) commits its own job on its own thread,
 //! through the same path: the hand-off to the writer thread and back costs
 //! two thread wake-ups, which on a loaded machine cost as much as the sync.
 //!
-//! Each job checks everything before writing anything, so a job rejected for
-//! its input (a gap, a conflict) leaves the shared transaction untouched and
+//! ## Appends: the log, the overlay and the applier
+//!
+//! A batch of appends never touches redb on the caller's path (redb's
+//! B-tree inserts and commit were nearly all of an append's CPU). The writer
+//! checks each append (gap, duplicate, conflict, deleted object) against
+//! redb plus the [`Overlay`] of records synced but not yet applied, with its
+//! own cache of the heads it wrote in front, so a steady writer reads no
+//! redb page; it writes the batch's new entries as one write-ahead log
+//! record, syncs it, adds the batch to the overlay (now readers see it) and
+//! answers. The applier thread folds queued records into redb, many per
+//! transaction, without a sync, then drops them from the overlay; every
+//! [`BACKGROUND_CHECKPOINT_BYTES`] of log its commit is durable instead (a
+//! checkpoint), so that when the log is full and must rewind, little is left
+//! to sync. Readers lock the overlay, then open a redb snapshot: whatever
+//! left the overlay is in that snapshot, so no acknowledged append is missed.
+//!
+//! A batch that does more than append (snapshot, compaction, deletion), or
+//! whose record is too large for the log, waits for the applier to drain the
+//! overlay, is applied in one redb transaction and committed durably (a
+//! checkpoint). Each job checks everything before writing anything, so a job
+//! rejected for its input (a gap, a conflict) leaves the batch untouched and
 //! only its own caller sees the error. If storage fails after a job started
-//! writing, the transaction is dropped and every caller in the batch gets the
-//! error: nothing of the batch was written.
+//! writing, nothing of the batch is written and every caller in it gets the
+//! error. If the applier fails, redb no longer follows the log: writes are
+//! refused until the store is reopened, which replays the log.
 
 use std::collections::VecDeque;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -60,10 +76,11 @@ use redb::{
 
 use crate::format::{
     self, CHECKPOINT_KEY, Checkpoint, FORMAT_VERSION, FeedRecord, Head, Meta,
-    OLDEST_FORMAT_VERSION, WalAppend,
+    OLDEST_FORMAT_VERSION, WalAppend, WalAppendOwned,
 };
 use crate::logic::{self, Page, Txn, View};
-use crate::wal::{Wal, WalFile};
+use crate::overlay::{Batch, Layered, Overlay, Staging, WriterCache};
+use crate::wal::{self, Wal, WalFile};
 use crate::{
     AppendError, AppendOutcome, CompactOutcome, DeleteError, DeleteOutcome, Entry, FeedItem,
     FeedKind, ReadError, Snapshot, SnapshotError, Store, StoreConfig, StoreError, Tombstone,
@@ -108,6 +125,16 @@ const MAX_BATCH_BYTES: usize = 64 << 20;
 const GATHER_MAX: Duration = Duration::from_micros(200);
 const GATHER_SHARE: u32 = 4;
 
+/// Log bytes the applier may hold unapplied before appends wait for it, so
+/// that the overlay's memory stays bounded when redb falls behind.
+const MAX_PENDING_BYTES: usize = 32 << 20;
+/// Log records the applier folds into one redb transaction, at most.
+const APPLY_MAX_BATCHES: usize = 1024;
+/// Log bytes applied without a sync after which the applier's next commit
+/// is durable (a checkpoint): redb's dirty pages are then flushed in the
+/// background, and a full log rewinds with little left to sync.
+const BACKGROUND_CHECKPOINT_BYTES: usize = (wal::CAPACITY / 4) as usize;
+
 /// The embedded default [`Store`]: one redb file, crash-safe, no server.
 ///
 /// Writes are durable when they return; concurrent writers share one disk
@@ -124,6 +151,7 @@ const GATHER_SHARE: u32 = 4;
 pub struct RedbStore {
     shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
+    applier: Option<JoinHandle<()>>,
 }
 
 struct Shared {
@@ -141,6 +169,30 @@ struct Shared {
     /// Callers seen active at the last commit (its jobs plus those queued
     /// then): a caller commits inline only while this is at most 1.
     active: AtomicUsize,
+    /// Appends durable in the log but not yet applied to redb, for reads.
+    overlay: RwLock<Overlay>,
+    /// The applier's work queue and progress.
+    apply: Mutex<ApplyState>,
+    /// Signalled when work is queued for the applier and when it progresses.
+    apply_cv: Condvar,
+}
+
+/// The applier's work: synced log records to fold into redb, in LSN order.
+#[derive(Default)]
+struct ApplyState {
+    /// Records queued, oldest first; the applier drops them once applied.
+    batches: VecDeque<Arc<Batch>>,
+    /// Their total size in the log.
+    bytes: usize,
+    /// The last LSN redb holds durably (its checkpoint record).
+    durable: u64,
+    /// Log bytes applied to redb since its last durable commit.
+    undurable: usize,
+    /// Why applying failed: redb no longer follows the log, so every write
+    /// is refused until the store is reopened (which replays the log).
+    failed: Option<String>,
+    /// Set on close: the applier exits once the queue is empty.
+    closing: bool,
 }
 
 #[derive(Default)]
@@ -272,6 +324,7 @@ impl RedbStore {
         let mut wal = recovered.wal;
         replay(&db, &mut wal, checkpoint.store_id, recovered.records)?;
         check_tail(&db)?;
+        let durable = wal.last_lsn();
         let shared = Arc::new(Shared {
             db,
             config,
@@ -283,18 +336,36 @@ impl RedbStore {
                 wal,
                 store_id: checkpoint.store_id,
                 failed: None,
+                cache: WriterCache::default(),
             }),
             active: AtomicUsize::new(0),
+            overlay: RwLock::default(),
+            apply: Mutex::new(ApplyState {
+                durable,
+                ..ApplyState::default()
+            }),
+            apply_cv: Condvar::new(),
         });
-        let for_writer = Arc::clone(&shared);
-        let writer = std::thread::Builder::new()
-            .name("converge-store-writer".into())
-            .spawn(move || write_loop(&for_writer))
-            .map_err(|e| StoreError::backend("starting the writer thread", e))?;
-        Ok(Self {
+        let for_applier = Arc::clone(&shared);
+        let store_id = checkpoint.store_id;
+        let applier = std::thread::Builder::new()
+            .name("converge-store-applier".into())
+            .spawn(move || apply_loop(&for_applier, store_id))
+            .map_err(|e| StoreError::backend("starting the applier thread", e))?;
+        let mut store = Self {
             shared,
-            writer: Some(writer),
-        })
+            writer: None,
+            applier: Some(applier),
+        };
+        // On failure, dropping `store` stops the applier.
+        let for_writer = Arc::clone(&store.shared);
+        store.writer = Some(
+            std::thread::Builder::new()
+                .name("converge-store-writer".into())
+                .spawn(move || write_loop(&for_writer))
+                .map_err(|e| StoreError::backend("starting the writer thread", e))?,
+        );
+        Ok(store)
     }
 
     /// How many write jobs the writer has answered, and in how many durable
@@ -313,7 +384,13 @@ impl RedbStore {
     /// numbered 1, 2, 3... Reads everything, so it takes time in proportion to
     /// the store's size; run it after a suspected disk problem, or in tests.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
-        let view = self.read_view()?;
+        let view = {
+            // With writes held off, let the applier empty the overlay: then
+            // redb holds everything acknowledged, and its tables are checked.
+            let _writer = self.shared.writer();
+            self.shared.drain()?;
+            read_tables(&self.shared.db)?
+        };
         let corrupt = |what: String| StoreError::Corrupt { what };
         let read = storage("verifying the store");
         let mut report = VerifyReport::default();
@@ -467,23 +544,30 @@ impl RedbStore {
         answer.recv().map_err(|_| StoreError::Closed)
     }
 
-    fn read_view(&self) -> Result<ReadTables, StoreError> {
-        let txn = self
-            .shared
-            .db
-            .begin_read()
-            .map_err(|e| StoreError::backend("starting a read transaction", e))?;
-        let open = |e| StoreError::backend("opening a table", e);
-        Ok(Tables {
-            objects: txn.open_table(OBJECTS).map_err(open)?,
-            heads: txn.open_table(HEADS).map_err(open)?,
-            log: txn.open_table(LOG).map_err(open)?,
-            feed: txn.open_table(FEED).map_err(open)?,
-            snapshots: txn.open_table(SNAPSHOTS).map_err(open)?,
-            tombstones: txn.open_table(TOMBSTONES).map_err(open)?,
-            wrote: false,
-        })
+    /// The latest state: the overlay, locked for the read, over a redb
+    /// snapshot opened after it (so whatever left the overlay is in redb).
+    fn read_view(&self) -> Result<Layered<RwLockReadGuard<'_, Overlay>, ReadTables>, StoreError> {
+        let pending = self.shared.overlay_read();
+        let base = read_tables(&self.shared.db)?;
+        Ok(Layered::new(pending, base))
     }
+}
+
+/// redb's tables in a new read transaction.
+fn read_tables(db: &Database) -> Result<ReadTables, StoreError> {
+    let txn = db
+        .begin_read()
+        .map_err(|e| StoreError::backend("starting a read transaction", e))?;
+    let open = |e| StoreError::backend("opening a table", e);
+    Ok(Tables {
+        objects: txn.open_table(OBJECTS).map_err(open)?,
+        heads: txn.open_table(HEADS).map_err(open)?,
+        log: txn.open_table(LOG).map_err(open)?,
+        feed: txn.open_table(FEED).map_err(open)?,
+        snapshots: txn.open_table(SNAPSHOTS).map_err(open)?,
+        tombstones: txn.open_table(TOMBSTONES).map_err(open)?,
+        wrote: false,
+    })
 }
 
 impl Drop for RedbStore {
@@ -494,6 +578,14 @@ impl Drop for RedbStore {
             // A panic in the writer has already been reported to every caller
             // as `StoreError::Closed`; there is nothing more to do with it here.
             let _ = writer.join();
+        }
+        // The writer has drained the applier on its way out (or failed, and
+        // the log is replayed on the next open).
+        self.shared.apply_state().closing = true;
+        self.shared.apply_cv.notify_all();
+        if let Some(applier) = self.applier.take() {
+            // A panic in the applier was recorded as a failure for writers.
+            let _ = applier.join();
         }
     }
 }
@@ -521,6 +613,56 @@ impl Shared {
         // The queue is only pushed to and drained; a panic elsewhere cannot
         // leave it inconsistent.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn apply_state(&self) -> MutexGuard<'_, ApplyState> {
+        // Every change to it is a single assignment or push/pop.
+        self.apply.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn overlay_read(&self) -> RwLockReadGuard<'_, Overlay> {
+        // Changed only by `merge` and `remove`, which do not panic midway
+        // on valid input; a poisoned lock still holds a usable overlay.
+        self.overlay.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn overlay_write(&self) -> std::sync::RwLockWriteGuard<'_, Overlay> {
+        self.overlay.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until the applier holds no more than `bytes` of the log
+    /// unapplied; fails if applying failed.
+    fn wait_applied(&self, bytes: usize) -> Result<MutexGuard<'_, ApplyState>, StoreError> {
+        let mut state = self.apply_state();
+        loop {
+            if let Some(why) = &state.failed {
+                return Err(StoreError::backend(
+                    "applying the write-ahead log; reopen the store",
+                    why.clone(),
+                ));
+            }
+            if state.batches.is_empty() || state.bytes <= bytes {
+                return Ok(state);
+            }
+            state = self
+                .apply_cv
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Waits until redb holds every synced log record (the overlay is empty).
+    fn drain(&self) -> Result<(), StoreError> {
+        self.wait_applied(0).map(drop)
+    }
+
+    /// Queues a synced log record for the applier.
+    fn publish(&self, batch: Batch) {
+        let mut state = self.apply_state();
+        state.bytes += batch.record_len;
+        state.batches.push_back(Arc::new(batch));
+        drop(state);
+        self.apply_cv.notify_all();
     }
 }
 
@@ -692,25 +834,7 @@ fn replay(
     {
         let mut tables = write_tables(&txn)?;
         for record in &records {
-            for append in &record.appends {
-                let mismatch = |what: String| StoreError::Corrupt {
-                    what: format!(
-                        "write-ahead log record {} does not replay: {what}",
-                        record.lsn
-                    ),
-                };
-                let outcome =
-                    logic::append(&mut tables, &append.object, append.replica, &append.entries)
-                        .map_err(|e| mismatch(e.to_string()))?;
-                if outcome.position != Some(append.position)
-                    || outcome.appended != append.entries.len() as u64
-                {
-                    return Err(mismatch(format!(
-                        "the append to {}/{} gave position {:?}, the log says {}",
-                        append.object, append.replica, outcome.position, append.position
-                    )));
-                }
-            }
+            apply_record(&mut tables, record.lsn, &record.appends)?;
         }
     }
     write_checkpoint(&txn, store_id, wal.last_lsn())?;
@@ -718,6 +842,133 @@ fn replay(
         .map_err(|e| StoreError::backend("checkpointing the replayed write-ahead log", e))?;
     wal.checkpointed();
     Ok(())
+}
+
+/// Applies one write-ahead log record's appends, checking that each adds
+/// exactly the recorded entries at the recorded feed position.
+fn apply_record(
+    tables: &mut WriteTables<'_>,
+    lsn: u64,
+    appends: &[WalAppendOwned],
+) -> Result<(), StoreError> {
+    for append in appends {
+        let mismatch = |what: String| StoreError::Corrupt {
+            what: format!("write-ahead log record {lsn} does not replay: {what}"),
+        };
+        let outcome = logic::append(tables, &append.object, append.replica, &append.entries)
+            .map_err(|e| mismatch(e.to_string()))?;
+        if outcome.position != Some(append.position)
+            || outcome.appended != append.entries.len() as u64
+        {
+            return Err(mismatch(format!(
+                "the append to {}/{} gave position {:?}, the log says {}",
+                append.object, append.replica, outcome.position, append.position
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The applier: folds synced log records into redb, many per transaction,
+/// off the appenders' path, then drops them from the overlay. Its commits
+/// are not synced, except every [`BACKGROUND_CHECKPOINT_BYTES`] of log,
+/// when it checkpoints.
+fn apply_loop(shared: &Shared, store_id: u64) {
+    // On exit, also by panic, with work left: writers must not wait for it.
+    struct Stopped<'a>(&'a Shared);
+    impl Drop for Stopped<'_> {
+        fn drop(&mut self) {
+            let mut state = self.0.apply_state();
+            if !state.batches.is_empty() && state.failed.is_none() {
+                state.failed = Some("the applier stopped".to_owned());
+            }
+            drop(state);
+            self.0.apply_cv.notify_all();
+        }
+    }
+    let _stopped = Stopped(shared);
+    loop {
+        let (batches, durable) = {
+            let mut state = shared.apply_state();
+            loop {
+                if state.failed.is_some() {
+                    return;
+                }
+                if !state.batches.is_empty() {
+                    break;
+                }
+                if state.closing {
+                    return;
+                }
+                state = shared
+                    .apply_cv
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            let batches: Vec<Arc<Batch>> = state
+                .batches
+                .iter()
+                .take(APPLY_MAX_BATCHES)
+                .cloned()
+                .collect();
+            let bytes: usize = batches.iter().map(|b| b.record_len).sum();
+            (
+                batches,
+                state.undurable + bytes >= BACKGROUND_CHECKPOINT_BYTES,
+            )
+        };
+        let Some(last) = batches.last().map(|b| b.lsn) else {
+            continue;
+        };
+        if let Err(e) = apply_batches(&shared.db, store_id, &batches, durable) {
+            shared.apply_state().failed = Some(e.to_string());
+            shared.apply_cv.notify_all();
+            return;
+        }
+        {
+            let mut overlay = shared.overlay_write();
+            for batch in &batches {
+                overlay.remove(batch);
+            }
+        }
+        let mut state = shared.apply_state();
+        let bytes: usize = batches.iter().map(|b| b.record_len).sum();
+        state.batches.drain(..batches.len());
+        state.bytes -= bytes;
+        if durable {
+            state.durable = last;
+            state.undurable = 0;
+        } else {
+            state.undurable += bytes;
+        }
+        drop(state);
+        shared.apply_cv.notify_all();
+    }
+}
+
+/// Applies `batches` in one redb transaction: not synced, or durably as a
+/// checkpoint covering the last of them.
+fn apply_batches(
+    db: &Database,
+    store_id: u64,
+    batches: &[Arc<Batch>],
+    durable: bool,
+) -> Result<(), StoreError> {
+    let mut txn = begin(db)?;
+    {
+        let mut tables = write_tables(&txn)?;
+        for batch in batches {
+            apply_record(&mut tables, batch.lsn, &batch.appends)?;
+        }
+    }
+    match batches.last() {
+        Some(last) if durable => write_checkpoint(&txn, store_id, last.lsn)?,
+        _ => txn
+            .set_durability(Durability::None)
+            .map_err(|e| StoreError::backend("setting durability", e))?,
+    }
+    txn.commit()
+        .map_err(|e| StoreError::backend("applying the write-ahead log", e))
 }
 
 /// Writes the checkpoint record into `txn`: once it commits durably, the
@@ -737,19 +988,7 @@ fn write_checkpoint(txn: &WriteTransaction, store_id: u64, lsn: u64) -> Result<(
 /// Verifies the checksums of the most recent writes, so that a damaged tail
 /// is reported on open instead of being served later.
 fn check_tail(db: &Database) -> Result<(), StoreError> {
-    let txn = db
-        .begin_read()
-        .map_err(|e| StoreError::backend("starting a read transaction", e))?;
-    let open = |e| StoreError::backend("opening a table", e);
-    let tables: ReadTables = Tables {
-        objects: txn.open_table(OBJECTS).map_err(open)?,
-        heads: txn.open_table(HEADS).map_err(open)?,
-        log: txn.open_table(LOG).map_err(open)?,
-        feed: txn.open_table(FEED).map_err(open)?,
-        snapshots: txn.open_table(SNAPSHOTS).map_err(open)?,
-        tombstones: txn.open_table(TOMBSTONES).map_err(open)?,
-        wrote: false,
-    };
+    let tables = read_tables(db)?;
     let head = tables.feed_head()?;
     let after = head.saturating_sub(TAIL_CHECK_ITEMS);
     for item in tables.feed(after, TAIL_CHECK_ITEMS as usize)? {
@@ -905,26 +1144,40 @@ struct Writer {
     /// is unknown, so every later write is refused until the store is
     /// reopened (which replays what was durable).
     failed: Option<String>,
+    /// What the writer knows of the latest heads, so that appends to logs
+    /// it wrote recently are checked without reading redb.
+    cache: WriterCache,
 }
 
 impl Writer {
-    /// Applies a batch of jobs in one transaction and makes it durable: by a
-    /// write-ahead log record when the batch only appends, else by a durable
-    /// redb commit (a checkpoint).
+    /// Makes a batch of jobs durable and answers each: a batch that only
+    /// appends is checked against redb and the overlay, written to the log,
+    /// synced and added to the overlay (the applier folds it into redb
+    /// later); any other batch, or one too large for the log, waits for the
+    /// applier to finish and is committed to redb durably (a checkpoint).
     fn commit_batch(&mut self, shared: &Shared, jobs: &[&Op]) -> Vec<Reply> {
         if let Some(why) = &self.failed {
             let e = StoreError::backend("an earlier write failed; reopen the store", why.clone());
             return jobs.iter().map(|op| op.fail(&e)).collect();
         }
+        if jobs.iter().all(|op| matches!(op, Op::Append { .. })) {
+            match self.log_appends(shared, jobs) {
+                Ok(Some(replies)) => return replies,
+                Ok(None) => {} // Too large for the log: committed below.
+                Err(e) => return jobs.iter().map(|op| op.fail(&e)).collect(),
+            }
+        }
+        if let Err(e) = shared.drain() {
+            return jobs.iter().map(|op| op.fail(&e)).collect();
+        }
+        // Writes other than appends change what the cache knows.
+        self.cache.clear();
         let txn = match begin(&shared.db) {
             Ok(txn) => txn,
             Err(e) => return jobs.iter().map(|op| op.fail(&e)).collect(),
         };
         let mut replies = Vec::with_capacity(jobs.len());
         let mut any_written = false;
-        // The appends of the batch as the log records them; `None` once a job
-        // does something else, which the log does not record.
-        let mut logged = Some(Vec::new());
         let applied = (|| {
             let mut tables = write_tables(&txn)?;
             for &op in jobs {
@@ -937,27 +1190,6 @@ impl Writer {
                         return Err(e);
                     }
                     any_written = true;
-                    match (op, &reply, &mut logged) {
-                        (
-                            Op::Append {
-                                object,
-                                replica,
-                                entries,
-                            },
-                            Reply::Append(Ok(outcome)),
-                            Some(logged),
-                        ) => {
-                            let new = usize::try_from(outcome.appended)
-                                .map_or(0, |n| entries.len().saturating_sub(n));
-                            logged.push(WalAppend {
-                                object,
-                                replica: *replica,
-                                position: outcome.position.unwrap_or(0),
-                                entries: &entries[new..],
-                            });
-                        }
-                        _ => logged = None,
-                    }
                 }
                 replies.push(reply);
             }
@@ -971,13 +1203,7 @@ impl Writer {
             // the transaction aborts it.
             return replies;
         }
-        let logged =
-            logged.filter(|appends| self.wal.fits(format::wal_record_len(appends.as_slice())));
-        let committed = match logged {
-            Some(appends) => self.commit_logged(txn, &appends),
-            None => self.checkpoint(txn),
-        };
-        if let Err(e) = committed {
+        if let Err(e) = self.checkpoint(shared, txn) {
             return replies
                 .into_iter()
                 .zip(jobs)
@@ -988,55 +1214,142 @@ impl Writer {
         replies
     }
 
-    /// Makes `txn` durable through the write-ahead log: the record is synced
-    /// first, then the transaction is committed without a sync (which makes
-    /// it visible to readers, who so never see undurable data).
-    fn commit_logged(
+    /// The durable path of a batch of appends: checks each against redb and
+    /// the overlay (its own writes staged aside), writes the new entries as
+    /// one log record and syncs it, then makes them visible in the overlay
+    /// and queues the record for the applier. `None` if the record is too
+    /// large for the log; `Err` if storage failed while checking.
+    fn log_appends(
         &mut self,
-        mut txn: WriteTransaction,
-        appends: &[WalAppend<'_>],
-    ) -> Result<(), StoreError> {
-        let record = format::encode_wal_record(self.wal.next_lsn(), appends);
+        shared: &Shared,
+        jobs: &[&Op],
+    ) -> Result<Option<Vec<Reply>>, StoreError> {
+        // Bound the overlay: wait while the applier is far behind.
+        drop(shared.wait_applied(MAX_PENDING_BYTES)?);
+        let mut replies = Vec::with_capacity(jobs.len());
+        let mut logged = Vec::new();
+        let pending = shared.overlay_read();
+        let mut staging = Staging::new(&pending, &self.cache, || read_tables(&shared.db));
+        for &op in jobs {
+            let Op::Append {
+                object,
+                replica,
+                entries,
+            } = op
+            else {
+                return Err(StoreError::backend(
+                    "logging appends",
+                    "a job that is not an append (a bug in converge-store)",
+                ));
+            };
+            staging.wrote = false;
+            let result = logic::append(&mut staging, object, *replica, entries);
+            if staging.wrote {
+                match &result {
+                    Err(AppendError::Store(e)) => return Err(duplicate(e)),
+                    Err(_) => {}
+                    Ok(outcome) => {
+                        let new = usize::try_from(outcome.appended)
+                            .map_or(0, |n| entries.len().saturating_sub(n));
+                        logged.push(WalAppend {
+                            object,
+                            replica: *replica,
+                            position: outcome.position.unwrap_or(0),
+                            entries: &entries[new..],
+                        });
+                    }
+                }
+            }
+            replies.push(Reply::Append(result));
+        }
+        let delta = staging.into_delta();
+        drop(pending);
+        if logged.is_empty() {
+            // Nothing to make durable (all re-deliveries or rejections).
+            return Ok(Some(replies));
+        }
+        let size = format::wal_record_len(&logged);
+        if size > wal::DIRECT_MAX {
+            return Ok(None);
+        }
+        if !self.wal.fits(size) {
+            self.make_room(shared)?;
+        }
+        let record = format::encode_wal_record(self.wal.next_lsn(), &logged);
         if let Err(e) = self.wal.append(&record) {
             // The record may be on disk in part, or whole: later records
             // cannot follow it safely, and the next open sorts it out.
             self.failed = Some(format!("writing the write-ahead log: {e}"));
-            return Err(StoreError::backend("writing the write-ahead log", e));
+            let e = StoreError::backend("writing the write-ahead log", e);
+            return Ok(Some(
+                replies
+                    .into_iter()
+                    .zip(jobs)
+                    .map(|(reply, op)| if reply.is_ok() { op.fail(&e) } else { reply })
+                    .collect(),
+            ));
         }
-        let committed = txn
-            .set_durability(Durability::None)
-            .map_err(|e| StoreError::backend("setting durability", e))
-            .and_then(|()| {
-                txn.commit()
-                    .map_err(|e| StoreError::backend("committing a batch of writes", e))
-            });
-        if let Err(e) = &committed {
-            // The log holds the batch durably, but the database does not:
-            // only a reopen (replaying the log) brings them together again.
-            self.failed = Some(format!("applying a logged batch: {e}"));
+        let batch = Batch {
+            lsn: self.wal.last_lsn(),
+            appends: logged
+                .iter()
+                .map(|a| WalAppendOwned {
+                    object: a.object.to_owned(),
+                    replica: a.replica,
+                    position: a.position,
+                    entries: a.entries.to_vec(),
+                })
+                .collect(),
+            created: delta.created_objects(),
+            record_len: record.len(),
+        };
+        self.cache.learn(&delta);
+        // Visible to readers from here on; durable since the sync above.
+        shared.overlay_write().merge(delta);
+        shared.publish(batch);
+        shared.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(replies))
+    }
+
+    /// Lets the log start over: waits until redb holds every record, makes
+    /// that durable (unless the applier just did), and rewinds the log.
+    fn make_room(&mut self, shared: &Shared) -> Result<(), StoreError> {
+        shared.drain()?;
+        if shared.apply_state().durable < self.wal.last_lsn() {
+            let txn = begin(&shared.db)?;
+            self.checkpoint(shared, txn)?;
         }
-        committed
+        self.wal.checkpointed();
+        Ok(())
     }
 
     /// Commits `txn` durably, with the checkpoint record: the database then
-    /// holds every log record, and the log starts over.
-    fn checkpoint(&mut self, mut txn: WriteTransaction) -> Result<(), StoreError> {
+    /// holds every log record, and the log starts over. The applier must be
+    /// idle (drained), so that redb holds every record written.
+    fn checkpoint(&mut self, shared: &Shared, mut txn: WriteTransaction) -> Result<(), StoreError> {
         write_checkpoint(&txn, self.store_id, self.wal.last_lsn())?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| StoreError::backend("setting durability", e))?;
         txn.commit()
             .map_err(|e| StoreError::backend("committing a batch of writes", e))?;
         self.wal.checkpointed();
+        let mut state = shared.apply_state();
+        state.durable = self.wal.last_lsn();
+        state.undurable = 0;
         Ok(())
     }
 
     /// Checkpoints on a clean close, so the next open has nothing to replay.
     fn close(&mut self, shared: &Shared) -> Result<(), StoreError> {
-        if self.failed.is_some() || !self.wal.dirty() {
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        shared.drain()?;
+        if shared.apply_state().durable >= self.wal.last_lsn() {
             return Ok(());
         }
         let txn = begin(&shared.db)?;
-        self.checkpoint(txn)
+        self.checkpoint(shared, txn)
     }
 }
 

@@ -5,12 +5,14 @@
 //! 0.4–0.6× SQLite, see `FORMAT.md`, *Choice of engine*). So an append is made
 //! durable here instead, the way SQLite's WAL does it: the writer appends one
 //! CRC-framed record holding the whole group commit's new entries to this
-//! file, syncs it once, and only then commits the same changes to redb with
-//! [`redb::Durability::None`] (visible to readers, not synced). redb is made
-//! durable at *checkpoints*: a redb commit with `Durability::Immediate` that
-//! also stores the sequence number (LSN) of the last log record it covers.
-//! After a checkpoint the log is written from its start again, over the old
-//! records, so the file is reused and its syncs never change its size.
+//! file, syncs it once, and answers; a background applier later commits the
+//! same changes to redb with [`redb::Durability::None`] (see
+//! `redb_store.rs`, *Appends*). redb is made durable at *checkpoints*: a
+//! redb commit with `Durability::Immediate` that also stores the sequence
+//! number (LSN) of the last log record it covers. When the log is full,
+//! redb is brought up to date and checkpointed, and the log is written from
+//! its start again, over the old records, so the file is reused and its
+//! syncs never change its size.
 //!
 //! On open, the records after the checkpoint are replayed into redb (records
 //! with an LSN the checkpoint covers are skipped: replay is idempotent), and
@@ -20,8 +22,8 @@
 //! The log is zero-filled to [`CAPACITY`] when it is created (so that a sync
 //! after a write inside it has no file size or block allocation to record,
 //! and no append pays for the fill); a batch
-//! that does not fit, or is larger than [`DIRECT_MAX`], or does more than
-//! append, is committed to redb durably instead, which is a checkpoint.
+//! that is larger than [`DIRECT_MAX`], or does more than append, is committed
+//! to redb durably instead, which is a checkpoint.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
@@ -48,8 +50,6 @@ pub(crate) struct Wal {
     offset: u64,
     /// The LSN of the last record written (or covered by the checkpoint).
     last_lsn: u64,
-    /// The LSN the durable redb state covers.
-    checkpointed: u64,
 }
 
 /// What was found in the log on open.
@@ -85,7 +85,6 @@ impl Wal {
             len,
             offset: WAL_HEADER_LEN as u64,
             last_lsn: checkpoint,
-            checkpointed: checkpoint,
         };
         match header {
             WalHeader::Log {
@@ -165,11 +164,6 @@ impl Wal {
         self.last_lsn
     }
 
-    /// Whether records were written since the last checkpoint.
-    pub(crate) fn dirty(&self) -> bool {
-        self.last_lsn > self.checkpointed
-    }
-
     /// Whether a record of `size` bytes fits before the log is full.
     pub(crate) fn fits(&self, size: usize) -> bool {
         size <= DIRECT_MAX && self.offset + size as u64 <= CAPACITY
@@ -198,7 +192,6 @@ impl Wal {
     /// Records that the database now durably holds everything up to
     /// [`Wal::last_lsn`]: the log is written from its start again.
     pub(crate) fn checkpointed(&mut self) {
-        self.checkpointed = self.last_lsn;
         self.offset = WAL_HEADER_LEN as u64;
     }
 }
