@@ -10,20 +10,22 @@
 //! | n | body |
 //!
 //! Version 3's body (integers are LEB128 varints unless said otherwise)
-//! is a *summary*, then three blobs:
+//! is a *summary*, then two blobs:
 //!
 //! 1. the number of operations;
 //! 2. the replicas: a count, then per replica its id (8 bytes) and how
 //!    many operations it wrote (at least one). Together they are the
 //!    version vector; the counts add up to the number of operations;
-//! 3. blob `text`: the text at the whole version (UTF-8), LZ4-compressed
-//!    when that is smaller. Loading builds the text from it alone;
-//! 4. blob `columns`: the history's columns, see below;
-//! 5. blob `inserted`: the text of every insert, in LV order.
+//! 3. the length in bytes of the text at the whole version;
+//! 4. blob `texts`: that text (UTF-8), then the text of every insert in LV
+//!    order. One DEFLATE stream, so that inserted text still in the
+//!    document costs little more than a back-reference when it is within
+//!    DEFLATE's window; loading inflates only the first part;
+//! 5. blob `columns`: the history's columns, see below.
 //!
-//! A blob is a codec (0 = stored as is, 1 = raw DEFLATE, 2 = an LZ4
-//! block), its decoded length and its stored length, then the stored
-//! bytes. The columns are length-prefixed sections, run-length encoded
+//! A blob is a codec (0 = stored as is, 1 = raw DEFLATE), its decoded
+//! length and its stored length, then the stored bytes. The columns are
+//! length-prefixed sections, run-length encoded
 //! with varints (signed values zigzag-encoded), in the spirit of
 //! diamond-types' format:
 //!
@@ -43,8 +45,9 @@
 //!
 //! **Loading is lazy.** [`decode`] checks the header and checksum (of the
 //! whole body: any corruption in transit or on disk is caught here), reads
-//! the summary and the text, and checks that the two history blobs are
-//! framed right and within [`LoadLimits`], but does not decompress them.
+//! the summary, inflates the text (the head of `texts`), and checks that
+//! the blobs are framed right and within [`LoadLimits`], but decompresses
+//! nothing more.
 //! The history ([`Lazy`]) is decoded and validated in full the first time
 //! it is needed (merging, editing, exporting changes); a history that is
 //! well-framed and checksummed yet describes an impossible log (only a
@@ -82,9 +85,6 @@ const VERSION_2: u16 = 2;
 const CODEC_RAW: u64 = 0;
 /// Blob codec: raw DEFLATE (RFC 1951; the CRC in the header covers it).
 const CODEC_DEFLATE: u64 = 1;
-/// Blob codec: one LZ4 block (decodes at memory speed; used for the text,
-/// which every load reads).
-const CODEC_LZ4: u64 = 2;
 /// Blobs shorter than this are stored raw: compression cannot win much.
 const MIN_COMPRESSED: usize = 32;
 
@@ -153,7 +153,11 @@ pub(crate) fn encode(oplog: &OpLog, text: &str) -> Vec<u8> {
             out.extend_from_slice(&r.as_u64().to_le_bytes());
             put(&mut out, oplog.version().get(*r));
         }
-        put_blob(&mut out, text.as_bytes(), CODEC_LZ4);
+        put(&mut out, text.len() as u64);
+        let mut texts = Vec::with_capacity(text.len() + oplog.text.len());
+        texts.extend_from_slice(text.as_bytes());
+        texts.extend_from_slice(oplog.text.as_bytes());
+        put_blob(&mut out, &texts);
 
         let mut cols = Vec::new();
         put_section(&mut cols, &agents);
@@ -182,8 +186,7 @@ pub(crate) fn encode(oplog: &OpLog, text: &str) -> Vec<u8> {
         }
         put_section(&mut cols, &ops);
 
-        put_blob(&mut out, &cols, CODEC_DEFLATE);
-        put_blob(&mut out, oplog.text.as_bytes(), CODEC_DEFLATE);
+        put_blob(&mut out, &cols);
         out
     })
 }
@@ -247,8 +250,10 @@ pub(crate) enum Decoded {
 pub(crate) struct Lazy {
     /// The whole encoding, as loaded (an unchanged text re-encodes to it).
     bytes: Vec<u8>,
-    /// Where the history's blobs start in `bytes`.
+    /// Where the `texts` blob starts in `bytes` (the columns follow).
     history: usize,
+    /// The length of the text, in bytes (where the inserted text starts).
+    text_len: usize,
     replicas: Vec<ReplicaId>,
     version: VersionVector,
     total: usize,
@@ -289,8 +294,10 @@ impl Lazy {
     fn decode(&self, chars: usize) -> Result<OpLog, LoadError> {
         let limit = self.limits.max_content_bytes;
         let mut r = Reader::new(&self.bytes[self.history..], "history");
+        let mut texts = take_blob(&mut r, "texts", limit)?;
         let cols = take_blob(&mut r, "columns", limit)?;
-        let inserted = take_blob(&mut r, "inserted text", limit)?;
+        // The text's length was checked on load.
+        let inserted = texts.split_off(self.text_len);
         let inserted =
             String::from_utf8(inserted).map_err(|_| malformed("inserted text is not UTF-8"))?;
         let mut cols = Reader::new(&cols, "columns");
@@ -391,18 +398,27 @@ pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<Decoded, LoadE
     if sum != total as u64 {
         return Err(malformed("replicas' operations do not add up to the log"));
     }
-    let text = take_blob(&mut r, "text", limits.max_content_bytes)?;
-    let text = String::from_utf8(text).map_err(|_| malformed("text is not UTF-8"))?;
+    let text_len = r.varint()?;
     let history = bytes.len() - r.remaining();
+    let (codec, size, stored) = blob_parts(&mut r, "texts", limits.max_content_bytes)?;
+    let text_len = usize::try_from(text_len)
+        .ok()
+        .filter(|n| *n <= size)
+        .ok_or_else(|| malformed("the text is longer than its blob"))?;
+    let text = match codec {
+        CODEC_RAW => stored[..text_len].to_vec(),
+        _ => inflate_prefix(stored, text_len).map_err(|why| malformed_in("texts", &why))?,
+    };
+    let text = String::from_utf8(text).map_err(|_| malformed("text is not UTF-8"))?;
     // The history stays encoded; its framing is checked now.
-    skip_blob(&mut r, "columns", limits.max_content_bytes)?;
-    skip_blob(&mut r, "inserted text", limits.max_content_bytes)?;
+    blob_parts(&mut r, "columns", limits.max_content_bytes)?;
     if !r.is_empty() {
         return Err(malformed("trailing bytes after the body"));
     }
     let history = Box::new(Lazy {
         bytes: bytes.to_vec(),
         history,
+        text_len,
         replicas,
         version,
         total,
@@ -633,25 +649,10 @@ fn check_chains(oplog: &OpLog, budget: u64) -> Result<(), LoadError> {
 /// Reads a blob written by [`put_blob`]: at most `limit` bytes once decoded.
 fn take_blob(r: &mut Reader<'_>, what: &str, limit: usize) -> Result<Vec<u8>, LoadError> {
     let (codec, size, stored) = blob_parts(r, what, limit)?;
-    let bad = |why: &str| LoadError::Malformed(format!("{what}: {why}"));
     match codec {
         CODEC_RAW => Ok(stored.to_vec()),
-        CODEC_DEFLATE => inflate(stored, size).map_err(|why| bad(&why)),
-        _ => {
-            let out =
-                lz4_flex::block::decompress(stored, size).map_err(|e| bad(&format!("LZ4: {e}")))?;
-            if out.len() != size {
-                return Err(bad("does not decompress to its length"));
-            }
-            Ok(out)
-        }
+        _ => inflate(stored, size).map_err(|why| malformed_in(what, &why)),
     }
-}
-
-/// Steps over a blob, checking its framing (codec, lengths within
-/// `limit`) but not its content.
-fn skip_blob(r: &mut Reader<'_>, what: &str, limit: usize) -> Result<(), LoadError> {
-    blob_parts(r, what, limit).map(|_| ())
 }
 
 /// A blob's codec, decoded length and stored bytes, checked for what can
@@ -670,17 +671,15 @@ fn blob_parts<'a>(
     }
     let size = size as usize;
     let stored = r.section("blob")?.rest();
-    let bad = |why: String| Err(LoadError::Malformed(format!("{what}: {why}")));
     match codec {
-        CODEC_RAW if stored.len() != size => bad("length does not match".into()),
-        // An LZ4 block grows at most 255-fold; a larger claim is a lie
-        // that would make the decoder allocate for nothing.
-        CODEC_LZ4 if size > stored.len().saturating_mul(255) => {
-            bad("claims more than its LZ4 block can hold".into())
-        }
-        CODEC_RAW | CODEC_DEFLATE | CODEC_LZ4 => Ok((codec, size, stored)),
-        _ => bad(format!("unknown codec {codec}")),
+        CODEC_RAW if stored.len() != size => Err(malformed_in(what, "length does not match")),
+        CODEC_RAW | CODEC_DEFLATE => Ok((codec, size, stored)),
+        _ => Err(malformed_in(what, &format!("unknown codec {codec}"))),
     }
+}
+
+fn malformed_in(what: &str, why: &str) -> LoadError {
+    LoadError::Malformed(format!("{what}: {why}"))
 }
 
 /// Op runs: they cover `0..total`, and inserts consume `text` in order.
@@ -785,16 +784,20 @@ fn put(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// Appends a blob: codec, decoded length, stored length, stored bytes,
-/// compressed with `codec` when that is smaller.
-fn put_blob(out: &mut Vec<u8>, raw: &[u8], codec: u64) {
-    let packed = (raw.len() >= MIN_COMPRESSED && codec != CODEC_RAW)
-        .then(|| match codec {
-            CODEC_LZ4 => lz4_flex::block::compress(raw),
-            _ => deflate(raw),
-        })
+/// Appends a blob: codec, decoded length, stored length, stored bytes
+/// (DEFLATE when that is smaller).
+fn put_blob(out: &mut Vec<u8>, raw: &[u8]) {
+    let packed = (raw.len() >= MIN_COMPRESSED)
+        .then(|| deflate(raw))
         .filter(|p| p.len() < raw.len());
-    put(out, if packed.is_some() { codec } else { CODEC_RAW });
+    put(
+        out,
+        if packed.is_some() {
+            CODEC_DEFLATE
+        } else {
+            CODEC_RAW
+        },
+    );
     put(out, raw.len() as u64);
     let stored = packed.as_deref().unwrap_or(raw);
     put_section(out, stored);
@@ -858,6 +861,33 @@ fn inflate(packed: &[u8], size: usize) -> Result<Vec<u8>, String> {
     }
     if out.len() != size || d.total_in() != packed.len() as u64 {
         return Err("does not decompress to its length".into());
+    }
+    Ok(out)
+}
+
+/// The first `n` bytes that `packed` decompresses to (it must hold at
+/// least that many), decompressing no further.
+fn inflate_prefix(packed: &[u8], n: usize) -> Result<Vec<u8>, String> {
+    let mut d = flate2::Decompress::new(false);
+    // Output grows as data arrives: a false `n` cannot make it allocate
+    // much more than the data warrants.
+    let mut out = Vec::with_capacity(n.min(packed.len().saturating_mul(8) + 1024));
+    while out.len() < n {
+        if out.len() == out.capacity() {
+            out.reserve_exact((n - out.len()).min(out.len().max(1 << 16)));
+        }
+        let (was_in, was_out) = (d.total_in(), d.total_out());
+        let rest = packed.get(was_in as usize..).unwrap_or_default();
+        let status = d
+            .decompress_vec(rest, &mut out, flate2::FlushDecompress::None)
+            .map_err(|e| e.to_string())?;
+        if out.len() > n {
+            out.truncate(n);
+        }
+        let stuck = d.total_in() == was_in && d.total_out() == was_out;
+        if out.len() < n && (status == flate2::Status::StreamEnd || stuck) {
+            return Err("decompresses to less than its text".into());
+        }
     }
     Ok(out)
 }
@@ -1076,9 +1106,9 @@ mod hostile {
             put_section(&mut cols, &agents);
             put_section(&mut cols, &graph);
             put_section(&mut cols, &ops);
-            put_blob(&mut out, "x".repeat(n).as_bytes(), CODEC_LZ4);
-            put_blob(&mut out, &cols, CODEC_DEFLATE);
-            put_blob(&mut out, "x".repeat(n).as_bytes(), CODEC_DEFLATE);
+            put(&mut out, n as u64);
+            put_blob(&mut out, "x".repeat(2 * n).as_bytes());
+            put_blob(&mut out, &cols);
             out
         })
     }
