@@ -124,8 +124,11 @@ impl Default for LoadLimits {
 /// Encodes `oplog`, whose text at the whole version is `text`.
 pub(crate) fn encode(oplog: &OpLog, text: &str) -> Vec<u8> {
     // Replicas holding the same ops must write the same bytes. Renumbering
-    // the ops does not change the text.
-    if let Some((canonical, _)) = oplog.canonical() {
+    // the ops does not change the text. One chain has a single causal
+    // order, its LV order: no need to work the canonical one out.
+    if !oplog.graph.is_chain()
+        && let Some((canonical, _)) = oplog.canonical()
+    {
         return encode(&canonical, text);
     }
     framing::frame(MAGIC, VERSION, |mut out| {
