@@ -173,7 +173,7 @@ impl Subject for Converge {
     }
 
     fn updates_since(&mut self, since: &VersionVector) -> Result<Vec<TextChange>, String> {
-        Ok(self.0.changes_since(since))
+        self.0.changes_since(since).map_err(err)
     }
 
     fn prepare(update: &Vec<TextChange>) -> Vec<TextChange> {
@@ -186,7 +186,7 @@ impl Subject for Converge {
 
     fn fork(&mut self, replica: u64) -> Result<Self, String> {
         let mut copy = Self::new(replica);
-        copy.apply_update(self.0.changes_since(&VersionVector::new()))?;
+        copy.apply_update(self.0.changes_since(&VersionVector::new()).map_err(err)?)?;
         Ok(copy)
     }
 

@@ -65,6 +65,10 @@ pub enum DocError {
         /// What is wrong.
         why: String,
     },
+    /// The history of a loaded text, decoded on first need, is malformed
+    /// (see `Text::oplog`).
+    #[error("the loaded history does not decode: {0}")]
+    History(#[from] LoadError),
 }
 
 /// Why bytes could not be loaded as a text or document.

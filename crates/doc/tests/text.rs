@@ -5,6 +5,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use converge_crdt::{Dot, ReplicaId, VersionVector};
+use converge_doc::DocError;
 use converge_doc::text::{LoadError, LoadLimits, OpKind, Text, TextChange};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -55,14 +56,14 @@ fn sequential_traces_replay() {
         eprintln!(
             "{}: {} ops, encoded {} bytes",
             path.display(),
-            text.oplog().len(),
+            text.oplog().unwrap().len(),
             bytes.len()
         );
         let loaded = Text::load(&bytes, ReplicaId::from_u64(2)).expect("loads");
         assert_eq!(loaded.to_string(), end);
         assert_eq!(loaded.version(), text.version());
         let mut copy = Text::new(ReplicaId::from_u64(3));
-        copy.apply_changes(&text.changes_since(&VersionVector::new()))
+        copy.apply_changes(&text.changes_since(&VersionVector::new()).unwrap())
             .expect("applies");
         assert_eq!(copy.to_string(), end);
         n += 1;
@@ -176,11 +177,12 @@ fn corrupt_encodings_are_rejected() {
     a.insert(0, "héllo wörld").unwrap();
     a.delete(2, 3).unwrap();
     let mut b = Text::new(ReplicaId::from_u64(2));
-    b.apply_changes(&a.changes_since(&VersionVector::new()))
+    b.apply_changes(&a.changes_since(&VersionVector::new()).unwrap())
         .unwrap();
     b.insert(1, "XY").unwrap();
     a.insert(0, ">").unwrap();
-    a.apply_changes(&b.changes_since(a.version())).unwrap();
+    a.apply_changes(&b.changes_since(a.version()).unwrap())
+        .unwrap();
     let good = a.encode();
     assert_eq!(
         Text::load(&good, ReplicaId::from_u64(3))
@@ -211,7 +213,7 @@ fn assert_round_trips(text: &Text) -> Text {
     let loaded = Text::load(&bytes, ReplicaId::from_u64(77)).expect("loads");
     assert_eq!(loaded.to_string(), text.to_string());
     assert_eq!(loaded.version(), text.version());
-    assert_eq!(loaded.oplog().len(), text.oplog().len());
+    assert_eq!(loaded.oplog().unwrap().len(), text.oplog().unwrap().len());
     assert_eq!(loaded.encode(), bytes, "re-encoding is stable");
     loaded
 }
@@ -220,10 +222,10 @@ fn assert_round_trips(text: &Text) -> Text {
 fn empty_text_round_trips() {
     let empty = Text::new(ReplicaId::from_u64(1));
     let loaded = assert_round_trips(&empty);
-    assert!(loaded.is_empty() && loaded.oplog().is_empty());
-    // Header; a raw blob (codec, two lengths) of the op count, replica
-    // count and four empty sections; an empty raw blob of text.
-    assert_eq!(empty.encode().len(), 10 + (3 + 6) + 3);
+    assert!(loaded.is_empty() && loaded.oplog().unwrap().is_empty());
+    // Header; op and replica counts, text length; an empty blob of texts
+    // (codec, two lengths); a raw blob of three empty column sections.
+    assert_eq!(empty.encode().len(), 10 + 3 + 3 + (3 + 3));
 }
 
 #[test]
@@ -243,7 +245,7 @@ fn history_that_deletes_everything_round_trips() {
     assert!(t.is_empty());
     let loaded = assert_round_trips(&t);
     assert!(loaded.is_empty());
-    assert_eq!(loaded.oplog().len(), 20);
+    assert_eq!(loaded.oplog().unwrap().len(), 20);
 }
 
 #[test]
@@ -274,11 +276,15 @@ fn concurrent_history_round_trips_and_loaded_replicas_keep_merging() {
     let mut a = Text::new(ReplicaId::from_u64(1));
     a.insert(0, "shared base text").unwrap();
     let mut b = Text::new(ReplicaId::from_u64(2));
-    b.apply_changes(&a.changes_since(b.version())).unwrap();
+    b.apply_changes(&a.changes_since(b.version()).unwrap())
+        .unwrap();
     a.insert(6, "AAA").unwrap();
     b.delete(0, 7).unwrap();
     b.insert(0, "BB").unwrap();
-    let (from_a, from_b) = (a.changes_since(b.version()), b.changes_since(a.version()));
+    let (from_a, from_b) = (
+        a.changes_since(b.version()).unwrap(),
+        b.changes_since(a.version()).unwrap(),
+    );
     a.apply_changes(&from_b).unwrap();
     b.apply_changes(&from_a).unwrap();
     assert_eq!(a.to_string(), b.to_string());
@@ -287,7 +293,7 @@ fn concurrent_history_round_trips_and_loaded_replicas_keep_merging() {
     let mut loaded = assert_round_trips(&a);
     b.insert(1, "later").unwrap();
     loaded
-        .apply_changes(&b.changes_since(loaded.version()))
+        .apply_changes(&b.changes_since(loaded.version()).unwrap())
         .unwrap();
     assert_eq!(loaded.to_string(), b.to_string());
 }
@@ -301,13 +307,14 @@ fn version_1_encodings_are_refused_clearly() {
     match Text::load(&bytes, ReplicaId::from_u64(2)) {
         Err(LoadError::UnsupportedVersion {
             found: 1,
-            supported: 2,
+            supported: 3,
         }) => {}
         other => panic!("expected an unsupported-version error, got {other:?}"),
     }
 }
 
-/// Hand-made bodies with a valid checksum: each breaks one rule.
+/// Hand-made format version 2 bodies with a valid checksum: each breaks
+/// one rule (version 2 loads eagerly: every rule is checked on load).
 #[test]
 fn hostile_bodies_are_refused() {
     let frame = |body: &[u8]| {
@@ -434,7 +441,7 @@ fn hostile_bodies_are_refused() {
     honest.insert(2, "!").unwrap();
     assert!(
         lying
-            .apply_changes(&honest.changes_since(lying.version()))
+            .apply_changes(&honest.changes_since(lying.version()).unwrap())
             .is_err()
     );
     assert_eq!(lying.to_string(), "b");
@@ -450,12 +457,270 @@ fn hostile_bodies_are_refused() {
     ));
 }
 
+/// Frames a body as format `version` with a valid checksum.
+fn frame_as(version: u16, body: &[u8]) -> Vec<u8> {
+    let mut out = b"CVtx".to_vec();
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// A hand-made format version 3 body, every blob raw: `ops` operations by
+/// replica 7 (`count` of them by its summary), the text and the inserted
+/// text, the columns.
+fn v3_body(
+    ops: u8,
+    count: u8,
+    text: &[u8],
+    agents: &[u8],
+    graph: &[u8],
+    op_runs: &[u8],
+    inserted: &[u8],
+) -> Vec<u8> {
+    let mut b = vec![ops, 1];
+    b.extend_from_slice(&7u64.to_le_bytes());
+    b.push(count);
+    b.push(text.len() as u8);
+    let texts = [text, inserted].concat();
+    let mut cols = Vec::new();
+    for section in [agents, graph, op_runs] {
+        cols.push(section.len() as u8);
+        cols.extend_from_slice(section);
+    }
+    for blob in [&texts, &cols] {
+        b.extend_from_slice(&[0, blob.len() as u8, blob.len() as u8]);
+        b.extend_from_slice(blob);
+    }
+    b
+}
+
+/// Format version 3 loads the text and leaves the history encoded: what
+/// the summary and the blobs' framing say is checked on load; a history
+/// that does not decode is refused on first use, through `oplog`,
+/// `changes_since` and edits, and the text stays as loaded.
+#[test]
+fn version_3_checks_the_summary_on_load_and_the_history_on_first_use() {
+    let good = v3_body(2, 2, b"ab", &[2], &[2 << 2], &[0b001], b"ab");
+    let mut loaded = Text::load(&frame_as(3, &good), ReplicaId::from_u64(1)).expect("loads");
+    assert_eq!(loaded.to_string(), "ab");
+    assert_eq!(loaded.version().get(ReplicaId::from_u64(7)), 2);
+    assert_eq!(
+        loaded.encode(),
+        frame_as(3, &good),
+        "unchanged: the same bytes"
+    );
+    assert_eq!(loaded.oplog().unwrap().len(), 2);
+    loaded.insert(2, "c").unwrap();
+    assert_eq!(loaded.to_string(), "abc");
+    assert_eq!(
+        Text::load(&loaded.encode(), ReplicaId::from_u64(2))
+            .unwrap()
+            .to_string(),
+        "abc"
+    );
+
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let mut long_text = good.clone();
+    // The text's length: 5, in a blob of 4 bytes.
+    long_text[11] = 5;
+    let mut deflated = v3_body(2, 2, b"", &[2], &[2 << 2], &[0b001], b"");
+    // The texts blob: "abab" deflated (a stored block) but claiming 6
+    // bytes, and a 5-byte text: the stream ends first.
+    let stored = [1, 4, 0, 0xfb, 0xff, b'a', b'b', b'a', b'b'];
+    deflated.splice(
+        11..15,
+        [5, 1, 6, stored.len() as u8].into_iter().chain(stored),
+    );
+    let refused_on_load: [(&str, Vec<u8>); 8] = [
+        (
+            "counts do not add up",
+            v3_body(2, 1, b"ab", &[2], &[2 << 2], &[0b001], b"ab"),
+        ),
+        (
+            "no operations by a replica",
+            v3_body(0, 0, b"", &[], &[], &[], b""),
+        ),
+        (
+            "text not UTF-8",
+            v3_body(2, 2, &[0xff, 0xfe], &[2], &[2 << 2], &[0b001], b"ab"),
+        ),
+        ("trailing bytes", trailing),
+        ("text past its blob", long_text),
+        ("text past its deflated blob", deflated),
+        ("truncated", good[..good.len() - 1].to_vec()),
+        ("summary cut", good[..5].to_vec()),
+    ];
+    for (why, bad) in refused_on_load {
+        assert!(
+            Text::load(&frame_as(3, &bad), ReplicaId::from_u64(1)).is_err(),
+            "{why}"
+        );
+    }
+
+    let refused_on_use: [(&str, Vec<u8>); 6] = [
+        (
+            "authors short",
+            v3_body(2, 2, b"ab", &[1], &[2 << 2], &[0b001], b"ab"),
+        ),
+        (
+            "parent forward",
+            v3_body(2, 2, b"ab", &[2], &[2 << 2 | 1, 1], &[0b001], b"ab"),
+        ),
+        (
+            "ops short",
+            v3_body(2, 2, b"ab", &[2], &[2 << 2], &[0b000], b"a"),
+        ),
+        (
+            "inserted text long",
+            v3_body(2, 2, b"ab", &[2], &[2 << 2], &[0b001], b"abc"),
+        ),
+        (
+            "text longer than the history makes",
+            v3_body(2, 2, b"abc", &[2], &[2 << 2], &[0b001], b"ab"),
+        ),
+        (
+            "insert past end",
+            v3_body(2, 2, b"ab", &[2], &[2 << 2], &[0b101, 2], b"ab"),
+        ),
+    ];
+    for (why, bad) in refused_on_use {
+        let bytes = frame_as(3, &bad);
+        let mut t = Text::load(&bytes, ReplicaId::from_u64(1)).expect(why);
+        let shown = t.to_string();
+        assert!(matches!(t.oplog(), Err(LoadError::Malformed(_))), "{why}");
+        assert!(t.changes_since(&VersionVector::new()).is_err(), "{why}");
+        // A peer that has everything needs nothing: no decoding.
+        let all = t.version().clone();
+        assert_eq!(t.changes_since(&all).unwrap(), vec![], "{why}");
+        assert!(
+            matches!(
+                t.insert(0, "x"),
+                Err(DocError::History(LoadError::Malformed(_)))
+            ),
+            "{why}"
+        );
+        assert!(matches!(t.delete(0, 1), Err(DocError::History(_))), "{why}");
+        let mut other = Text::new(ReplicaId::from_u64(9));
+        other.insert(0, "z").unwrap();
+        assert!(
+            matches!(
+                t.apply_changes(&other.changes_since(&VersionVector::new()).unwrap()),
+                Err(DocError::History(_))
+            ),
+            "{why}"
+        );
+        // Nothing changed, and the error stays.
+        assert_eq!(t.to_string(), shown, "{why}");
+        assert_eq!(t.encode(), bytes, "{why}");
+        assert!(t.oplog().is_err(), "{why}");
+    }
+}
+
+/// Loading leaves a history encoded until it is needed, and reads it right
+/// when it is: merging into a loaded replica, and from it.
+#[test]
+fn loaded_histories_decode_when_needed() {
+    let doc = golden_doc();
+    let loaded = Text::load(&doc.encode(), ReplicaId::from_u64(5)).unwrap();
+    // Changes a peer lacks come from the decoded history.
+    let mut peer = Text::new(ReplicaId::from_u64(6));
+    peer.apply_changes(&loaded.changes_since(peer.version()).unwrap())
+        .unwrap();
+    assert_eq!(peer.to_string(), doc.to_string());
+    // Changes already held leave the history encoded and the text as is.
+    let mut again = Text::load(&doc.encode(), ReplicaId::from_u64(5)).unwrap();
+    again
+        .apply_changes(&doc.changes_since(&VersionVector::new()).unwrap())
+        .unwrap();
+    assert_eq!(again.encode(), doc.encode());
+    // New ones merge.
+    peer.insert(3, "PEER").unwrap();
+    again
+        .apply_changes(&peer.changes_since(again.version()).unwrap())
+        .unwrap();
+    assert_eq!(again.to_string(), peer.to_string());
+    assert_eq!(again.version(), peer.version());
+}
+
+/// The document behind the golden encodings: two replicas, concurrent
+/// edits, deletes, non-ASCII text, and enough of it to be compressed.
+fn golden_doc() -> Text {
+    let mut a = Text::new(ReplicaId::from_u64(1));
+    a.insert(0, "héllo wörld, ").unwrap();
+    a.insert(
+        13,
+        &"the quick brown fox jumps over the lazy dog; ".repeat(3),
+    )
+    .unwrap();
+    a.delete(2, 3).unwrap();
+    let mut b = Text::new(ReplicaId::from_u64(2));
+    b.apply_changes(&a.changes_since(&VersionVector::new()).unwrap())
+        .unwrap();
+    b.insert(1, "XY").unwrap();
+    b.delete(20, 10).unwrap();
+    a.insert(0, ">").unwrap();
+    a.insert(50, "ünïcode").unwrap();
+    a.apply_changes(&b.changes_since(a.version()).unwrap())
+        .unwrap();
+    a
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    let s: String = s.split_whitespace().collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// `golden_doc()` as format version 2 wrote it.
+const GOLDEN_V2: &str = "\
+435674780200801c2a71004242ab010201000000000000000200000000000000\
+03be021904fc0431090d91091fa3020c2d62056f8f01221708ae0200af0200bc\
+0201bf0200060f1414c80106d5015f01a20150b5cac11140301005d0567e013a\
+30a30e8e2421585942041d39b939b96d6366f4e0fc9e95938811e5f6a4132cd6\
+600aadea51798e0e356fe8c230cee0d5f88fa93c76686ed21f73268f934bb136\
+79f102";
+
+/// `golden_doc()` as format version 3 writes it.
+const GOLDEN_V3: &str = "\
+43567478030081185d6dab010201000000000000009f0102000000000000000c\
+950101b70265ad8f311240301444aff20fe006669c83120941e41322b8512a9d\
+4af72f6646918686d1eebc9ddd178938210796762d5900a3e0d09b2a9fa1366d\
+37004e5c5fa14cd7850e455b8e8c03c332f46c039946aba0c0c7d60758909312\
+6fa7fe1f7a0547de3f4e4e00171703be021904fc0431090d91091fa3020c2d62\
+056f8f0122";
+
+/// Old encodings keep loading, to the same text and history.
+#[test]
+fn golden_encodings_load() {
+    let doc = golden_doc();
+    let all = doc.changes_since(&VersionVector::new()).unwrap();
+    for (version, bytes) in [(2u16, hex(GOLDEN_V2)), (3, hex(GOLDEN_V3))] {
+        assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), version);
+        let loaded = Text::load(&bytes, ReplicaId::from_u64(3)).expect("golden loads");
+        assert_eq!(loaded.to_string(), doc.to_string(), "v{version}");
+        assert_eq!(loaded.version(), doc.version(), "v{version}");
+        assert_eq!(
+            loaded.changes_since(&VersionVector::new()).unwrap(),
+            all,
+            "v{version}"
+        );
+        // Either re-encodes as the current version, which loads the same.
+        let again = Text::load(&loaded.encode(), ReplicaId::from_u64(4)).unwrap();
+        assert_eq!(again.to_string(), doc.to_string());
+        assert_eq!(again.changes_since(&VersionVector::new()).unwrap(), all);
+    }
+}
+
 #[test]
 fn concurrent_typing_at_one_place_does_not_interleave() {
     let mut a = Text::new(ReplicaId::from_u64(1));
     a.insert(0, "[]").unwrap();
     let mut b = Text::new(ReplicaId::from_u64(2));
-    b.apply_changes(&a.changes_since(&VersionVector::new()))
+    b.apply_changes(&a.changes_since(&VersionVector::new()).unwrap())
         .unwrap();
     for (i, c) in "abc".chars().enumerate() {
         a.insert(1 + i, &c.to_string()).unwrap();
@@ -463,7 +728,10 @@ fn concurrent_typing_at_one_place_does_not_interleave() {
     for (i, c) in "xyz".chars().enumerate() {
         b.insert(1 + i, &c.to_string()).unwrap();
     }
-    let (fa, fb) = (a.changes_since(b.version()), b.changes_since(a.version()));
+    let (fa, fb) = (
+        a.changes_since(b.version()).unwrap(),
+        b.changes_since(a.version()).unwrap(),
+    );
     a.apply_changes(&fb).unwrap();
     b.apply_changes(&fa).unwrap();
     assert_eq!(a.to_string(), b.to_string());
@@ -478,12 +746,15 @@ fn insert_next_to_concurrently_deleted_text_lands_where_meant() {
     let mut a = Text::new(ReplicaId::from_u64(1));
     a.insert(0, "hello world").unwrap();
     let mut b = Text::new(ReplicaId::from_u64(2));
-    b.apply_changes(&a.changes_since(&VersionVector::new()))
+    b.apply_changes(&a.changes_since(&VersionVector::new()).unwrap())
         .unwrap();
     a.delete(5, 6).unwrap(); // "hello"
     b.insert(11, "!").unwrap(); // "hello world!"
     b.insert(6, "big ").unwrap(); // "hello big world!"
-    let (fa, fb) = (a.changes_since(b.version()), b.changes_since(a.version()));
+    let (fa, fb) = (
+        a.changes_since(b.version()).unwrap(),
+        b.changes_since(a.version()).unwrap(),
+    );
     a.apply_changes(&fb).unwrap();
     b.apply_changes(&fa).unwrap();
     assert_eq!(a.to_string(), "hellobig !");
@@ -494,7 +765,7 @@ fn insert_next_to_concurrently_deleted_text_lands_where_meant() {
 fn bad_changes_are_refused_and_change_nothing() {
     let mut a = Text::new(ReplicaId::from_u64(1));
     a.insert(0, "abc").unwrap();
-    let good = a.changes_since(&VersionVector::new());
+    let good = a.changes_since(&VersionVector::new()).unwrap();
     let mut b = Text::new(ReplicaId::from_u64(2));
     // Out of bounds in its version.
     let mut bad = good.clone();
@@ -504,7 +775,9 @@ fn bad_changes_are_refused_and_change_nothing() {
     assert!(b.version().is_empty(), "nothing was kept");
     // Gap: the second half without the first.
     a.insert(3, "def").unwrap();
-    let later = a.changes_since(&[(ReplicaId::from_u64(1), 3)].into_iter().collect());
+    let later = a
+        .changes_since(&[(ReplicaId::from_u64(1), 3)].into_iter().collect())
+        .unwrap();
     assert!(b.apply_changes(&later).is_err());
     // Text that does not match the length.
     let mut bad = good.clone();
@@ -569,7 +842,7 @@ fn sync(texts: &mut [Text], from: usize, to: usize) {
     if from == to {
         return;
     }
-    let changes = texts[from].changes_since(texts[to].version());
+    let changes = texts[from].changes_since(texts[to].version()).unwrap();
     texts[to]
         .apply_changes(&changes)
         .expect("changes from a replica apply");
@@ -588,10 +861,10 @@ proptest! {
         a.insert(0, "hello wörld, hello text").unwrap();
         a.delete(3, 4).unwrap();
         let mut b = Text::new(ReplicaId::from_u64(2));
-        b.apply_changes(&a.changes_since(&VersionVector::new())).unwrap();
+        b.apply_changes(&a.changes_since(&VersionVector::new()).unwrap()).unwrap();
         b.insert(2, "zz").unwrap();
         a.insert(5, "yy").unwrap();
-        a.apply_changes(&b.changes_since(a.version())).unwrap();
+        a.apply_changes(&b.changes_since(a.version()).unwrap()).unwrap();
         let mut bytes = a.encode();
         for (i, x) in &flips {
             let i = 10 + i.index(bytes.len() - 10);
@@ -599,10 +872,23 @@ proptest! {
         }
         let crc = crc32fast::hash(&bytes[10..]);
         bytes[6..10].copy_from_slice(&crc.to_le_bytes());
-        if let Ok(t) = Text::load(&bytes, ReplicaId::from_u64(3)) {
+        if let Ok(mut t) = Text::load(&bytes, ReplicaId::from_u64(3)) {
             // Whatever loaded is internally consistent: it can be re-encoded and reloaded.
             let again = Text::load(&t.encode(), ReplicaId::from_u64(4)).unwrap();
             prop_assert_eq!(again.to_string(), t.to_string());
+            let shown = t.to_string();
+            if t.oplog().is_ok() {
+                // A history that decodes takes edits, and re-encodes.
+                t.insert(0, "!").unwrap();
+                let again = Text::load(&t.encode(), ReplicaId::from_u64(4)).unwrap();
+                prop_assert_eq!(again.to_string(), format!("!{shown}"));
+                prop_assert!(again.oplog().is_ok());
+            } else {
+                // One that does not refuses them, changing nothing.
+                prop_assert!(matches!(t.insert(0, "!"), Err(DocError::History(_))));
+                prop_assert!(t.changes_since(&VersionVector::new()).is_err());
+                prop_assert_eq!(t.to_string(), shown);
+            }
         }
     }
 
@@ -679,7 +965,7 @@ fn check_convergence(n: usize, actions: Vec<Action>) -> Result<(), TestCaseError
     // A replica that receives everything at once from scratch agrees too.
     let mut fresh = Text::new(ReplicaId::from_u64(99));
     fresh
-        .apply_changes(&texts[n - 1].changes_since(&VersionVector::new()))
+        .apply_changes(&texts[n - 1].changes_since(&VersionVector::new()).unwrap())
         .unwrap();
     prop_assert_eq!(fresh.to_string(), texts[0].to_string());
     Ok(())

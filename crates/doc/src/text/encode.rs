@@ -5,68 +5,87 @@
 //! | bytes | field |
 //! |---|---|
 //! | 4 | magic `b"CVtx"` |
-//! | 2 | format version (2) |
+//! | 2 | format version (3) |
 //! | 4 | CRC-32 of the body |
 //! | n | body |
 //!
-//! The body is two blobs, each a codec (0 = stored as is, 1 = raw
-//! DEFLATE, used when smaller), its decoded length and its stored length
-//! (varints), then the stored bytes: the *columns*, then the inserted text
-//! (UTF-8, in LV order). The columns are run-length encoded with LEB128
-//! varints (signed values zigzag-encoded), in the spirit of diamond-types'
-//! format:
+//! Version 3's body (integers are LEB128 varints unless said otherwise)
+//! is a *summary*, then two blobs:
 //!
 //! 1. the number of operations;
-//! 2. `replicas`: a count, then each replica id as 8 bytes;
-//! 3. `agents` (length-prefixed): who wrote which operations, one varint per
-//!    run: `len * replicas + index`. Counters are implied: each replica's
-//!    operations are numbered 1, 2, 3… in LV order;
-//! 4. `graph` (length-prefixed): the causal graph, one entry per run whose
-//!    first operation's parents are not just the operation before it:
+//! 2. the replicas: a count, then per replica its id (8 bytes) and how
+//!    many operations it wrote (at least one). Together they are the
+//!    version vector; the counts add up to the number of operations;
+//! 3. the length in bytes of the text at the whole version;
+//! 4. blob `texts`: that text (UTF-8), then the text of every insert in LV
+//!    order. One DEFLATE stream, so that inserted text still in the
+//!    document costs little more than a back-reference when it is within
+//!    DEFLATE's window; loading inflates only the first part;
+//! 5. blob `columns`: the history's columns, see below.
+//!
+//! A blob is a codec (0 = stored as is, 1 = raw DEFLATE), its decoded
+//! length and its stored length, then the stored bytes. The columns are
+//! length-prefixed sections, run-length encoded
+//! with varints (signed values zigzag-encoded), in the spirit of
+//! diamond-types' format:
+//!
+//! 1. `agents`: who wrote which operations, one varint per run:
+//!    `len * replicas + index` (index into the summary's replicas).
+//!    Counters are implied: each replica's operations are numbered
+//!    1, 2, 3… in LV order;
+//! 2. `graph`: the causal graph, one entry per run whose first
+//!    operation's parents are not just the operation before it:
 //!    `len << 2 | n` (`n` = number of parents, 3 = a count follows), then
 //!    the parents, newest first, each as a distance back from the entry's
 //!    start (the first) or from the previous parent. Linear history is one
 //!    entry;
-//! 5. `ops` (length-prefixed): the operation runs, positions as deltas
-//!    from where the previous run left the cursor (0 for uninterrupted
-//!    typing, and for backspacing); see [`put_op_run`];
-//! 6. `checkout` (length-prefixed, empty if absent): which op inserted each
-//!    character of the text at the whole version, in document order, as a
-//!    count of LV runs, then per run the zigzag distance of its start from
-//!    the previous run's end and its length minus one. Written for histories
-//!    that are not one chain, whose replay is costly; loading then reads the
-//!    text from it instead of replaying. A checkout is checked for form
-//!    (runs of insert ops in the log, none named twice) but not replayed, so
-//!    one that disagrees with its history loads as written; merges that do
-//!    not fit the text are refused.
+//! 3. `ops`: the operation runs, positions as deltas from where the
+//!    previous run left the cursor (0 for uninterrupted typing, and for
+//!    backspacing); see [`put_op_run`].
 //!
-//! Loading decodes the columns straight into the log's run vectors, then
-//! takes the text from the checkout, or replays the log (a one-chain
-//! history a run at a time).
-//! Version 1 (postcard columns, LZ4 content) is refused with
+//! **Loading is lazy.** [`decode`] checks the header and checksum (of the
+//! whole body: any corruption in transit or on disk is caught here), reads
+//! the summary, inflates the text (the head of `texts`), and checks that
+//! the blobs are framed right and within [`LoadLimits`], but decompresses
+//! nothing more.
+//! The history ([`Lazy`]) is decoded and validated in full the first time
+//! it is needed (merging, editing, exporting changes); a history that is
+//! well-framed and checksummed yet describes an impossible log (only a
+//! hand-made file can) is refused then, with the [`LoadError`] that an
+//! eager load would have given: `Text::oplog` and `Text::changes_since`
+//! return it, and edits and merges return it as `DocError::History`,
+//! changing nothing. The stored text is trusted like version 2's checkout:
+//! it is checked against the history for its length when the history is
+//! one chain, and a merge that does not fit it is refused. An unchanged
+//! loaded text re-encodes to the bytes it was loaded from.
+//!
+//! Version 2 (the same columns, with the replicas inside them, and a
+//! checkout of LV runs instead of the text) still loads, eagerly. Version
+//! 1 (postcard columns, LZ4 content) is refused with
 //! [`LoadError::UnsupportedVersion`].
 
 use std::collections::{HashMap, HashSet};
-use std::ops::Range;
+use std::sync::OnceLock;
 
-use converge_crdt::{Dot, ReplicaId};
+use converge_crdt::{Dot, ReplicaId, VersionVector};
 
 use crate::error::LoadError;
 use crate::framing;
 use crate::graph::{Frontier, Lv};
-use crate::text::merge;
 use crate::text::oplog::{OpKind, OpLog, OpRun};
 
 /// Magic prefix of an encoded text.
 pub(crate) const MAGIC: [u8; 4] = *b"CVtx";
-/// Format version written and read by this build.
-pub(crate) const VERSION: u16 = 2;
+/// Format version written by this build.
+pub(crate) const VERSION: u16 = 3;
+/// The previous version, still read.
+const VERSION_2: u16 = 2;
 
-/// Content codec: the UTF-8 bytes as they are.
+/// Blob codec: the bytes as they are.
 const CODEC_RAW: u64 = 0;
-/// Content codec: raw DEFLATE (RFC 1951; the CRC in the header covers it).
+/// Blob codec: raw DEFLATE (RFC 1951; the CRC in the header covers it).
 const CODEC_DEFLATE: u64 = 1;
-/// Content shorter than this is stored raw: DEFLATE cannot win much on it.
+/// Blobs shorter than this are stored raw: compression cannot win much.
 const MIN_COMPRESSED: usize = 32;
 
 /// Limits applied when loading.
@@ -76,7 +95,8 @@ pub struct LoadLimits {
     pub max_bytes: usize,
     /// Most operations in the history.
     pub max_ops: u64,
-    /// Most bytes of inserted text, and of the columns, once decompressed.
+    /// Most bytes of text, of inserted text and of the columns, once
+    /// decompressed.
     pub max_content_bytes: usize,
     /// Most graph runs visited, in total, checking that each replica's
     /// operations form a causal chain (each made after its previous one).
@@ -101,28 +121,18 @@ impl Default for LoadLimits {
     }
 }
 
-/// Encodes `oplog`. `checkout` is the log's checkout if known (see
-/// [`merge::checkout`]); otherwise it is computed when the history is not
-/// one chain (one-chain histories load fast by replay and need none).
-pub(crate) fn encode(oplog: &OpLog, checkout: Option<&[Range<Lv>]>) -> Vec<u8> {
-    // Replicas holding the same ops must write the same bytes.
-    if let Some((canonical, new_lv)) = oplog.canonical() {
-        // Renumbered: a known checkout names the old LVs.
-        let renamed = checkout.map(|c| rename(c, &new_lv));
-        return encode(&canonical, renamed.as_deref());
+/// Encodes `oplog`, whose text at the whole version is `text`.
+pub(crate) fn encode(oplog: &OpLog, text: &str) -> Vec<u8> {
+    // Replicas holding the same ops must write the same bytes. Renumbering
+    // the ops does not change the text. One chain has a single causal
+    // order, its LV order: no need to work the canonical one out.
+    if !oplog.graph.is_chain()
+        && let Some((canonical, _)) = oplog.canonical()
+    {
+        return encode(&canonical, text);
     }
-    let computed;
-    let checkout = match checkout {
-        Some(c) => Some(c),
-        None if oplog.graph.is_chain() => None,
-        None => {
-            computed = merge::checkout(oplog);
-            computed.as_deref()
-        }
-    };
     framing::frame(MAGIC, VERSION, |mut out| {
-        let mut cols = Vec::new();
-        put(&mut cols, oplog.len() as u64);
+        put(&mut out, oplog.len() as u64);
 
         // Replicas in order of first appearance, each with its index.
         let mut replicas: Vec<ReplicaId> = Vec::new();
@@ -141,10 +151,18 @@ pub(crate) fn encode(oplog: &OpLog, checkout: Option<&[Range<Lv>]>) -> Vec<u8> {
             let idx = index.get(replica).copied().unwrap_or(0);
             put(&mut agents, (lvs.end - lvs.start) as u64 * n + idx);
         }
-        put(&mut cols, n);
+        put(&mut out, n);
         for r in &replicas {
-            cols.extend_from_slice(&r.as_u64().to_le_bytes());
+            out.extend_from_slice(&r.as_u64().to_le_bytes());
+            put(&mut out, oplog.version().get(*r));
         }
+        put(&mut out, text.len() as u64);
+        let mut texts = Vec::with_capacity(text.len() + oplog.text.len());
+        texts.extend_from_slice(text.as_bytes());
+        texts.extend_from_slice(oplog.text.as_bytes());
+        put_blob(&mut out, &texts);
+
+        let mut cols = Vec::new();
         put_section(&mut cols, &agents);
 
         let mut graph = Vec::new();
@@ -171,34 +189,9 @@ pub(crate) fn encode(oplog: &OpLog, checkout: Option<&[Range<Lv>]>) -> Vec<u8> {
         }
         put_section(&mut cols, &ops);
 
-        let mut spans = Vec::new();
-        if let Some(checkout) = checkout {
-            put(&mut spans, checkout.len() as u64);
-            let mut prev = 0i64;
-            for span in checkout {
-                put(&mut spans, zigzag(span.start as i64 - prev));
-                put(&mut spans, (span.end - span.start - 1) as u64);
-                prev = span.end as i64;
-            }
-        }
-        put_section(&mut cols, &spans);
-
         put_blob(&mut out, &cols);
-        put_blob(&mut out, oplog.text.as_bytes());
         out
     })
-}
-
-/// `checkout` with each LV renamed by `new_lv`, as runs again.
-fn rename(checkout: &[Range<Lv>], new_lv: &[Lv]) -> Vec<Range<Lv>> {
-    let mut out: Vec<Range<Lv>> = Vec::with_capacity(checkout.len());
-    for &lv in checkout.iter().flat_map(|span| &new_lv[span.clone()]) {
-        match out.last_mut() {
-            Some(span) if span.end == lv => span.end += 1,
-            _ => out.push(lv..lv + 1),
-        }
-    }
-    out
 }
 
 /// Writes one op run, moving `cursor` to where the run leaves it.
@@ -243,15 +236,204 @@ fn put_op_run(out: &mut Vec<u8>, run: &OpRun, cursor: &mut i64) {
     }
 }
 
-/// A decoded text: its log, and its checkout with the text it spells when
-/// the encoding holds one.
-pub(crate) struct Decoded {
-    pub(crate) oplog: OpLog,
-    pub(crate) checkout: Option<(Vec<Range<Lv>>, String)>,
+/// A decoded text.
+pub(crate) enum Decoded {
+    /// Version 3: the text, and its history still encoded.
+    Lazy { text: String, history: Box<Lazy> },
+    /// Version 2: the log, and the text its checkout spells when the
+    /// encoding holds one.
+    Eager {
+        oplog: OpLog,
+        checkout: Option<String>,
+    },
 }
 
+/// The history of a loaded text, kept encoded until first needed.
+#[derive(Debug, Clone)]
+pub(crate) struct Lazy {
+    /// The whole encoding, as loaded (an unchanged text re-encodes to it).
+    bytes: Vec<u8>,
+    /// Where the `texts` blob starts in `bytes` (the columns follow).
+    history: usize,
+    /// The length of the text, in bytes (where the inserted text starts).
+    text_len: usize,
+    replicas: Vec<ReplicaId>,
+    version: VersionVector,
+    total: usize,
+    limits: LoadLimits,
+    /// The log, once decoded (by a `&self` reader such as `changes_since`).
+    decoded: OnceLock<Result<OpLog, LoadError>>,
+}
+
+impl Lazy {
+    /// The version vector, from the summary.
+    pub(crate) fn version(&self) -> &VersionVector {
+        &self.version
+    }
+
+    /// The encoding this history was loaded from.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The decoded log (decoded on the first call). `chars` is the length
+    /// of the loaded text, checked against the history.
+    pub(crate) fn oplog(&self, chars: usize) -> Result<&OpLog, LoadError> {
+        self.decoded
+            .get_or_init(|| self.decode(chars))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The decoded log, by value.
+    pub(crate) fn into_oplog(mut self, chars: usize) -> Result<OpLog, LoadError> {
+        match self.decoded.take() {
+            Some(result) => result,
+            None => self.decode(chars),
+        }
+    }
+
+    /// Decodes and validates the history blobs.
+    fn decode(&self, chars: usize) -> Result<OpLog, LoadError> {
+        let limit = self.limits.max_content_bytes;
+        let mut r = Reader::new(&self.bytes[self.history..], "history");
+        let mut texts = take_blob(&mut r, "texts", limit)?;
+        let cols = take_blob(&mut r, "columns", limit)?;
+        // The text's length was checked on load.
+        let inserted = texts.split_off(self.text_len);
+        let inserted =
+            String::from_utf8(inserted).map_err(|_| malformed("inserted text is not UTF-8"))?;
+        let mut cols = Reader::new(&cols, "columns");
+        let total = self.total;
+        let mut oplog = OpLog::default();
+        decode_agents(
+            &mut cols.section("agents")?,
+            &self.replicas,
+            total,
+            &mut oplog,
+        )?;
+        if oplog.version() != &self.version {
+            return Err(malformed("authors do not match the summary's version"));
+        }
+        let frontier = decode_graph(&mut cols.section("graph")?, total, &mut oplog)?;
+        check_chains(&oplog, self.limits.max_chain_check)?;
+        decode_ops(&mut cols.section("ops")?, total, &inserted, &mut oplog)?;
+        if !cols.is_empty() {
+            return Err(malformed("trailing bytes after the columns"));
+        }
+        oplog.text = inserted;
+        oplog.frontier = frontier;
+        if oplog.graph.is_chain() {
+            // One chain: every op must fit the text its predecessors left,
+            // which must end as long as the loaded text. Lengths only, no
+            // rope: a few integer steps per run.
+            let mut len = 0usize;
+            for run in &oplog.runs {
+                let (pos, n) = (run.pos, run.len());
+                len = match (run.kind, run.fwd) {
+                    (OpKind::Insert, _) if pos <= len => len.checked_add(n),
+                    (OpKind::Delete, true) if pos.checked_add(n).is_some_and(|e| e <= len) => {
+                        Some(len - n)
+                    }
+                    (OpKind::Delete, false) if pos < len && pos + 1 >= n => Some(len - n),
+                    _ => None,
+                }
+                .ok_or_else(|| {
+                    LoadError::Malformed(format!(
+                        "history does not replay: operation {} at position {pos} is past the end ({len})",
+                        run.lvs.start
+                    ))
+                })?;
+            }
+            if len != chars {
+                return Err(malformed("the text does not match the history's length"));
+            }
+        } else {
+            let inserted: usize = (oplog.runs.iter())
+                .filter(|r| r.kind == OpKind::Insert)
+                .map(OpRun::len)
+                .sum();
+            if chars > inserted {
+                return Err(malformed("the text is longer than the history inserted"));
+            }
+        }
+        Ok(oplog)
+    }
+}
+
+/// Decodes an encoding of version 3 (history left encoded) or 2.
 pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<Decoded, LoadError> {
+    if bytes.get(..4) == Some(&MAGIC[..]) && bytes.get(4..6) == Some(&VERSION_2.to_le_bytes()[..]) {
+        return decode_v2(bytes, limits);
+    }
     let body = framing::unframe(MAGIC, VERSION, bytes, limits.max_bytes)?;
+    let mut r = Reader::new(body, "body");
+    let total = r.varint()?;
+    if total > limits.max_ops {
+        return Err(LoadError::TooLarge(format!(
+            "{total} operations, limit {}",
+            limits.max_ops
+        )));
+    }
+    let total = usize::try_from(total).map_err(|_| malformed("too many operations"))?;
+    let n_replicas = r.varint()?;
+    // Each replica takes at least nine bytes.
+    if n_replicas > (r.remaining() / 9) as u64 || (n_replicas == 0) != (total == 0) {
+        return Err(malformed("bad replica count"));
+    }
+    let mut replicas = Vec::with_capacity(n_replicas as usize);
+    let mut seen = HashSet::with_capacity(n_replicas as usize);
+    let mut version = VersionVector::new();
+    let mut sum = 0u64;
+    for _ in 0..n_replicas {
+        let id = ReplicaId::from_u64(u64::from_le_bytes(r.array()?));
+        let count = r.varint()?;
+        if !seen.insert(id) {
+            return Err(malformed("a replica is listed twice"));
+        }
+        sum = sum
+            .checked_add(count)
+            .filter(|_| count > 0)
+            .ok_or_else(|| malformed("bad operation count for a replica"))?;
+        replicas.push(id);
+        version.set(id, count);
+    }
+    if sum != total as u64 {
+        return Err(malformed("replicas' operations do not add up to the log"));
+    }
+    let text_len = r.varint()?;
+    let history = bytes.len() - r.remaining();
+    let (codec, size, stored) = blob_parts(&mut r, "texts", limits.max_content_bytes)?;
+    let text_len = usize::try_from(text_len)
+        .ok()
+        .filter(|n| *n <= size)
+        .ok_or_else(|| malformed("the text is longer than its blob"))?;
+    let text = match codec {
+        CODEC_RAW => stored[..text_len].to_vec(),
+        _ => inflate_prefix(stored, text_len).map_err(|why| malformed_in("texts", &why))?,
+    };
+    let text = String::from_utf8(text).map_err(|_| malformed("text is not UTF-8"))?;
+    // The history stays encoded; its framing is checked now.
+    blob_parts(&mut r, "columns", limits.max_content_bytes)?;
+    if !r.is_empty() {
+        return Err(malformed("trailing bytes after the body"));
+    }
+    let history = Box::new(Lazy {
+        bytes: bytes.to_vec(),
+        history,
+        text_len,
+        replicas,
+        version,
+        total,
+        limits: limits.clone(),
+        decoded: OnceLock::new(),
+    });
+    Ok(Decoded::Lazy { text, history })
+}
+
+/// Decodes a version 2 encoding, eagerly.
+fn decode_v2(bytes: &[u8], limits: &LoadLimits) -> Result<Decoded, LoadError> {
+    let body = framing::unframe(MAGIC, VERSION_2, bytes, limits.max_bytes)?;
     let mut body = Reader::new(body, "body");
     let cols = take_blob(&mut body, "columns", limits.max_content_bytes)?;
     let text = take_blob(&mut body, "inserted text", limits.max_content_bytes)?;
@@ -299,15 +481,12 @@ pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<Decoded, LoadE
     } else {
         Some(decode_checkout(&mut spans, &oplog)?)
     };
-    Ok(Decoded { oplog, checkout })
+    Ok(Decoded::Eager { oplog, checkout })
 }
 
-/// The checkout: disjoint runs of insert ops, in document order; returns
-/// them with the text they spell.
-fn decode_checkout(
-    r: &mut Reader<'_>,
-    oplog: &OpLog,
-) -> Result<(Vec<Range<Lv>>, String), LoadError> {
+/// A version 2 checkout: disjoint runs of insert ops, in document order;
+/// returns the text they spell.
+fn decode_checkout(r: &mut Reader<'_>, oplog: &OpLog) -> Result<String, LoadError> {
     let total = oplog.len();
     let count = r.varint()?;
     if count > r.remaining() as u64 {
@@ -349,7 +528,7 @@ fn decode_checkout(
             lv += n;
         }
     }
-    Ok((spans, text))
+    Ok(text)
 }
 
 /// Authors: runs must cover `0..total`; counters follow from LV order.
@@ -472,6 +651,20 @@ fn check_chains(oplog: &OpLog, budget: u64) -> Result<(), LoadError> {
 
 /// Reads a blob written by [`put_blob`]: at most `limit` bytes once decoded.
 fn take_blob(r: &mut Reader<'_>, what: &str, limit: usize) -> Result<Vec<u8>, LoadError> {
+    let (codec, size, stored) = blob_parts(r, what, limit)?;
+    match codec {
+        CODEC_RAW => Ok(stored.to_vec()),
+        _ => inflate(stored, size).map_err(|why| malformed_in(what, &why)),
+    }
+}
+
+/// A blob's codec, decoded length and stored bytes, checked for what can
+/// be checked without decoding.
+fn blob_parts<'a>(
+    r: &mut Reader<'a>,
+    what: &str,
+    limit: usize,
+) -> Result<(u64, usize, &'a [u8]), LoadError> {
     let codec = r.varint()?;
     let size = r.varint()?;
     if size > limit as u64 {
@@ -482,17 +675,14 @@ fn take_blob(r: &mut Reader<'_>, what: &str, limit: usize) -> Result<Vec<u8>, Lo
     let size = size as usize;
     let stored = r.section("blob")?.rest();
     match codec {
-        CODEC_RAW if stored.len() == size => Ok(stored.to_vec()),
-        CODEC_RAW => Err(LoadError::Malformed(format!(
-            "{what}: length does not match"
-        ))),
-        CODEC_DEFLATE => {
-            inflate(stored, size).map_err(|why| LoadError::Malformed(format!("{what}: {why}")))
-        }
-        _ => Err(LoadError::Malformed(format!(
-            "{what}: unknown codec {codec}"
-        ))),
+        CODEC_RAW if stored.len() != size => Err(malformed_in(what, "length does not match")),
+        CODEC_RAW | CODEC_DEFLATE => Ok((codec, size, stored)),
+        _ => Err(malformed_in(what, &format!("unknown codec {codec}"))),
     }
+}
+
+fn malformed_in(what: &str, why: &str) -> LoadError {
+    LoadError::Malformed(format!("{what}: {why}"))
 }
 
 /// Op runs: they cover `0..total`, and inserts consume `text` in order.
@@ -678,6 +868,33 @@ fn inflate(packed: &[u8], size: usize) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// The first `n` bytes that `packed` decompresses to (it must hold at
+/// least that many), decompressing no further.
+fn inflate_prefix(packed: &[u8], n: usize) -> Result<Vec<u8>, String> {
+    let mut d = flate2::Decompress::new(false);
+    // Output grows as data arrives: a false `n` cannot make it allocate
+    // much more than the data warrants.
+    let mut out = Vec::with_capacity(n.min(packed.len().saturating_mul(8) + 1024));
+    while out.len() < n {
+        if out.len() == out.capacity() {
+            out.reserve_exact((n - out.len()).min(out.len().max(1 << 16)));
+        }
+        let (was_in, was_out) = (d.total_in(), d.total_out());
+        let rest = packed.get(was_in as usize..).unwrap_or_default();
+        let status = d
+            .decompress_vec(rest, &mut out, flate2::FlushDecompress::None)
+            .map_err(|e| e.to_string())?;
+        if out.len() > n {
+            out.truncate(n);
+        }
+        let stuck = d.total_in() == was_in && d.total_out() == was_out;
+        if out.len() < n && (status == flate2::Status::StreamEnd || stuck) {
+            return Err("decompresses to less than its text".into());
+        }
+    }
+    Ok(out)
+}
+
 /// Reads varints and slices off a byte slice; every read is checked.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -776,14 +993,6 @@ mod tests {
     }
 
     #[test]
-    fn renamed_checkouts_merge_runs_that_become_adjacent() {
-        let new_lv = [3, 4, 0, 1, 2, 5];
-        assert_eq!(rename(&[0..2, 5..6], &new_lv), vec![3..6]);
-        assert_eq!(rename(&[2..4, 0..1], &new_lv), vec![0..2, 3..4]);
-        assert!(rename(&[], &new_lv).is_empty());
-    }
-
-    #[test]
     fn inflate_checks_the_declared_length() {
         let raw = "the quick brown fox jumps over the lazy dog; ".repeat(5000);
         let packed = deflate(raw.as_bytes());
@@ -854,8 +1063,7 @@ mod hostile {
 
     /// A hand-built encoding of `n` single-character inserts at position 0
     /// by `replicas` replicas, op `i` written by replica `author(i)` and made
-    /// on `parents(i)` (ascending), with a stored checkout so that loading
-    /// needs no replay.
+    /// on `parents(i)` (ascending), with the text they make ("x" n times).
     pub(super) fn build(
         n: usize,
         replicas: usize,
@@ -863,11 +1071,15 @@ mod hostile {
         parents: impl Fn(usize) -> Vec<Lv>,
     ) -> Vec<u8> {
         framing::frame(MAGIC, VERSION, |mut out| {
-            let mut cols = Vec::new();
-            put(&mut cols, n as u64);
-            put(&mut cols, replicas as u64);
-            for r in 0..replicas {
-                cols.extend_from_slice(&(r as u64 + 1).to_le_bytes());
+            put(&mut out, n as u64);
+            put(&mut out, replicas as u64);
+            let mut counts = vec![0u64; replicas];
+            for i in 0..n {
+                counts[author(i)] += 1;
+            }
+            for (r, count) in counts.iter().enumerate() {
+                out.extend_from_slice(&(r as u64 + 1).to_le_bytes());
+                put(&mut out, *count);
             }
             let (mut agents, mut graph, mut ops) = (Vec::new(), Vec::new(), Vec::new());
             let mut cursor = 0;
@@ -893,18 +1105,23 @@ mod hostile {
                 };
                 put_op_run(&mut ops, &run, &mut cursor);
             }
+            let mut cols = Vec::new();
             put_section(&mut cols, &agents);
             put_section(&mut cols, &graph);
             put_section(&mut cols, &ops);
-            let mut checkout = Vec::new();
-            put(&mut checkout, 1);
-            put(&mut checkout, 0);
-            put(&mut checkout, n as u64 - 1);
-            put_section(&mut cols, &checkout);
+            put(&mut out, n as u64);
+            put_blob(&mut out, "x".repeat(2 * n).as_bytes());
             put_blob(&mut out, &cols);
-            put_blob(&mut out, "x".repeat(n).as_bytes());
             out
         })
+    }
+
+    /// Loads `bytes` and decodes the history too.
+    pub(super) fn full(bytes: &[u8], limits: &LoadLimits) -> Result<OpLog, LoadError> {
+        match decode(bytes, limits)? {
+            Decoded::Lazy { text, history } => history.into_oplog(text.chars().count()),
+            Decoded::Eager { oplog, .. } => Ok(oplog),
+        }
     }
 
     /// `n` concurrent roots, each by its own replica.
@@ -933,9 +1150,9 @@ mod hostile {
     #[test]
     fn concurrent_roots_load() {
         let n = 50_000;
-        let decoded = decode(&concurrent_roots(n), &LoadLimits::default()).unwrap();
-        assert!(decoded.oplog.frontier.iter().copied().eq(0..n));
-        assert_eq!(decoded.oplog.version().iter().count(), n);
+        let decoded = full(&concurrent_roots(n), &LoadLimits::default()).unwrap();
+        assert!(decoded.frontier.iter().copied().eq(0..n));
+        assert_eq!(decoded.version().iter().count(), n);
         let text = crate::text::Text::load(&concurrent_roots(n), ReplicaId::from_u64(0)).unwrap();
         assert_eq!(text.to_string(), "x".repeat(n));
     }
@@ -945,11 +1162,11 @@ mod hostile {
         // 0 and 1 are roots; 2 is made on 0; 3 on 2 and 1; 4 is a root.
         let parents = [vec![], vec![], vec![0], vec![1, 2], vec![]];
         let bytes = build(5, 5, |i| i, |i| parents[i].clone());
-        let decoded = decode(&bytes, &LoadLimits::default()).unwrap();
-        assert_eq!(decoded.oplog.frontier.as_slice(), &[3, 4]);
+        let decoded = full(&bytes, &LoadLimits::default()).unwrap();
+        assert_eq!(decoded.frontier.as_slice(), &[3, 4]);
         let bytes = build(3, 3, |i| i, |i| if i == 2 { vec![0, 1] } else { vec![] });
-        let decoded = decode(&bytes, &LoadLimits::default()).unwrap();
-        assert_eq!(decoded.oplog.frontier.as_slice(), &[2]);
+        let decoded = full(&bytes, &LoadLimits::default()).unwrap();
+        assert_eq!(decoded.frontier.as_slice(), &[2]);
     }
 
     // Replicas taking turns make the causal-chain check cost replicas ×
@@ -959,21 +1176,18 @@ mod hostile {
     fn interleaved_replicas_are_bounded_by_the_chain_check_limit() {
         let k = 1_000;
         let bytes = interleaved(k);
-        let decoded = decode(&bytes, &LoadLimits::default()).unwrap();
-        assert_eq!(decoded.oplog.frontier.as_slice(), &[2 * k - 1]);
+        let decoded = full(&bytes, &LoadLimits::default()).unwrap();
+        assert_eq!(decoded.frontier.as_slice(), &[2 * k - 1]);
         // Each replica's second op walks back past the k ops in between.
         let tight = LoadLimits {
             max_chain_check: 100_000,
             ..LoadLimits::default()
         };
-        assert!(matches!(
-            decode(&bytes, &tight),
-            Err(LoadError::TooLarge(_))
-        ));
+        assert!(matches!(full(&bytes, &tight), Err(LoadError::TooLarge(_))));
         // A replica whose second op has not seen its first is still refused.
         let bytes = build(3, 2, |i| i % 2, |i| if i == 2 { vec![1] } else { vec![] });
         assert!(matches!(
-            decode(&bytes, &LoadLimits::default()),
+            full(&bytes, &LoadLimits::default()),
             Err(LoadError::Malformed(_))
         ));
     }

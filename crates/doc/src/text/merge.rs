@@ -2,10 +2,6 @@
 //! directly, a run at a time; concurrent ones go through the Eg-walker
 //! replay in [`crate::seq`].
 
-use std::ops::Range;
-
-use jumprope::JumpRopeBuf;
-
 use crate::error::DocError;
 use crate::graph::{Frontier, Graph, Lv};
 use crate::seq::{self, SeqEdit, SeqOp, SeqSource};
@@ -95,60 +91,6 @@ pub(crate) fn merge<'a>(
         Graph::advance_frontier(&mut frontier, &graph.parents_of(lv), &(lv..lv + 1));
     }
     Ok((edits, frontier))
-}
-
-/// The most ops a checkout can describe: LVs travel through a rope as
-/// characters, and there are this many Unicode scalar values.
-const MAX_CHECKOUT_OPS: usize = 0x10_FFFF - 0x800;
-
-/// The *checkout* of the log's whole version: which op inserted each
-/// character of the text, in document order, as runs of consecutive LVs.
-/// Stored in encodings so that loading needs no replay. `None` if the
-/// history does not replay or is too long to describe.
-pub(crate) fn checkout(oplog: &OpLog) -> Option<Vec<Range<Lv>>> {
-    if oplog.len() > MAX_CHECKOUT_OPS {
-        return None;
-    }
-    let (edits, _) = merge(oplog, &[], &oplog.frontier, 0).ok()?;
-    // A rope of LVs, each stored as a character: position arithmetic is
-    // the rope's, exactly as when the text itself was built.
-    let mut rope = JumpRopeBuf::new();
-    let mut buf = String::new();
-    for edit in edits {
-        buf.clear();
-        match edit {
-            Edit::InsertChar(pos, lv, _) => {
-                buf.push(lv_char(lv));
-                rope.insert(pos, &buf);
-            }
-            Edit::InsertStr(pos, lv, s) => {
-                buf.extend((lv..lv + s.chars().count()).map(lv_char));
-                rope.insert(pos, &buf);
-            }
-            Edit::Delete(pos, n) => rope.remove(pos..pos + n),
-        }
-    }
-    let mut spans: Vec<Range<Lv>> = Vec::new();
-    for ch in rope.to_string().chars() {
-        let lv = char_lv(ch);
-        match spans.last_mut() {
-            Some(span) if span.end == lv => span.end += 1,
-            _ => spans.push(lv..lv + 1),
-        }
-    }
-    Some(spans)
-}
-
-/// LV `lv` (at most [`MAX_CHECKOUT_OPS`]) as a character, skipping surrogates.
-fn lv_char(lv: Lv) -> char {
-    let v = if lv < 0xD800 { lv } else { lv + 0x800 };
-    // In range: `lv <= MAX_CHECKOUT_OPS` is checked by the caller.
-    char::from_u32(v as u32).unwrap_or(char::MAX)
-}
-
-fn char_lv(ch: char) -> Lv {
-    let v = ch as Lv;
-    if v < 0xD800 { v } else { v - 0x800 }
 }
 
 impl SeqSource for OpLog {

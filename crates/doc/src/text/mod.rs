@@ -11,15 +11,12 @@ mod encode;
 mod merge;
 pub mod oplog;
 
-use std::ops::Range;
-
 use converge_crdt::{ReplicaId, VersionVector};
 use jumprope::JumpRopeBuf;
 
 use crate::doc::PosUnit;
 use crate::error::DocError;
 pub use crate::error::LoadError;
-use crate::graph::Lv;
 pub use encode::LoadLimits;
 pub use oplog::{Limits, OpKind, OpLog, TextChange};
 
@@ -32,11 +29,11 @@ pub use oplog::{Limits, OpKind, OpLog, TextChange};
 /// let mut a = Text::new(ReplicaId::from_u64(1));
 /// a.insert(0, "hello world")?;
 /// let mut b = Text::new(ReplicaId::from_u64(2));
-/// b.apply_changes(&a.changes_since(b.version()))?;
+/// b.apply_changes(&a.changes_since(b.version())?)?;
 /// // Concurrent edits at the same place do not interleave.
 /// a.insert(5, ", dear")?;
 /// b.insert(5, " there")?;
-/// let (from_a, from_b) = (a.changes_since(b.version()), b.changes_since(a.version()));
+/// let (from_a, from_b) = (a.changes_since(b.version())?, b.changes_since(a.version())?);
 /// a.apply_changes(&from_b)?;
 /// b.apply_changes(&from_a)?;
 /// assert_eq!(a.to_string(), b.to_string());
@@ -49,9 +46,9 @@ pub struct Text {
     /// The text at the log's whole version (between calls, always).
     content: JumpRopeBuf,
     limits: Limits,
-    /// The checkout read by [`Text::load`], kept until the first change so
-    /// that re-encoding an unchanged text needs no replay.
-    checkout: Option<Vec<Range<Lv>>>,
+    /// The history of a text loaded by [`Text::load`], still encoded; when
+    /// set, `oplog` is empty. Decoded on first need (see [`Text::oplog`]).
+    lazy: Option<Box<encode::Lazy>>,
 }
 
 impl Text {
@@ -62,7 +59,7 @@ impl Text {
             oplog: OpLog::default(),
             content: JumpRopeBuf::new(),
             limits: Limits::default(),
-            checkout: None,
+            lazy: None,
         }
     }
 
@@ -152,14 +149,42 @@ impl Text {
         }
     }
 
-    /// Operations held, per replica (operation counters).
+    /// Operations held, per replica (operation counters). Known without
+    /// decoding a loaded history.
     pub fn version(&self) -> &VersionVector {
-        self.oplog.version()
+        match &self.lazy {
+            Some(lazy) => lazy.version(),
+            None => self.oplog.version(),
+        }
     }
 
     /// The log of every operation.
-    pub fn oplog(&self) -> &OpLog {
-        &self.oplog
+    ///
+    /// A loaded text's history is decoded and validated on the first call
+    /// (or the first edit, merge or `changes_since` that needs it); a
+    /// history that does not decode, which only a hand-made file that
+    /// passed the checksum can have, gives its [`LoadError`] here every
+    /// time, while the loaded text stays readable.
+    pub fn oplog(&self) -> Result<&OpLog, LoadError> {
+        match &self.lazy {
+            Some(lazy) => lazy.oplog(self.content.len_chars()),
+            None => Ok(&self.oplog),
+        }
+    }
+
+    /// Decodes a loaded history into `self.oplog`, for changing it. On
+    /// error nothing changes.
+    fn history_mut(&mut self) -> Result<&mut OpLog, LoadError> {
+        if let Some(lazy) = self.lazy.take() {
+            let chars = self.content.len_chars();
+            if let Err(e) = lazy.oplog(chars) {
+                self.lazy = Some(lazy);
+                return Err(e);
+            }
+            // Decoded just above: taking it cannot fail.
+            self.oplog = lazy.into_oplog(chars)?;
+        }
+        Ok(&mut self.oplog)
     }
 
     /// Inserts `text` at character position `pos`.
@@ -172,9 +197,9 @@ impl Text {
         if n == 0 {
             return Ok(());
         }
-        self.checkout = None;
-        self.oplog
-            .push_local(self.replica, OpKind::Insert, pos, n, text);
+        let replica = self.replica;
+        self.history_mut()?
+            .push_local(replica, OpKind::Insert, pos, n, text);
         self.content.insert(pos, text);
         Ok(())
     }
@@ -191,17 +216,22 @@ impl Text {
         if len == 0 {
             return Ok(());
         }
-        self.checkout = None;
-        self.oplog
-            .push_local(self.replica, OpKind::Delete, pos, len, "");
+        let replica = self.replica;
+        self.history_mut()?
+            .push_local(replica, OpKind::Delete, pos, len, "");
         self.content.remove(pos..pos + len);
         Ok(())
     }
 
     /// Encodes the text with its whole history (compact, versioned,
-    /// checksummed). [`Text::load`] reads it back.
+    /// checksummed). [`Text::load`] reads it back. A loaded text that has
+    /// not changed since returns the bytes it was loaded from, without
+    /// decoding its history.
     pub fn encode(&self) -> Vec<u8> {
-        encode::encode(&self.oplog, self.checkout.as_deref())
+        match &self.lazy {
+            Some(lazy) => lazy.bytes().to_vec(),
+            None => encode::encode(&self.oplog, &self.content.borrow().to_string()),
+        }
     }
 
     /// Loads an encoded text, to be edited further by `replica`, with
@@ -216,12 +246,22 @@ impl Text {
         replica: ReplicaId,
         limits: &LoadLimits,
     ) -> Result<Self, LoadError> {
-        let encode::Decoded { oplog, checkout } = encode::decode(bytes, limits)?;
         let mut text = Self::new(replica);
-        if let Some((spans, content)) = checkout {
+        let (oplog, checkout) = match encode::decode(bytes, limits)? {
+            encode::Decoded::Lazy {
+                text: content,
+                history,
+            } => {
+                // The stored text; the history waits until needed.
+                text.content = JumpRopeBuf::new_from_str(&content);
+                text.lazy = Some(history);
+                return Ok(text);
+            }
+            encode::Decoded::Eager { oplog, checkout } => (oplog, checkout),
+        };
+        if let Some(content) = checkout {
             // The stored text at the whole version: no replay needed.
             text.content = JumpRopeBuf::new_from_str(&content);
-            text.checkout = Some(spans);
         } else if oplog.graph.is_chain() {
             text.content = replay_chain(&oplog)?;
         } else {
@@ -233,14 +273,31 @@ impl Text {
         Ok(text)
     }
 
-    /// The changes a replica at `version` lacks, in causal order.
-    pub fn changes_since(&self, version: &VersionVector) -> Vec<TextChange> {
-        self.oplog.changes_since(version)
+    /// The changes a replica at `version` lacks, in causal order. A
+    /// loaded history is decoded first unless `version` already has it
+    /// all; its error is returned as by [`Text::oplog`].
+    pub fn changes_since(&self, version: &VersionVector) -> Result<Vec<TextChange>, LoadError> {
+        if self.lazy.is_some() && version.dominates(self.version()) {
+            return Ok(Vec::new());
+        }
+        Ok(self.oplog()?.changes_since(version))
     }
 
     /// Applies changes from another replica (in causal order; ones already
     /// held are skipped). On error nothing changes.
     pub fn apply_changes(&mut self, changes: &[TextChange]) -> Result<(), DocError> {
+        let held = |c: &TextChange| {
+            (c.id.counter + c.len as u64).saturating_sub(1) <= self.version().get(c.id.replica)
+        };
+        if self.lazy.is_some()
+            && changes
+                .iter()
+                .all(|c| c.check(&self.limits).is_ok() && held(c))
+        {
+            // Nothing new: a loaded history stays encoded.
+            return Ok(());
+        }
+        self.history_mut()?;
         let start = self.oplog.len();
         let old_frontier = self.oplog.frontier.clone();
         let mut pushed = Ok(());
@@ -263,9 +320,6 @@ impl Text {
                 return Err(e);
             }
         };
-        if self.oplog.len() != start {
-            self.checkout = None;
-        }
         apply_edits(&mut self.content, edits);
         Ok(())
     }

@@ -480,7 +480,8 @@ pub struct TextChange {
 }
 
 impl TextChange {
-    fn check(&self, limits: &Limits) -> Result<(), DocError> {
+    /// Checks the change's form against `limits` (not whether it applies).
+    pub(crate) fn check(&self, limits: &Limits) -> Result<(), DocError> {
         let bad = |why: String| Err(DocError::InvalidChange { op: self.id, why });
         if self.len == 0 {
             return bad("a change holds no operation".into());
