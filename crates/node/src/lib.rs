@@ -48,6 +48,7 @@
 
 #[cfg(feature = "http")]
 mod api;
+mod feed;
 mod node;
 mod sync;
 
