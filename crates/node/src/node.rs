@@ -13,6 +13,7 @@ use converge_sync::Interest;
 use converge_sync::membership::{SYSTEM_PREFIX, is_system_object};
 use tokio::sync::{broadcast, watch};
 
+use crate::feed::FeedHub;
 use crate::sync::SyncHub;
 
 /// How a node is set up.
@@ -204,9 +205,10 @@ pub struct Node {
     store: Arc<dyn Store>,
     docs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<OpenDoc>>>>,
     config: NodeConfig,
-    /// Bumped after every append that added entries, local or from a peer:
-    /// sync sessions watch it to stream new entries (live mode).
-    appended: watch::Sender<u64>,
+    /// The change feed fan-out: pulled after every append that added
+    /// entries, local or from a peer, so that the sync sessions whose peers
+    /// want them stream the new entries (live mode).
+    feed: Arc<FeedHub>,
     sync: SyncHub,
 }
 
@@ -261,7 +263,7 @@ impl Node {
             store,
             docs: Mutex::new(HashMap::new()),
             config,
-            appended: watch::channel(0).0,
+            feed: Arc::new(FeedHub::new()),
             sync,
         }
     }
@@ -286,14 +288,14 @@ impl Node {
         &self.sync
     }
 
-    /// A receiver that changes after every append that added entries.
-    pub(crate) fn subscribe_appends(&self) -> watch::Receiver<u64> {
-        self.appended.subscribe()
+    /// The change feed fan-out the sync sessions listen to.
+    pub(crate) fn feed(&self) -> &Arc<FeedHub> {
+        &self.feed
     }
 
     /// Tells sync sessions that the store gained entries.
     pub(crate) fn notify_appended(&self) {
-        self.appended.send_modify(|n| *n = n.wrapping_add(1));
+        self.feed.pull(&*self.store);
     }
 
     /// Number of documents open in memory.
@@ -402,7 +404,7 @@ impl Node {
                         self.replica,
                         id.to_string(),
                         open.clone(),
-                        self.appended.clone(),
+                        self.feed.clone(),
                         batch,
                     ))
                     .await;
@@ -706,7 +708,7 @@ async fn flush(
     replica: ReplicaId,
     id: String,
     open: Arc<tokio::sync::Mutex<OpenDoc>>,
-    appended: watch::Sender<u64>,
+    feed: Arc<FeedHub>,
     batch: Vec<Unflushed>,
 ) -> bool {
     let entries: Vec<Entry> = batch.iter().map(|u| u.entry.clone()).collect();
@@ -715,9 +717,11 @@ async fn flush(
         entries.last().map_or(0, |e| e.seq),
     );
     let object = id;
+    let appender = store.clone();
     // The version vector is read on the same blocking thread right after
     // the append: one hand-off to the blocking pool per batch.
     let stored = tokio::task::spawn_blocking(move || {
+        let store = appender;
         store
             .append(&object, replica, &entries)
             .map(|_| store.version_vector(&object))
@@ -749,7 +753,7 @@ async fn flush(
             });
             drop(guard);
             // Tells sync sessions that the store gained entries.
-            appended.send_modify(|n| *n = n.wrapping_add(1));
+            feed.pull(&*store);
             true
         }
         Err(e) => {

@@ -8,8 +8,11 @@
 //! - [`Session::poll_timeout`] arms a tokio sleep that calls
 //!   [`Session::handle_timeout`];
 //! - every append to the node's store (a local write, or entries another
-//!   session stored) bumps a `watch` channel, and the task calls
-//!   [`Session::handle_store_change`] so new entries stream at once;
+//!   session stored) is read once from the change feed by the node's
+//!   [`FeedHub`](crate::feed::FeedHub), which wakes the tasks whose peers
+//!   want it; the task calls [`Session::handle_store_change`] so new
+//!   entries stream at once, reading the feed through a
+//!   [`SessionStore`] that leaves out what the peer does not want;
 //! - [`Event::ObjectUpdated`] brings the open document up to date
 //!   ([`Node::refresh`]) and wakes the other sessions, so entries relay
 //!   through this node to its other peers.
@@ -19,9 +22,9 @@
 //! snapshots, deletions the peer sent), runs on a blocking thread: the
 //! session is moved into `spawn_blocking` and back. Timers and store
 //! changes only read (the change feed, entries to send, up to one window),
-//! so they run on the task itself: every append wakes every session, and a
-//! trip through the blocking pool per session per append was most of the
-//! node's CPU with 256 writing clients (the `node` bench's `sync-writes-256`).
+//! so they run on the task itself: a trip through the blocking pool per
+//! session per append was most of the node's CPU with 256 writing clients
+//! (the `node` bench's `sync-writes-256`).
 //!
 //! Incoming connections arrive on `GET /v1/sync` (at most
 //! [`NodeConfig::max_sync_sessions`] at once); outgoing ones are made by one
@@ -50,6 +53,7 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
+use crate::feed::SessionStore;
 use crate::gossip::{Members, SessionLink};
 use crate::node::{Node, NodeConfig};
 
@@ -76,6 +80,16 @@ fn only_reads(bytes: &[u8]) -> bool {
                         | Message::Presence { .. }
                 )
         })
+}
+
+/// The interest of a hello at the start of `bytes` (a peer's first
+/// message), if that is what they hold; the session decodes it again and
+/// decides whether to accept it.
+fn peer_interest(bytes: &[u8]) -> Option<Interest> {
+    match converge_sync::codec::decode(bytes, &Limits::default()) {
+        Ok((Message::Hello { interest, .. }, _)) => Some(interest),
+        _ => None,
+    }
 }
 
 /// Where the connection to one configured peer stands, as
@@ -427,16 +441,16 @@ type Stepped = (Box<Session>, Result<(), SessionError>);
 /// Runs `f` on the session on a blocking thread (it may read or append the
 /// store, which blocks until durable).
 async fn step(
-    node: &Arc<Node>,
+    store: &SessionStore,
     session: Box<Session>,
     f: impl FnOnce(&mut Session, &dyn converge_store::Store) -> Result<(), SessionError>
     + Send
     + 'static,
 ) -> Result<Stepped, Ending> {
-    let store = node.store().clone();
+    let store = store.clone();
     tokio::task::spawn_blocking(move || {
         let mut session = session;
-        let r = f(&mut session, &*store);
+        let r = f(&mut session, &store);
         (session, r)
     })
     .await
@@ -459,7 +473,12 @@ where
 {
     let hub = node.sync();
     let mut stop = hub.stop.subscribe();
-    let mut appended = node.subscribe_appends();
+    // Woken when the store gained entries this session's peer may want;
+    // the session reads the change feed through `store`.
+    let feed = node.feed().subscribe();
+    let mut store = SessionStore::new(node.store().clone(), node.feed().clone());
+    // The interest of the peer's hello, until the session accepts it.
+    let mut hello_interest: Option<Interest> = None;
     // A store change seen but not yet handed to the session, and the
     // earliest time the session may read the store again for one.
     let mut store_changed = false;
@@ -503,6 +522,10 @@ where
                     tracing::info!(peer = %id, "sync session open");
                     if link.is_none() {
                         link = Some(SessionLink::open(hub, id));
+                    }
+                    if let Some(interest) = hello_interest.take() {
+                        feed.set_interest(&interest);
+                        store.set_interest(interest);
                     }
                     if let Some(p) = peer {
                         p.update(|s| {
@@ -588,6 +611,9 @@ where
                     }
                     Some(Err(e)) => return Ending::Transport(e.to_string()),
                 };
+                if session.peer().is_none() && hello_interest.is_none() {
+                    hello_interest = peer_interest(&bytes);
+                }
                 let now = hub.now();
                 let inline = only_reads(&bytes);
                 let handle = move |s: &mut Session, store: &dyn converge_store::Store| {
@@ -600,9 +626,9 @@ where
                     Ok(())
                 };
                 let r = if inline {
-                    handle(&mut session, &**node.store())
+                    handle(&mut session, &store)
                 } else {
-                    match step(node, session, handle).await {
+                    match step(&store, session, handle).await {
                         Ok((s, r)) => {
                             session = s;
                             r
@@ -617,25 +643,27 @@ where
             // Read-only session calls (see the module docs): no blocking
             // thread. Errors close the session and surface as its event.
             () = sleep => {
-                let _ = session.handle_timeout(hub.now(), &**node.store());
+                // The timer reads the feed too: catch appends nobody announced.
+                node.feed().pull_if_idle(&**node.store());
+                let _ = session.handle_timeout(hub.now(), &store);
             }
-            // Every append wakes every session, and each reads the change
-            // feed: at most one read per STORE_PUMP_GAP per session, so
-            // that under many writers a session reads many appends at once.
-            Ok(()) = appended.changed(), if !store_changed => {
+            // Appends wake the sessions whose peers want them, and each
+            // reads the change feed: at most one read per STORE_PUMP_GAP
+            // per session, so that under many writers a session reads many
+            // appends at once.
+            () = feed.changed(), if !store_changed => {
                 let at = Instant::now();
                 if at >= next_store_pump {
                     next_store_pump = at + STORE_PUMP_GAP;
-                    let _ = session.handle_store_change(hub.now(), &**node.store());
+                    let _ = session.handle_store_change(hub.now(), &store);
                 } else {
                     store_changed = true;
                 }
             }
             () = store_pump => {
                 store_changed = false;
-                appended.borrow_and_update();
                 next_store_pump = Instant::now() + STORE_PUMP_GAP;
-                let _ = session.handle_store_change(hub.now(), &**node.store());
+                let _ = session.handle_store_change(hub.now(), &store);
             }
             _ = stop.changed() => session.close("the node is shutting down"),
             () = round_over => {
