@@ -52,6 +52,10 @@ pub struct Text {
     /// The checkout read by [`Text::load`], kept until the first change so
     /// that re-encoding an unchanged text needs no replay.
     checkout: Option<Vec<Range<Lv>>>,
+    /// The state the last concurrent merge's replay ended with, so that the
+    /// next one can continue from it (valid while the text stays at the
+    /// version it ends at; checked on use).
+    replay: Option<crate::seq::ReplayCache>,
 }
 
 impl Text {
@@ -63,6 +67,7 @@ impl Text {
             content: JumpRopeBuf::new(),
             limits: Limits::default(),
             checkout: None,
+            replay: None,
         }
     }
 
@@ -173,6 +178,7 @@ impl Text {
             return Ok(());
         }
         self.checkout = None;
+        self.replay = None;
         self.oplog
             .push_local(self.replica, OpKind::Insert, pos, n, text);
         self.content.insert(pos, text);
@@ -192,6 +198,7 @@ impl Text {
             return Ok(());
         }
         self.checkout = None;
+        self.replay = None;
         self.oplog
             .push_local(self.replica, OpKind::Delete, pos, len, "");
         self.content.remove(pos..pos + len);
@@ -244,21 +251,37 @@ impl Text {
         let start = self.oplog.len();
         let old_frontier = self.oplog.frontier.clone();
         let mut pushed = Ok(());
+        let mut budget = self.limits.max_chain_check;
         for change in changes {
-            pushed = self.oplog.push_remote(change, &self.limits).map(|_| ());
+            pushed = self
+                .oplog
+                .push_remote(change, &self.limits, &mut budget)
+                .map(|_| ());
             if pushed.is_err() {
                 break;
             }
         }
         let len = self.len_chars();
+        // The text is at the log's whole version, so the new ops are
+        // exactly the ones just pushed.
+        let new = start..self.oplog.len();
         let merged = match pushed {
-            Ok(()) => merge::merge(&self.oplog, &old_frontier, &self.oplog.frontier, len)
-                .and_then(|(edits, f)| check_edits(len, &edits).map(|()| (edits, f))),
+            Ok(()) => merge::merge_new(
+                &self.oplog,
+                &old_frontier,
+                &self.oplog.frontier,
+                len,
+                Some(new),
+                &mut self.replay,
+            )
+            .and_then(|(edits, f)| check_edits(len, &edits).map(|()| (edits, f))),
             Err(e) => Err(e),
         };
         let (edits, _) = match merged {
             Ok(m) => m,
             Err(e) => {
+                // A cached state may name the ops being forgotten.
+                self.replay = None;
                 self.oplog.truncate(start, old_frontier);
                 return Err(e);
             }
