@@ -96,6 +96,9 @@ struct Item {
     elem: Option<Lv>,
     /// Whether the element has state in `Tracker::elems` (deleted or moved).
     touched: bool,
+    /// The id of the first slot's op (later slots' follow): kept here so
+    /// that ordering concurrent inserts compares ids without looking them up.
+    dot: Dot,
 }
 
 impl Item {
@@ -190,6 +193,7 @@ fn placeholder() -> Item {
         inserted: true,
         elem: None,
         touched: false,
+        dot: Dot::new(converge_crdt::ReplicaId::from_u64(0), 0),
     }
 }
 
@@ -393,12 +397,24 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
         Ok((i, slot, self.items.get(i).key(slot)))
     }
 
-    /// Inserts a new slot `lv` at `pos` (FugueMax placement); returns its index.
-    fn insert_slot(&mut self, lv: Lv, pos: usize, elem: Option<Lv>) -> Result<usize, String> {
+    /// Inserts a new slot `lv` at `pos` (FugueMax placement); returns the
+    /// index of its item and its offset there (non-zero when it extended a
+    /// run: typing by one author stays one item).
+    fn insert_slot(
+        &mut self,
+        lv: Lv,
+        pos: usize,
+        elem: Option<Lv>,
+    ) -> Result<(usize, usize), String> {
         let (start, origin_left) = if pos == 0 {
             (0, ROOT)
         } else {
-            let (i, slot, _) = self.slot_at(pos - 1, "insert")?;
+            // Split after the origin slot only, so a run ending there stays whole.
+            let (i, k) = self
+                .find_cur(pos - 1)
+                .ok_or_else(|| format!("insert at {pos} is past the end of its version"))?;
+            let slot = self.items.get(i).lv + k;
+            self.split(i, k + 1);
             (i + 1, slot)
         };
         let origin_right = self
@@ -406,7 +422,26 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
             .iter_from(start)
             .find(|it| it.inserted)
             .map_or(ROOT, |it| it.lv);
-        let at = self.integrate(lv, start, origin_right);
+        let dot = self.dot(lv);
+        let at = self.integrate(dot, start, origin_right);
+        if elem.is_none() && at > 0 {
+            // Extend the run before when this is its author's next insert,
+            // right after it, with the same right origin.
+            let prev = *self.items.get(at - 1);
+            if prev.lv < UNDERWATER
+                && prev.inserted
+                && !prev.touched
+                && prev.elem.is_none()
+                && prev.lv + prev.len == lv
+                && origin_left == lv - 1
+                && prev.origin_right == origin_right
+                && prev.dot.replica == dot.replica
+                && prev.dot.counter + prev.len as u64 == dot.counter
+            {
+                self.items.get_mut(at - 1).len += 1;
+                return Ok((at - 1, prev.len));
+            }
+        }
         self.items.insert(
             at,
             Item {
@@ -417,17 +452,19 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
                 inserted: true,
                 elem,
                 touched: elem.is_some(),
+                dot,
             },
         );
-        Ok(at)
+        Ok((at, 0))
     }
 
     /// Replays op `lv`; returns the edit to the sequence if it is new.
     fn apply(&mut self, lv: Lv, op: SeqOp, emit: bool) -> Result<Option<SeqEdit>, String> {
         match op {
             SeqOp::Insert(pos) => {
-                let at = self.insert_slot(lv, pos, None)?;
-                Ok(emit.then(|| SeqEdit::Insert(self.end_pos(at), lv)))
+                let (at, k) = self.insert_slot(lv, pos, None)?;
+                // A run's slots before `k` are untouched: all visible.
+                Ok(emit.then(|| SeqEdit::Insert(self.end_pos(at) + k, lv)))
             }
             SeqOp::Delete(pos) => {
                 let (i, _, key) = self.slot_at(pos, "delete")?;
@@ -474,7 +511,8 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
                     Some(s) if emit && !deleted => Some(self.end_pos(self.index_of(s))),
                     _ => None,
                 };
-                let at = self.insert_slot(lv, to, Some(key))?;
+                // A move's slot never extends a run: its offset is 0.
+                let (at, _) = self.insert_slot(lv, to, Some(key))?;
                 let rank = self.rank(lv);
                 self.slot_owner.insert(lv, key);
                 let e = self.elems.entry(key).or_default();
@@ -495,7 +533,7 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
 
     /// Where a new slot with these origins goes among the concurrent
     /// insertions that follow `start` (FugueMax / YjsMod).
-    fn integrate(&self, lv: Lv, start: usize, origin_right: Lv) -> usize {
+    fn integrate(&self, dot: Dot, start: usize, origin_right: Lv) -> usize {
         let left_index = start;
         let right_index = self.index_before(origin_right);
         let mut i = start;
@@ -511,7 +549,7 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
             }
             if other_left == left_index {
                 if other.origin_right == origin_right {
-                    if self.dot(lv) < self.dot(other.lv) {
+                    if dot < other.dot {
                         break;
                     }
                     scanning = false;

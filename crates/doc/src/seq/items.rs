@@ -11,6 +11,8 @@
 
 use std::collections::BTreeMap;
 
+use converge_crdt::Dot;
+
 use super::Item;
 use crate::graph::Lv;
 
@@ -154,6 +156,7 @@ impl Items {
             lv: item.lv + k,
             len: item.len - k,
             origin_left: item.lv + k - 1,
+            dot: Dot::new(item.dot.replica, item.dot.counter + k as u64),
             ..item
         };
         self.get_mut(i).len = k;
@@ -260,6 +263,7 @@ mod tests {
             inserted,
             elem: None,
             touched: false,
+            dot: Dot::new(converge_crdt::ReplicaId::from_u64(1), lv as u64),
         }
     }
 
@@ -310,7 +314,13 @@ mod tests {
                         let k = k % (model[i].len + 1);
                         items.split(i, k);
                         if k > 0 && k < model[i].len {
-                            let right = Item { lv: model[i].lv + k, len: model[i].len - k, origin_left: model[i].lv + k - 1, ..model[i] };
+                            let right = Item {
+                                lv: model[i].lv + k,
+                                len: model[i].len - k,
+                                origin_left: model[i].lv + k - 1,
+                                dot: Dot::new(model[i].dot.replica, model[i].dot.counter + k as u64),
+                                ..model[i]
+                            };
                             model[i].len = k;
                             model.insert(i + 1, right);
                         }
@@ -333,6 +343,7 @@ mod tests {
             }
             for (i, it) in model.iter().enumerate() {
                 prop_assert_eq!(items.get(i).lv, it.lv);
+                prop_assert_eq!(items.get(i).dot, it.dot);
                 prop_assert_eq!(items.index_of(it.lv + it.len - 1), i);
                 prop_assert_eq!(items.iter_from(i).next().map(|x| x.lv), Some(it.lv));
                 let want: usize = model[..i].iter().map(|x| lens(x).1).sum();
