@@ -40,7 +40,9 @@ pub(crate) const LOAD_MS: &str = "load_ms";
 pub(crate) const MERGE_MS: &str = "merge_ms";
 pub(crate) const PEAK_BYTES: &str = "peak_bytes";
 pub(crate) const HEAP_BYTES: &str = "heap_bytes";
-const METRICS: [&str; 8] = [
+pub(crate) const RECV_EACH_MS: &str = "recv_each_ms";
+pub(crate) const RECV_BATCH_MS: &str = "recv_batch_ms";
+const METRICS: [&str; 10] = [
     APPLY_MS,
     APPLY_BATCH_MS,
     ENCODED_BYTES,
@@ -49,7 +51,15 @@ const METRICS: [&str; 8] = [
     MERGE_MS,
     PEAK_BYTES,
     HEAP_BYTES,
+    RECV_EACH_MS,
+    RECV_BATCH_MS,
 ];
+
+/// Sizes of the synthetic `roots-N` cases: N replicas each typing one
+/// character into the empty text, all concurrently (no common ancestor but
+/// the empty version). A worst case for merging: every change conflicts
+/// with every other.
+const ROOTS: [usize; 2] = [1_000, 10_000];
 
 /// A run longer than this is slow: it counts (no separate warm-up) and
 /// only [`SLOW_RUNS`] runs are made (one if it took over twice this).
@@ -370,6 +380,96 @@ fn merge_case<S: Subject>(trace: &Trace, plan: Plan, full: &mut S) -> Result<Vec
     )
 }
 
+/// The `roots-N` workloads for subject `S`: a replica receiving the N
+/// concurrent changes one update at a time (`recv_each_ms`, as a live
+/// editor receives them), and a new replica receiving all of them as one
+/// update (`recv_batch_ms`). Timed until the text can be read; checked: N
+/// characters.
+fn roots_cases<S: Subject>(n: usize, plan: Plan, opts: &Options, out: &mut Vec<Record>) {
+    let case = format!("roots-{n}");
+    let want = "x".repeat(n);
+    let outcome = (|| -> Result<(Vec<f64>, Vec<f64>), String> {
+        let mut base = S::new(1);
+        let txn = Txn {
+            agent: 0,
+            parents: Vec::new(),
+            patches: vec![trace::Patch {
+                pos: 0,
+                del: 0,
+                ins: "x".into(),
+                bpos: 0,
+                bdel: 0,
+            }],
+        };
+        let mut updates = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut writer = base.fork(100 + i as u64)?;
+            updates.push(writer.local_txn(&txn)?);
+        }
+        let mut replica = 10;
+        let each = if opts.wants_metric(RECV_EACH_MS) {
+            measure(
+                plan,
+                || {
+                    replica += 1;
+                    let prepared: Vec<S::Prepared> = updates.iter().map(S::prepare).collect();
+                    Ok((base.fork(replica)?, prepared))
+                },
+                |(mut doc, prepared), deadline| {
+                    for (i, u) in prepared.into_iter().enumerate() {
+                        if i % 64 == 0 && Instant::now() > deadline {
+                            return Err(DNF.into());
+                        }
+                        doc.apply_update(u)?;
+                    }
+                    let text = doc.text();
+                    Ok((doc, text))
+                },
+                |(_, text)| expect_text("recv_each", &text, &want),
+            )?
+        } else {
+            Vec::new()
+        };
+        let batch = if opts.wants_metric(RECV_BATCH_MS) {
+            let mut all = base.fork(3)?;
+            for u in &updates {
+                all.apply_update(S::prepare(u))?;
+            }
+            let v = base.version()?;
+            let update = all.updates_since(&v)?;
+            measure(
+                plan,
+                || {
+                    replica += 1;
+                    Ok((base.fork(replica)?, S::prepare(&update)))
+                },
+                |(mut doc, update), _| {
+                    doc.apply_update(update)?;
+                    let text = doc.text();
+                    Ok((doc, text))
+                },
+                |(_, text)| expect_text("recv_batch", &text, &want),
+            )?
+        } else {
+            Vec::new()
+        };
+        Ok((each, batch))
+    })();
+    for (metric, pick) in [(RECV_EACH_MS, 0), (RECV_BATCH_MS, 1)] {
+        if opts.wants_metric(metric) {
+            let result = match &outcome {
+                Ok((each, batch)) => Ok(if pick == 0 {
+                    each.clone()
+                } else {
+                    batch.clone()
+                }),
+                Err(e) => Err(e.clone()),
+            };
+            out.push(Record::new(&case, S::NAME, metric, result));
+        }
+    }
+}
+
 /// Runs every workload for every selected subject on `trace`.
 fn run_trace(trace: &Trace, plan: Plan, opts: &Options, out: &mut Vec<Record>) {
     fn one<S: Subject>(trace: &Trace, plan: Plan, opts: &Options, out: &mut Vec<Record>) {
@@ -431,6 +531,29 @@ pub(crate) fn run(opts: &Options, traces: &[Trace]) -> Vec<Record> {
             if trace.concurrent { ", concurrent" } else { "" }
         );
         run_trace(trace, plan, opts, &mut out);
+    }
+    for n in ROOTS {
+        if !opts.wants(&format!("roots-{n}"))
+            || !(opts.wants_metric(RECV_EACH_MS) || opts.wants_metric(RECV_BATCH_MS))
+        {
+            continue;
+        }
+        eprintln!("roots-{n}: {n} concurrent one-character changes");
+        if opts.wants_subject("converge") {
+            roots_cases::<Converge>(n, plan, opts, &mut out);
+        }
+        if opts.wants_subject("automerge") {
+            roots_cases::<Automerge>(n, plan, opts, &mut out);
+        }
+        if opts.wants_subject("yrs") {
+            roots_cases::<Yrs>(n, plan, opts, &mut out);
+        }
+        if opts.wants_subject("loro") {
+            roots_cases::<Loro>(n, plan, opts, &mut out);
+        }
+        if opts.wants_subject("diamond-types") {
+            roots_cases::<DiamondTypes>(n, plan, opts, &mut out);
+        }
     }
     out
 }

@@ -346,6 +346,12 @@ pub struct DocLimits {
     /// concurrent writes of one key would make applying it quadratic;
     /// honest ones hold a value per writer racing on that key.
     pub max_key_conflicts: usize,
+    /// Most graph runs visited, in total over one `apply_changes` call,
+    /// checking that each change extends its replica's chain. Many hostile
+    /// replicas taking turns would make that check quadratic in the batch;
+    /// such a batch is refused instead. Honest batches visit about their
+    /// size times the number of replicas editing at once.
+    pub max_chain_check: u64,
 }
 
 impl Default for DocLimits {
@@ -357,6 +363,7 @@ impl Default for DocLimits {
             max_depth: 64,
             max_pending_changes: 10_000,
             max_key_conflicts: 1024,
+            max_chain_check: 1 << 25,
         }
     }
 }
@@ -641,8 +648,9 @@ impl Doc {
     pub fn apply_changes(&mut self, changes: &[Change]) -> Result<Vec<Patch>, DocError> {
         let start = self.ops.len();
         let mut result = Ok(());
+        let mut budget = self.limits.max_chain_check;
         for change in changes {
-            result = self.push_remote(change);
+            result = self.push_remote(change, &mut budget);
             if result.is_err() {
                 break;
             }
@@ -717,7 +725,9 @@ impl Doc {
         }
     }
 
-    fn push_remote(&mut self, change: &Change) -> Result<(), DocError> {
+    /// Adds one change to the log (not yet to the state). The chain check
+    /// deducts the graph runs it visits from `budget`.
+    fn push_remote(&mut self, change: &Change, budget: &mut u64) -> Result<(), DocError> {
         let bad = |why: String| DocError::InvalidChange { op: change.id, why };
         if change.ops.is_empty() {
             return Err(bad("a change holds no operation".into()));
@@ -783,10 +793,20 @@ impl Doc {
         let prev = (have > 0)
             .then(|| self.agents.lv(Dot::new(change.id.replica, have)))
             .flatten();
-        if !self.graph.extends_own_chain(&parents, prev) {
-            return Err(bad(
-                "the change has not seen its replica's previous operation".into(),
-            ));
+        match self.graph.extends_own_chain_within(&parents, prev, budget) {
+            Some(true) => {}
+            Some(false) => {
+                return Err(bad(
+                    "the change has not seen its replica's previous operation".into(),
+                ));
+            }
+            None => {
+                return Err(bad(format!(
+                    "checking that the changes extend their replicas' chains visits more \
+                     than {} graph runs (DocLimits::max_chain_check)",
+                    self.limits.max_chain_check
+                )));
+            }
         }
         for (i, wop) in change.ops.iter().enumerate().skip(skip) {
             let container = match wop.container {

@@ -91,15 +91,8 @@ impl Graph {
     /// `counter` (made on `parents`) must have seen the replica's previous
     /// op, `prev` (the LV of `(replica, counter - 1)`, if `counter > 1`).
     /// Replicas that behave always satisfy it; canonical order relies on it.
-    pub(crate) fn extends_own_chain(&self, parents: &[Lv], prev: Option<Lv>) -> bool {
-        // An unlimited budget never runs out.
-        let mut unlimited = u64::MAX;
-        self.extends_own_chain_within(parents, prev, &mut unlimited)
-            .unwrap_or(false)
-    }
-
-    /// [`Self::extends_own_chain`], visiting at most `budget` graph runs
-    /// (deducted from it): `None` once the budget runs out.
+    /// Visits at most `budget` graph runs (deducted from it): `None` once
+    /// the budget runs out.
     ///
     /// The check walks back from `parents` to `prev`, through every run
     /// between them. For one replica those stretches do not overlap, but

@@ -11,12 +11,15 @@
 //! Everything before the zone is one placeholder, so the cost depends on how
 //! much is concurrent, not on the size of the history.
 
+mod items;
+
 use std::collections::HashMap;
 
 use converge_crdt::Dot;
 
 use crate::agents::Agents;
 use crate::graph::{Frontier, Graph, Lv, Side};
+use items::Items;
 
 /// Where a sequence's operations come from: the shared causal graph and a
 /// view of which operations belong to this sequence.
@@ -93,6 +96,9 @@ struct Item {
     elem: Option<Lv>,
     /// Whether the element has state in `Tracker::elems` (deleted or moved).
     touched: bool,
+    /// The id of the first slot's op (later slots' follow): kept here so
+    /// that ordering concurrent inserts compares ids without looking them up.
+    dot: Dot,
 }
 
 impl Item {
@@ -105,8 +111,26 @@ impl Item {
     }
 }
 
+/// Visible slots of item `it`: in the replayed version, and in the
+/// resulting sequence.
+fn lens(elems: &HashMap<Lv, Elem>, it: &Item) -> (usize, usize) {
+    if !it.touched {
+        return (if it.inserted { it.len } else { 0 }, it.len);
+    }
+    match elems.get(&it.key(it.lv)) {
+        None => (if it.inserted { it.len } else { 0 }, it.len),
+        Some(e) => {
+            let cur = it.inserted
+                && e.del_cur == 0
+                && (e.slots.is_empty() || e.winner(true) == Some(it.lv));
+            let end = !e.ever_deleted && (e.slots.is_empty() || e.winner(false) == Some(it.lv));
+            (usize::from(cur), usize::from(end))
+        }
+    }
+}
+
 /// Per-element state for elements that were deleted or moved.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct Elem {
     /// Deletes in the version being replayed.
     del_cur: u32,
@@ -129,13 +153,35 @@ impl Elem {
 
 struct Tracker<'a, S> {
     src: &'a S,
-    items: Vec<Item>,
+    items: Items,
     elems: HashMap<Lv, Elem>,
     /// Slot → element, for the slots of moved elements.
     slot_owner: HashMap<Lv, Lv>,
     /// Delete op → the element it deleted.
     deletes: HashMap<Lv, Lv>,
     version: Frontier,
+    /// The version the placeholder stands for (empty: no placeholder).
+    base: Frontier,
+}
+
+/// The replay state a merge ends with, kept so that the next merge can
+/// continue from it instead of replaying the conflict zone again.
+///
+/// Receiving concurrent changes one at a time would otherwise rebuild the
+/// whole zone on every receive (with no common ancestor, the whole
+/// history): quadratic in the zone per receive. The state is only valid for
+/// a sequence still at version `end`, and for new operations that all
+/// descend from `base` (what the placeholder stands for).
+#[derive(Debug, Clone)]
+pub(crate) struct ReplayCache {
+    items: Items,
+    elems: HashMap<Lv, Elem>,
+    slot_owner: HashMap<Lv, Lv>,
+    deletes: HashMap<Lv, Lv>,
+    version: Frontier,
+    base: Frontier,
+    /// The version of the sequence the state ends at.
+    end: Frontier,
 }
 
 fn placeholder() -> Item {
@@ -147,23 +193,50 @@ fn placeholder() -> Item {
         inserted: true,
         elem: None,
         touched: false,
+        dot: Dot::new(converge_crdt::ReplicaId::from_u64(0), 0),
     }
 }
 
 impl<'a, S: SeqSource> Tracker<'a, S> {
     fn new(src: &'a S, common: Frontier) -> Self {
-        let items = if common.is_empty() {
-            Vec::new()
-        } else {
-            vec![placeholder()]
-        };
+        let mut items = Items::default();
+        if !common.is_empty() {
+            items.insert(0, placeholder());
+        }
         Self {
             src,
             items,
             elems: HashMap::new(),
             slot_owner: HashMap::new(),
             deletes: HashMap::new(),
-            version: common,
+            version: common.clone(),
+            base: common,
+        }
+    }
+
+    /// Continues from the state a previous replay ended with.
+    fn from_cache(src: &'a S, cache: ReplayCache) -> Self {
+        Self {
+            src,
+            items: cache.items,
+            elems: cache.elems,
+            slot_owner: cache.slot_owner,
+            deletes: cache.deletes,
+            version: cache.version,
+            base: cache.base,
+        }
+    }
+
+    /// Keeps the state for the next replay; the sequence is at `end`.
+    fn into_cache(self, end: Frontier) -> ReplayCache {
+        ReplayCache {
+            items: self.items,
+            elems: self.elems,
+            slot_owner: self.slot_owner,
+            deletes: self.deletes,
+            version: self.version,
+            base: self.base,
+            end,
         }
     }
 
@@ -171,33 +244,23 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
     /// placeholder.
     fn reset_to(&mut self, lv: Lv) {
         self.items.clear();
-        self.items.push(placeholder());
+        self.items.insert(0, placeholder());
         self.elems.clear();
         self.slot_owner.clear();
         self.deletes.clear();
         self.version = smallvec::smallvec![lv];
+        self.base = smallvec::smallvec![lv];
     }
 
     /// Splits the item at `i` so that offset `k` starts a new item.
     fn split(&mut self, i: usize, k: usize) {
-        if k == 0 || k >= self.items[i].len {
-            return;
-        }
-        let item = self.items[i];
-        let right = Item {
-            lv: item.lv + k,
-            len: item.len - k,
-            origin_left: item.lv + k - 1,
-            ..item
-        };
-        self.items[i].len = k;
-        self.items.insert(i + 1, right);
+        self.items.split(i, k);
     }
 
     /// Index of the single-slot item holding `lv`, splitting as needed.
     fn isolate(&mut self, lv: Lv) -> usize {
         let i = self.index_of(lv);
-        let k = lv - self.items[i].lv;
+        let k = lv - self.items.get(i).lv;
         self.split(i, k);
         let i = if k > 0 { i + 1 } else { i };
         self.split(i, 1);
@@ -207,10 +270,7 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
     fn index_of(&self, lv: Lv) -> usize {
         // The tracker only ever holds LVs it created or the placeholder's,
         // so the search always succeeds for LVs taken from its own items.
-        self.items
-            .iter()
-            .position(|it| it.contains(lv))
-            .unwrap_or(self.items.len())
+        self.items.index_of(lv)
     }
 
     /// Index just after the item holding `lv` (0 for the start).
@@ -227,55 +287,39 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
         }
     }
 
-    /// Visible slots of item `it` in the replayed version.
-    fn cur_len(&self, it: &Item) -> usize {
-        if !it.inserted {
-            return 0;
-        }
-        if !it.touched {
-            return it.len;
-        }
-        match self.elems.get(&it.key(it.lv)) {
-            None => it.len,
-            Some(e) => {
-                usize::from(e.del_cur == 0 && (e.slots.is_empty() || e.winner(true) == Some(it.lv)))
+    /// Marks every slot of element `key` for recounting (its state changed).
+    fn touch_elem(&mut self, key: Lv) {
+        self.items.touch(key);
+        if let Some(e) = self.elems.get(&key) {
+            for (slot, _, _) in &e.slots {
+                self.items.touch(*slot);
             }
-        }
-    }
-
-    /// Visible slots of item `it` in the resulting sequence.
-    fn end_len(&self, it: &Item) -> usize {
-        if !it.touched {
-            return it.len;
-        }
-        match self.elems.get(&it.key(it.lv)) {
-            None => it.len,
-            Some(e) => usize::from(
-                !e.ever_deleted && (e.slots.is_empty() || e.winner(false) == Some(it.lv)),
-            ),
         }
     }
 
     fn set_inserted(&mut self, lv: Lv, inserted: bool) {
         let i = self.isolate(lv);
-        self.items[i].inserted = inserted;
-        if let Some(key) = self.slot_owner.get(&lv)
-            && let Some(e) = self.elems.get_mut(key)
+        self.items.get_mut(i).inserted = inserted;
+        if let Some(&key) = self.slot_owner.get(&lv)
+            && let Some(e) = self.elems.get_mut(&key)
             && let Some(slot) = e.slots.iter_mut().find(|(s, _, _)| *s == lv)
         {
             slot.2 = inserted;
+            // Another slot of the element may win now.
+            self.touch_elem(key);
         }
     }
 
     fn change_deletes(&mut self, lv: Lv, up: bool) {
-        if let Some(key) = self.deletes.get(&lv)
-            && let Some(e) = self.elems.get_mut(key)
+        if let Some(&key) = self.deletes.get(&lv)
+            && let Some(e) = self.elems.get_mut(&key)
         {
             e.del_cur = if up {
                 e.del_cur + 1
             } else {
                 e.del_cur.saturating_sub(1)
             };
+            self.touch_elem(key);
         }
     }
 
@@ -317,20 +361,15 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
 
     /// The item index and offset of the `pos`-th visible slot in the
     /// replayed version.
-    fn find_cur(&self, pos: usize) -> Option<(usize, usize)> {
-        let mut left = pos;
-        for (i, it) in self.items.iter().enumerate() {
-            let n = self.cur_len(it);
-            if left < n {
-                return Some((i, left));
-            }
-            left -= n;
-        }
-        None
+    fn find_cur(&mut self, pos: usize) -> Option<(usize, usize)> {
+        let elems = &self.elems;
+        self.items.find_cur(pos, &|it| lens(elems, it))
     }
 
-    fn end_pos(&self, index: usize) -> usize {
-        self.items[..index].iter().map(|it| self.end_len(it)).sum()
+    /// Visible slots in the resulting sequence before item `index`.
+    fn end_pos(&mut self, index: usize) -> usize {
+        let elems = &self.elems;
+        self.items.end_pos(index, &|it| lens(elems, it))
     }
 
     fn dot(&self, lv: Lv) -> Dot {
@@ -353,24 +392,56 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
         let (i, k) = self
             .find_cur(pos)
             .ok_or_else(|| format!("{what} at {pos} is past the end of its version"))?;
-        let slot = self.items[i].lv + k;
+        let slot = self.items.get(i).lv + k;
         let i = self.isolate(slot);
-        Ok((i, slot, self.items[i].key(slot)))
+        Ok((i, slot, self.items.get(i).key(slot)))
     }
 
-    /// Inserts a new slot `lv` at `pos` (FugueMax placement); returns its index.
-    fn insert_slot(&mut self, lv: Lv, pos: usize, elem: Option<Lv>) -> Result<usize, String> {
+    /// Inserts a new slot `lv` at `pos` (FugueMax placement); returns the
+    /// index of its item and its offset there (non-zero when it extended a
+    /// run: typing by one author stays one item).
+    fn insert_slot(
+        &mut self,
+        lv: Lv,
+        pos: usize,
+        elem: Option<Lv>,
+    ) -> Result<(usize, usize), String> {
         let (start, origin_left) = if pos == 0 {
             (0, ROOT)
         } else {
-            let (i, slot, _) = self.slot_at(pos - 1, "insert")?;
+            // Split after the origin slot only, so a run ending there stays whole.
+            let (i, k) = self
+                .find_cur(pos - 1)
+                .ok_or_else(|| format!("insert at {pos} is past the end of its version"))?;
+            let slot = self.items.get(i).lv + k;
+            self.split(i, k + 1);
             (i + 1, slot)
         };
-        let origin_right = self.items[start..]
-            .iter()
+        let origin_right = self
+            .items
+            .iter_from(start)
             .find(|it| it.inserted)
             .map_or(ROOT, |it| it.lv);
-        let at = self.integrate(lv, start, origin_right);
+        let dot = self.dot(lv);
+        let at = self.integrate(dot, start, origin_right);
+        if elem.is_none() && at > 0 {
+            // Extend the run before when this is its author's next insert,
+            // right after it, with the same right origin.
+            let prev = *self.items.get(at - 1);
+            if prev.lv < UNDERWATER
+                && prev.inserted
+                && !prev.touched
+                && prev.elem.is_none()
+                && prev.lv + prev.len == lv
+                && origin_left == lv - 1
+                && prev.origin_right == origin_right
+                && prev.dot.replica == dot.replica
+                && prev.dot.counter + prev.len as u64 == dot.counter
+            {
+                self.items.get_mut(at - 1).len += 1;
+                return Ok((at - 1, prev.len));
+            }
+        }
         self.items.insert(
             at,
             Item {
@@ -381,27 +452,32 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
                 inserted: true,
                 elem,
                 touched: elem.is_some(),
+                dot,
             },
         );
-        Ok(at)
+        Ok((at, 0))
     }
 
     /// Replays op `lv`; returns the edit to the sequence if it is new.
     fn apply(&mut self, lv: Lv, op: SeqOp, emit: bool) -> Result<Option<SeqEdit>, String> {
         match op {
             SeqOp::Insert(pos) => {
-                let at = self.insert_slot(lv, pos, None)?;
-                Ok(emit.then(|| SeqEdit::Insert(self.end_pos(at), lv)))
+                let (at, k) = self.insert_slot(lv, pos, None)?;
+                // A run's slots before `k` are untouched: all visible.
+                Ok(emit.then(|| SeqEdit::Insert(self.end_pos(at) + k, lv)))
             }
             SeqOp::Delete(pos) => {
                 let (i, _, key) = self.slot_at(pos, "delete")?;
-                self.items[i].touched = true;
+                self.items.get_mut(i).touched = true;
                 self.deletes.insert(lv, key);
                 let e = self.elems.entry(key).or_default();
                 e.del_cur += 1;
-                if e.ever_deleted {
+                let ever_deleted = e.ever_deleted;
+                self.touch_elem(key);
+                if ever_deleted {
                     return Ok(None);
                 }
+                let e = self.elems.entry(key).or_default();
                 // The element's visible slot may be another one than the
                 // deleted position's (a concurrent move won): delete that.
                 let shown = if e.slots.is_empty() {
@@ -417,11 +493,12 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
                 if let Some(e) = self.elems.get_mut(&key) {
                     e.ever_deleted = true;
                 }
+                self.touch_elem(key);
                 Ok(edit)
             }
             SeqOp::Move { from, to } => {
                 let (i, slot, key) = self.slot_at(from, "move")?;
-                self.items[i].touched = true;
+                self.items.get_mut(i).touched = true;
                 let rank = self.rank(slot);
                 let e = self.elems.entry(key).or_default();
                 if e.slots.is_empty() {
@@ -434,12 +511,14 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
                     Some(s) if emit && !deleted => Some(self.end_pos(self.index_of(s))),
                     _ => None,
                 };
-                let at = self.insert_slot(lv, to, Some(key))?;
+                // A move's slot never extends a run: its offset is 0.
+                let (at, _) = self.insert_slot(lv, to, Some(key))?;
                 let rank = self.rank(lv);
                 self.slot_owner.insert(lv, key);
                 let e = self.elems.entry(key).or_default();
                 e.slots.push((lv, rank, true));
                 let after = e.winner(false);
+                self.touch_elem(key);
                 match from_end {
                     Some(from) if after == Some(lv) && before != after => Ok(Some(SeqEdit::Move {
                         from,
@@ -454,14 +533,13 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
 
     /// Where a new slot with these origins goes among the concurrent
     /// insertions that follow `start` (FugueMax / YjsMod).
-    fn integrate(&self, lv: Lv, start: usize, origin_right: Lv) -> usize {
+    fn integrate(&self, dot: Dot, start: usize, origin_right: Lv) -> usize {
         let left_index = start;
         let right_index = self.index_before(origin_right);
         let mut i = start;
         let mut scanning = false;
         let mut scan_start = start;
-        while i < self.items.len() {
-            let other = &self.items[i];
+        for other in self.items.iter_from(start) {
             if other.inserted {
                 break;
             }
@@ -471,7 +549,7 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
             }
             if other_left == left_index {
                 if other.origin_right == origin_right {
-                    if self.dot(lv) < self.dot(other.lv) {
+                    if dot < other.dot {
                         break;
                     }
                     scanning = false;
@@ -501,18 +579,68 @@ pub(crate) fn replay<S: SeqSource>(
     from: &[Lv],
     to: &[Lv],
 ) -> Result<Vec<SeqEdit>, (Lv, String)> {
+    replay_cached(src, from, to, None, &mut None)
+}
+
+/// Whether a state whose placeholder stands for `base` can replay the ops
+/// `new` (ascending): every op they were made on that is not itself new
+/// must include `base`, so that no replay step has to retreat into the
+/// placeholder.
+fn base_holds(graph: &Graph, base: &[Lv], new: &[Lv]) -> bool {
+    let Some(&c) = base.first() else {
+        return true; // no placeholder: the state holds every op
+    };
+    new.iter().all(|&lv| {
+        let parents = graph.parents_of(lv);
+        // An op made on the empty version has not seen `base`.
+        !parents.is_empty()
+            && parents
+                .iter()
+                .all(|&p| new.binary_search(&p).is_ok() || graph.contains(&[p], c))
+    })
+}
+
+/// [`replay`], continuing from `cache` when it is still valid: when
+/// `known_new` lists exactly the ops in `to` but not `from` (ascending),
+/// the sequence is where the cached state ended, and the new ops descend
+/// from its base, only the new ops are replayed. Leaves the final state in
+/// `cache` (cleared on error).
+pub(crate) fn replay_cached<S: SeqSource>(
+    src: &S,
+    from: &[Lv],
+    to: &[Lv],
+    known_new: Option<&[Lv]>,
+    cache: &mut Option<ReplayCache>,
+) -> Result<Vec<SeqEdit>, (Lv, String)> {
     let graph = src.graph();
-    let mut before: Vec<Lv> = Vec::new();
-    let mut new: Vec<Lv> = Vec::new();
-    let common = graph.find_conflicting(from, to, |span, side| {
-        let list = match side {
-            Side::A | Side::Shared => &mut before,
-            Side::B => &mut new,
-        };
-        list.extend(span);
-    });
-    before.sort_unstable();
-    new.sort_unstable();
+    let reuse = match (cache.take(), known_new) {
+        (Some(c), Some(new)) if c.end.as_slice() == from && base_holds(graph, &c.base, new) => {
+            Some((c, new))
+        }
+        _ => None,
+    };
+    let (mut tracker, before, new, mut processed) = match reuse {
+        Some((c, new)) => (
+            Tracker::from_cache(src, c),
+            Vec::new(),
+            new.to_vec(),
+            from.iter().copied().collect::<Frontier>(),
+        ),
+        None => {
+            let mut before: Vec<Lv> = Vec::new();
+            let mut new: Vec<Lv> = Vec::new();
+            let common = graph.find_conflicting(from, to, |span, side| {
+                let list = match side {
+                    Side::A | Side::Shared => &mut before,
+                    Side::B => &mut new,
+                };
+                list.extend(span);
+            });
+            before.sort_unstable();
+            new.sort_unstable();
+            (Tracker::new(src, common.clone()), before, new, common)
+        }
+    };
     // For each new op, the lowest parent of any later new op (-1: the root).
     // When it is not below op X, every later op descends from X.
     let mut later_min_parent = vec![isize::MAX; new.len()];
@@ -522,8 +650,6 @@ pub(crate) fn replay<S: SeqSource>(
         let lowest = graph.parents_of(new[i]).first().map_or(-1, |p| *p as isize);
         running = running.min(lowest);
     }
-    let mut tracker = Tracker::new(src, common.clone());
-    let mut processed: Frontier = common;
     let mut edits = Vec::new();
     // Operations the sequence already has first (in causal order), then the
     // new ones: both orders are topological, and this way the tracker's
@@ -548,5 +674,6 @@ pub(crate) fn replay<S: SeqSource>(
             }
         }
     }
+    *cache = Some(tracker.into_cache(processed));
     Ok(edits)
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use converge_crdt::{Dot, ReplicaId, VersionVector};
 use converge_doc::DocError;
-use converge_doc::text::{LoadError, LoadLimits, OpKind, Text, TextChange};
+use converge_doc::text::{Limits, LoadError, LoadLimits, OpKind, Text, TextChange};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::Value;
@@ -977,4 +977,173 @@ fn cases(default: u32) -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// `n` one-character inserts by `n` replicas, each on the empty version,
+/// with a different character per replica (so that order shows).
+fn concurrent_root_inserts(n: u64) -> Vec<TextChange> {
+    (1..=n)
+        .map(|r| TextChange {
+            id: Dot::new(ReplicaId::from_u64(r), 1),
+            parents: Vec::new(),
+            kind: OpKind::Insert,
+            pos: 0,
+            len: 1,
+            fwd: true,
+            text: char::from_u32(0x4e00 + r as u32).unwrap().to_string(),
+        })
+        .collect()
+}
+
+/// Concurrent changes received one at a time (each merge continuing the
+/// previous one's replay) give the text a batch gives, whatever the order.
+#[test]
+fn concurrent_changes_received_one_at_a_time_match_a_batch() {
+    let changes = concurrent_root_inserts(300);
+    // Changes made after seeing all 300 name 300 parents.
+    let roomy = || Limits {
+        max_parents: 1000,
+        ..Default::default()
+    };
+    let mut batch = Text::new(ReplicaId::from_u64(1000)).with_limits(roomy());
+    batch.apply_changes(&changes).unwrap();
+    assert_eq!(batch.len_chars(), 300);
+    let mut each = Text::new(ReplicaId::from_u64(1001)).with_limits(roomy());
+    for c in &changes {
+        each.apply_changes(std::slice::from_ref(c)).unwrap();
+    }
+    assert_eq!(each.to_string(), batch.to_string());
+    let mut backwards = Text::new(ReplicaId::from_u64(1002));
+    for c in changes.iter().rev() {
+        backwards.apply_changes(std::slice::from_ref(c)).unwrap();
+    }
+    assert_eq!(backwards.to_string(), batch.to_string());
+    // Deletes made concurrently by others, received one at a time.
+    let mut deleters: Vec<TextChange> = Vec::new();
+    for r in 0..20u64 {
+        let mut t = Text::new(ReplicaId::from_u64(2000 + r));
+        t.apply_changes(&changes).unwrap();
+        t.delete((r as usize * 7) % 280, 3).unwrap();
+        t.insert((r as usize * 11) % 280, "ab").unwrap();
+        deleters.extend(t.changes_since(batch.version()).unwrap());
+    }
+    for c in &deleters {
+        each.apply_changes(std::slice::from_ref(c)).unwrap();
+    }
+    batch.apply_changes(&deleters).unwrap();
+    assert_eq!(each.to_string(), batch.to_string());
+}
+
+/// A local edit or a refused change between receives leaves no stale
+/// replay state behind: later merges still agree with a fresh replica.
+#[test]
+fn local_edits_and_refused_changes_between_receives() {
+    let changes = concurrent_root_inserts(40);
+    let mut a = Text::new(ReplicaId::from_u64(500));
+    for (i, c) in changes.iter().enumerate() {
+        a.apply_changes(std::slice::from_ref(c)).unwrap();
+        if i % 7 == 3 {
+            a.insert(i % a.len_chars(), "L").unwrap();
+        }
+        if i % 5 == 1 {
+            a.delete(0, 1).unwrap();
+        }
+        if i % 6 == 2 {
+            // Out of bounds in its version: refused, nothing kept.
+            let mut bad = concurrent_root_inserts(1)[0].clone();
+            bad.id = Dot::new(ReplicaId::from_u64(900 + i as u64), 1);
+            bad.pos = 5;
+            assert!(a.apply_changes(&[bad]).is_err());
+        }
+    }
+    let mut fresh = Text::new(ReplicaId::from_u64(501));
+    fresh
+        .apply_changes(&a.changes_since(&VersionVector::new()).unwrap())
+        .unwrap();
+    assert_eq!(fresh.to_string(), a.to_string());
+}
+
+/// Checking that changes extend their replica's chain is budgeted: a batch
+/// that needs more than `Limits::max_chain_check` graph runs is refused
+/// whole, and the same batch passes under the default limit.
+#[test]
+fn chain_checks_are_budgeted() {
+    // Two replicas taking turns: each change's check walks past the other's.
+    let mut a = Text::new(ReplicaId::from_u64(1));
+    let mut b = Text::new(ReplicaId::from_u64(2));
+    for i in 0..50 {
+        a.insert(0, "a").unwrap();
+        b.apply_changes(&a.changes_since(b.version()).unwrap())
+            .unwrap();
+        b.insert(i, "b").unwrap();
+        a.apply_changes(&b.changes_since(a.version()).unwrap())
+            .unwrap();
+    }
+    let all = a.changes_since(&VersionVector::new()).unwrap();
+    let limits = Limits {
+        max_chain_check: 20,
+        ..Default::default()
+    };
+    let mut tight = Text::new(ReplicaId::from_u64(3)).with_limits(limits);
+    let err = tight.apply_changes(&all).unwrap_err();
+    assert!(err.to_string().contains("max_chain_check"), "{err}");
+    assert!(
+        tight.is_empty() && tight.version().is_empty(),
+        "nothing kept"
+    );
+    let mut roomy = Text::new(ReplicaId::from_u64(4));
+    roomy.apply_changes(&all).unwrap();
+    assert_eq!(roomy.to_string(), a.to_string());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases(40)))]
+
+    /// Many replicas edit concurrently (syncing now and then); then each
+    /// replica's changes reach a receiver one change at a time, in a
+    /// random order of replicas. Every receiver ends with the same text.
+    #[test]
+    fn many_replicas_merging_in_random_orders_converge(
+        actions in prop::collection::vec(actions_over(8, any::<usize>().boxed()), 0..80),
+        orders in prop::collection::vec(Just((0..8usize).collect::<Vec<_>>()).prop_shuffle(), 3),
+    ) {
+        let n = 8;
+        let mut texts: Vec<Text> = (1..=n as u64)
+            .map(|i| Text::new(ReplicaId::from_u64(i)))
+            .collect();
+        for a in actions {
+            match a {
+                Action::Insert(r, p, s) => {
+                    let p = p % (texts[r].len_chars() + 1);
+                    texts[r].insert(p, &s).unwrap();
+                }
+                Action::Delete(r, p, k) if !texts[r].is_empty() => {
+                    let len = texts[r].len_chars();
+                    let p = p % len;
+                    texts[r].delete(p, k.min(len - p)).unwrap();
+                }
+                Action::Sync(a, b) => sync(&mut texts, a, b),
+                _ => {}
+            }
+        }
+        let mut results = Vec::new();
+        for (k, order) in orders.iter().enumerate() {
+            let mut rx = Text::new(ReplicaId::from_u64(100 + k as u64));
+            for &r in order {
+                // One change at a time, each in causal order.
+                for c in texts[r].changes_since(rx.version()).unwrap() {
+                    rx.apply_changes(std::slice::from_ref(&c)).unwrap();
+                }
+            }
+            results.push(rx.to_string());
+        }
+        let mut batch = Text::new(ReplicaId::from_u64(200));
+        for t in &texts {
+            let changes = t.changes_since(batch.version()).unwrap();
+            batch.apply_changes(&changes).unwrap();
+        }
+        for r in &results {
+            prop_assert_eq!(r, &batch.to_string());
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! directly, a run at a time; concurrent ones go through the Eg-walker
 //! replay in [`crate::seq`].
 
+use std::ops::Range;
+
 use crate::error::DocError;
 use crate::graph::{Frontier, Graph, Lv};
 use crate::seq::{self, SeqEdit, SeqOp, SeqSource};
@@ -26,8 +28,28 @@ pub(crate) fn merge<'a>(
     to: &[Lv],
     len: usize,
 ) -> Result<(Vec<Edit<'a>>, Frontier), DocError> {
+    merge_new(oplog, from, to, len, None, &mut None)
+}
+
+/// [`merge`], told which ops are new when the caller knows (`known_new`:
+/// exactly the ops in `to` but not in `from`, as when every op from some LV
+/// on was just received), and keeping the replay state in `cache` between
+/// calls so that concurrent changes received one at a time each replay only
+/// themselves (see [`seq::ReplayCache`]).
+pub(crate) fn merge_new<'a>(
+    oplog: &'a OpLog,
+    from: &[Lv],
+    to: &[Lv],
+    len: usize,
+    known_new: Option<Range<Lv>>,
+    cache: &mut Option<seq::ReplayCache>,
+) -> Result<(Vec<Edit<'a>>, Frontier), DocError> {
     let graph = &oplog.graph;
-    let (_, new_spans) = graph.diff(from, to);
+    let new_spans = match known_new {
+        Some(span) if span.is_empty() => Vec::new(),
+        Some(span) => vec![span],
+        None => graph.diff(from, to).1,
+    };
     let mut edits = Vec::new();
     let mut frontier: Frontier = from.iter().copied().collect();
     if new_spans.is_empty() {
@@ -74,10 +96,14 @@ pub(crate) fn merge<'a>(
         }
     }
     if rest.is_empty() {
+        // The text moved past the cached state's version.
+        *cache = None;
         return Ok((edits, frontier));
     }
-    // Slow path: replay the conflict zone.
-    for edit in seq::replay(oplog, &frontier, to).map_err(|(lv, why)| fail(lv, why))? {
+    // Slow path: replay the conflict zone (or continue the cached replay).
+    let replayed = seq::replay_cached(oplog, &frontier, to, Some(&rest), cache)
+        .map_err(|(lv, why)| fail(lv, why))?;
+    for edit in replayed {
         edits.push(match edit {
             SeqEdit::Insert(pos, lv) => {
                 Edit::InsertChar(pos, lv, oplog.op(lv).ch.unwrap_or('\u{fffd}'))

@@ -49,6 +49,10 @@ pub struct Text {
     /// The history of a text loaded by [`Text::load`], still encoded; when
     /// set, `oplog` is empty. Decoded on first need (see [`Text::oplog`]).
     lazy: Option<Box<encode::Lazy>>,
+    /// The state the last concurrent merge's replay ended with, so that the
+    /// next one can continue from it (valid while the text stays at the
+    /// version it ends at; checked on use).
+    replay: Option<crate::seq::ReplayCache>,
 }
 
 impl Text {
@@ -60,6 +64,7 @@ impl Text {
             content: JumpRopeBuf::new(),
             limits: Limits::default(),
             lazy: None,
+            replay: None,
         }
     }
 
@@ -197,6 +202,7 @@ impl Text {
         if n == 0 {
             return Ok(());
         }
+        self.replay = None;
         let replica = self.replica;
         self.history_mut()?
             .push_local(replica, OpKind::Insert, pos, n, text);
@@ -216,6 +222,7 @@ impl Text {
         if len == 0 {
             return Ok(());
         }
+        self.replay = None;
         let replica = self.replica;
         self.history_mut()?
             .push_local(replica, OpKind::Delete, pos, len, "");
@@ -301,21 +308,37 @@ impl Text {
         let start = self.oplog.len();
         let old_frontier = self.oplog.frontier.clone();
         let mut pushed = Ok(());
+        let mut budget = self.limits.max_chain_check;
         for change in changes {
-            pushed = self.oplog.push_remote(change, &self.limits).map(|_| ());
+            pushed = self
+                .oplog
+                .push_remote(change, &self.limits, &mut budget)
+                .map(|_| ());
             if pushed.is_err() {
                 break;
             }
         }
         let len = self.len_chars();
+        // The text is at the log's whole version, so the new ops are
+        // exactly the ones just pushed.
+        let new = start..self.oplog.len();
         let merged = match pushed {
-            Ok(()) => merge::merge(&self.oplog, &old_frontier, &self.oplog.frontier, len)
-                .and_then(|(edits, f)| check_edits(len, &edits).map(|()| (edits, f))),
+            Ok(()) => merge::merge_new(
+                &self.oplog,
+                &old_frontier,
+                &self.oplog.frontier,
+                len,
+                Some(new),
+                &mut self.replay,
+            )
+            .and_then(|(edits, f)| check_edits(len, &edits).map(|()| (edits, f))),
             Err(e) => Err(e),
         };
         let (edits, _) = match merged {
             Ok(m) => m,
             Err(e) => {
+                // A cached state may name the ops being forgotten.
+                self.replay = None;
                 self.oplog.truncate(start, old_frontier);
                 return Err(e);
             }

@@ -337,11 +337,14 @@ impl OpLog {
     }
 
     /// Adds a change received from another replica. Returns the LVs added
-    /// (empty if every operation was already held).
+    /// (empty if every operation was already held). Checking that the change
+    /// extends its replica's chain visits graph runs, deducted from `budget`
+    /// (see [`Limits::max_chain_check`]); the change is refused once it runs out.
     pub(crate) fn push_remote(
         &mut self,
         change: &TextChange,
         limits: &Limits,
+        budget: &mut u64,
     ) -> Result<Range<Lv>, DocError> {
         change.check(limits)?;
         let have = self.agents.version().get(change.id.replica);
@@ -383,11 +386,24 @@ impl OpLog {
         let prev = (have > 0)
             .then(|| self.agents.lv(Dot::new(change.id.replica, have)))
             .flatten();
-        if !self.graph.extends_own_chain(&parents, prev) {
-            return Err(DocError::InvalidChange {
-                op: change.id,
-                why: "the change has not seen its replica's previous operation".into(),
-            });
+        match self.graph.extends_own_chain_within(&parents, prev, budget) {
+            Some(true) => {}
+            Some(false) => {
+                return Err(DocError::InvalidChange {
+                    op: change.id,
+                    why: "the change has not seen its replica's previous operation".into(),
+                });
+            }
+            None => {
+                return Err(DocError::InvalidChange {
+                    op: change.id,
+                    why: format!(
+                        "checking that the changes extend their replicas' chains visits more \
+                         than {} graph runs (Limits::max_chain_check)",
+                        limits.max_chain_check
+                    ),
+                });
+            }
         }
         let text: String = change.text.chars().skip(skip).collect();
         let pos = match (change.kind, change.fwd) {
@@ -447,6 +463,17 @@ pub struct Limits {
     pub max_change_len: usize,
     /// Most parents one change may name.
     pub max_parents: usize,
+    /// Most graph runs visited, in total over one `apply_changes` call,
+    /// checking that each change extends its replica's chain (was made
+    /// after that replica's previous operation).
+    ///
+    /// A check walks back from the change's parents to the replica's
+    /// previous operation, past whatever others did meanwhile: honest
+    /// batches visit about their own size times the replicas editing at
+    /// once. Many hostile replicas taking turns would make a batch cost
+    /// quadratic; it is refused instead (as
+    /// [`crate::text::LoadLimits::max_chain_check`] does for loading).
+    pub max_chain_check: u64,
 }
 
 impl Default for Limits {
@@ -454,6 +481,7 @@ impl Default for Limits {
         Self {
             max_change_len: 1 << 20,
             max_parents: 64,
+            max_chain_check: 1 << 25,
         }
     }
 }
