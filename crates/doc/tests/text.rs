@@ -933,7 +933,9 @@ proptest! {
     }
 }
 
-fn check_convergence(n: usize, actions: Vec<Action>) -> Result<(), TestCaseError> {
+/// `n` new replicas after performing `actions` (positions taken modulo the
+/// text's length; deletes of an empty text skipped).
+fn run_actions(n: usize, actions: Vec<Action>) -> Vec<Text> {
     let mut texts: Vec<Text> = (1..=n as u64)
         .map(|i| Text::new(ReplicaId::from_u64(i)))
         .collect();
@@ -952,6 +954,11 @@ fn check_convergence(n: usize, actions: Vec<Action>) -> Result<(), TestCaseError
             _ => {}
         }
     }
+    texts
+}
+
+fn check_convergence(n: usize, actions: Vec<Action>) -> Result<(), TestCaseError> {
+    let mut texts = run_actions(n, actions);
     // Gather everything on the last replica, then spread it back.
     for i in 0..n - 1 {
         sync(&mut texts, i, n - 1);
@@ -1108,24 +1115,7 @@ proptest! {
         orders in prop::collection::vec(Just((0..8usize).collect::<Vec<_>>()).prop_shuffle(), 3),
     ) {
         let n = 8;
-        let mut texts: Vec<Text> = (1..=n as u64)
-            .map(|i| Text::new(ReplicaId::from_u64(i)))
-            .collect();
-        for a in actions {
-            match a {
-                Action::Insert(r, p, s) => {
-                    let p = p % (texts[r].len_chars() + 1);
-                    texts[r].insert(p, &s).unwrap();
-                }
-                Action::Delete(r, p, k) if !texts[r].is_empty() => {
-                    let len = texts[r].len_chars();
-                    let p = p % len;
-                    texts[r].delete(p, k.min(len - p)).unwrap();
-                }
-                Action::Sync(a, b) => sync(&mut texts, a, b),
-                _ => {}
-            }
-        }
+        let texts = run_actions(n, actions);
         let mut results = Vec::new();
         for (k, order) in orders.iter().enumerate() {
             let mut rx = Text::new(ReplicaId::from_u64(100 + k as u64));
