@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use converge_crdt::ReplicaId;
-use converge_doc::PathChange;
+use converge_doc::{PathChange, PathSeg};
 use converge_sync::Config;
 use converge_sync::membership::{GossipConfig, MEMBERS_OBJECT, MemberView, Membership};
 use serde::Serialize;
@@ -180,16 +180,14 @@ pub(crate) fn parse_members(doc: &Value) -> Vec<(ReplicaId, MemberRecord)> {
 
 #[cfg_attr(not(feature = "http"), allow(dead_code))]
 /// The change that writes this node's own entry.
-fn own_entry(replica: ReplicaId, url: Option<&str>) -> Result<Vec<PathChange>, NodeError> {
+fn own_entry(replica: ReplicaId, url: Option<&str>) -> Vec<PathChange> {
     let started_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    serde_json::from_value(json!([{
-        "op": "set",
-        "path": [replica.to_string()],
-        "value": {"url": url, "started_ms": started_ms},
-    }]))
-    .map_err(|e| NodeError::BadRequest(format!("membership entry: {e}")))
+    vec![PathChange::Set {
+        path: vec![PathSeg::Key(replica.to_string())],
+        value: json!({"url": url, "started_ms": started_ms}),
+    }]
 }
 
 #[cfg_attr(not(feature = "http"), allow(dead_code))]
@@ -206,7 +204,7 @@ async fn refresh_members(node: &Node) -> Result<(), NodeError> {
     let own = listed.iter().position(|(r, _)| *r == node.replica());
     let current = own.and_then(|i| listed.get(i)).map(|(_, m)| &m.url);
     if current != Some(&advertise) {
-        let change = own_entry(node.replica(), advertise.as_deref())?;
+        let change = own_entry(node.replica(), advertise.as_deref());
         node.change_any(MEMBERS_OBJECT, &change).await?;
         tracing::info!(url = ?advertise, "announced this node in the membership");
         listed.retain(|(r, _)| *r != node.replica());
@@ -294,12 +292,12 @@ async fn gossip_with(node: Arc<Node>, replica: ReplicaId, url: String, lifetime:
 
 #[cfg(test)]
 mod tests {
-    use converge_doc::{Doc, PathChange};
+    use converge_doc::Doc;
 
     use super::*;
 
     fn entry(doc: &mut Doc, replica: ReplicaId, url: &str) {
-        let change: Vec<PathChange> = own_entry(replica, Some(url)).expect("a well-formed entry");
+        let change = own_entry(replica, Some(url));
         doc.apply(&change).expect("applies");
     }
 
