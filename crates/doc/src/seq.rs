@@ -153,6 +153,12 @@ impl Elem {
 
 struct Tracker<'a, S> {
     src: &'a S,
+    st: ReplayState,
+}
+
+/// What a replay builds up: the tracker's items and their indexes.
+#[derive(Debug, Clone)]
+struct ReplayState {
     items: Items,
     elems: HashMap<Lv, Elem>,
     /// Slot → element, for the slots of moved elements.
@@ -171,15 +177,10 @@ struct Tracker<'a, S> {
 /// whole zone on every receive (with no common ancestor, the whole
 /// history): quadratic in the zone per receive. The state is only valid for
 /// a sequence still at version `end`, and for new operations that all
-/// descend from `base` (what the placeholder stands for).
+/// descend from `st.base` (what the placeholder stands for).
 #[derive(Debug, Clone)]
 pub(crate) struct ReplayCache {
-    items: Items,
-    elems: HashMap<Lv, Elem>,
-    slot_owner: HashMap<Lv, Lv>,
-    deletes: HashMap<Lv, Lv>,
-    version: Frontier,
-    base: Frontier,
+    st: ReplayState,
     /// The version of the sequence the state ends at.
     end: Frontier,
 }
@@ -205,62 +206,48 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
         }
         Self {
             src,
-            items,
-            elems: HashMap::new(),
-            slot_owner: HashMap::new(),
-            deletes: HashMap::new(),
-            version: common.clone(),
-            base: common,
+            st: ReplayState {
+                items,
+                elems: HashMap::new(),
+                slot_owner: HashMap::new(),
+                deletes: HashMap::new(),
+                version: common.clone(),
+                base: common,
+            },
         }
     }
 
     /// Continues from the state a previous replay ended with.
     fn from_cache(src: &'a S, cache: ReplayCache) -> Self {
-        Self {
-            src,
-            items: cache.items,
-            elems: cache.elems,
-            slot_owner: cache.slot_owner,
-            deletes: cache.deletes,
-            version: cache.version,
-            base: cache.base,
-        }
+        Self { src, st: cache.st }
     }
 
     /// Keeps the state for the next replay; the sequence is at `end`.
     fn into_cache(self, end: Frontier) -> ReplayCache {
-        ReplayCache {
-            items: self.items,
-            elems: self.elems,
-            slot_owner: self.slot_owner,
-            deletes: self.deletes,
-            version: self.version,
-            base: self.base,
-            end,
-        }
+        ReplayCache { st: self.st, end }
     }
 
     /// Forgets the replay state: the sequence at version `[lv]` becomes one
     /// placeholder.
     fn reset_to(&mut self, lv: Lv) {
-        self.items.clear();
-        self.items.insert(0, placeholder());
-        self.elems.clear();
-        self.slot_owner.clear();
-        self.deletes.clear();
-        self.version = smallvec::smallvec![lv];
-        self.base = smallvec::smallvec![lv];
+        self.st.items.clear();
+        self.st.items.insert(0, placeholder());
+        self.st.elems.clear();
+        self.st.slot_owner.clear();
+        self.st.deletes.clear();
+        self.st.version = smallvec::smallvec![lv];
+        self.st.base = smallvec::smallvec![lv];
     }
 
     /// Splits the item at `i` so that offset `k` starts a new item.
     fn split(&mut self, i: usize, k: usize) {
-        self.items.split(i, k);
+        self.st.items.split(i, k);
     }
 
     /// Index of the single-slot item holding `lv`, splitting as needed.
     fn isolate(&mut self, lv: Lv) -> usize {
         let i = self.index_of(lv);
-        let k = lv - self.items.get(i).lv;
+        let k = lv - self.st.items.get(i).lv;
         self.split(i, k);
         let i = if k > 0 { i + 1 } else { i };
         self.split(i, 1);
@@ -270,7 +257,7 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
     fn index_of(&self, lv: Lv) -> usize {
         // The tracker only ever holds LVs it created or the placeholder's,
         // so the search always succeeds for LVs taken from its own items.
-        self.items.index_of(lv)
+        self.st.items.index_of(lv)
     }
 
     /// Index just after the item holding `lv` (0 for the start).
@@ -281,7 +268,7 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
     /// Index of the item holding `lv` (the end for the end).
     fn index_before(&self, lv: Lv) -> usize {
         if lv == ROOT {
-            self.items.len()
+            self.st.items.len()
         } else {
             self.index_of(lv)
         }
@@ -289,19 +276,19 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
 
     /// Marks every slot of element `key` for recounting (its state changed).
     fn touch_elem(&mut self, key: Lv) {
-        self.items.touch(key);
-        if let Some(e) = self.elems.get(&key) {
+        self.st.items.touch(key);
+        if let Some(e) = self.st.elems.get(&key) {
             for (slot, _, _) in &e.slots {
-                self.items.touch(*slot);
+                self.st.items.touch(*slot);
             }
         }
     }
 
     fn set_inserted(&mut self, lv: Lv, inserted: bool) {
         let i = self.isolate(lv);
-        self.items.get_mut(i).inserted = inserted;
-        if let Some(&key) = self.slot_owner.get(&lv)
-            && let Some(e) = self.elems.get_mut(&key)
+        self.st.items.get_mut(i).inserted = inserted;
+        if let Some(&key) = self.st.slot_owner.get(&lv)
+            && let Some(e) = self.st.elems.get_mut(&key)
             && let Some(slot) = e.slots.iter_mut().find(|(s, _, _)| *s == lv)
         {
             slot.2 = inserted;
@@ -311,8 +298,8 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
     }
 
     fn change_deletes(&mut self, lv: Lv, up: bool) {
-        if let Some(&key) = self.deletes.get(&lv)
-            && let Some(e) = self.elems.get_mut(&key)
+        if let Some(&key) = self.st.deletes.get(&lv)
+            && let Some(e) = self.st.elems.get_mut(&key)
         {
             e.del_cur = if up {
                 e.del_cur + 1
@@ -342,10 +329,10 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
     /// Moves the replayed version to `to`.
     fn move_to(&mut self, to: &[Lv]) {
         let graph = self.src.graph();
-        if self.version.as_slice() == to {
+        if self.st.version.as_slice() == to {
             return;
         }
-        let (retreat, advance) = graph.diff(&self.version, to);
+        let (retreat, advance) = graph.diff(&self.st.version, to);
         for span in retreat {
             for lv in span.rev() {
                 self.retreat(lv);
@@ -356,20 +343,20 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
                 self.advance(lv);
             }
         }
-        self.version = to.iter().copied().collect();
+        self.st.version = to.iter().copied().collect();
     }
 
     /// The item index and offset of the `pos`-th visible slot in the
     /// replayed version.
     fn find_cur(&mut self, pos: usize) -> Option<(usize, usize)> {
-        let elems = &self.elems;
-        self.items.find_cur(pos, &|it| lens(elems, it))
+        let elems = &self.st.elems;
+        self.st.items.find_cur(pos, &|it| lens(elems, it))
     }
 
     /// Visible slots in the resulting sequence before item `index`.
     fn end_pos(&mut self, index: usize) -> usize {
-        let elems = &self.elems;
-        self.items.end_pos(index, &|it| lens(elems, it))
+        let elems = &self.st.elems;
+        self.st.items.end_pos(index, &|it| lens(elems, it))
     }
 
     fn dot(&self, lv: Lv) -> Dot {
@@ -392,9 +379,9 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
         let (i, k) = self
             .find_cur(pos)
             .ok_or_else(|| format!("{what} at {pos} is past the end of its version"))?;
-        let slot = self.items.get(i).lv + k;
+        let slot = self.st.items.get(i).lv + k;
         let i = self.isolate(slot);
-        Ok((i, slot, self.items.get(i).key(slot)))
+        Ok((i, slot, self.st.items.get(i).key(slot)))
     }
 
     /// Inserts a new slot `lv` at `pos` (FugueMax placement); returns the
@@ -413,11 +400,12 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
             let (i, k) = self
                 .find_cur(pos - 1)
                 .ok_or_else(|| format!("insert at {pos} is past the end of its version"))?;
-            let slot = self.items.get(i).lv + k;
+            let slot = self.st.items.get(i).lv + k;
             self.split(i, k + 1);
             (i + 1, slot)
         };
         let origin_right = self
+            .st
             .items
             .iter_from(start)
             .find(|it| it.inserted)
@@ -427,7 +415,7 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
         if elem.is_none() && at > 0 {
             // Extend the run before when this is its author's next insert,
             // right after it, with the same right origin.
-            let prev = *self.items.get(at - 1);
+            let prev = *self.st.items.get(at - 1);
             if prev.lv < UNDERWATER
                 && prev.inserted
                 && !prev.touched
@@ -438,11 +426,11 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
                 && prev.dot.replica == dot.replica
                 && prev.dot.counter + prev.len as u64 == dot.counter
             {
-                self.items.get_mut(at - 1).len += 1;
+                self.st.items.get_mut(at - 1).len += 1;
                 return Ok((at - 1, prev.len));
             }
         }
-        self.items.insert(
+        self.st.items.insert(
             at,
             Item {
                 lv,
@@ -468,16 +456,16 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
             }
             SeqOp::Delete(pos) => {
                 let (i, _, key) = self.slot_at(pos, "delete")?;
-                self.items.get_mut(i).touched = true;
-                self.deletes.insert(lv, key);
-                let e = self.elems.entry(key).or_default();
+                self.st.items.get_mut(i).touched = true;
+                self.st.deletes.insert(lv, key);
+                let e = self.st.elems.entry(key).or_default();
                 e.del_cur += 1;
                 let ever_deleted = e.ever_deleted;
                 self.touch_elem(key);
                 if ever_deleted {
                     return Ok(None);
                 }
-                let e = self.elems.entry(key).or_default();
+                let e = self.st.elems.entry(key).or_default();
                 // The element's visible slot may be another one than the
                 // deleted position's (a concurrent move won): delete that.
                 let shown = if e.slots.is_empty() {
@@ -490,7 +478,7 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
                     None => i,
                 };
                 let edit = emit.then(|| SeqEdit::Delete(self.end_pos(at)));
-                if let Some(e) = self.elems.get_mut(&key) {
+                if let Some(e) = self.st.elems.get_mut(&key) {
                     e.ever_deleted = true;
                 }
                 self.touch_elem(key);
@@ -498,12 +486,12 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
             }
             SeqOp::Move { from, to } => {
                 let (i, slot, key) = self.slot_at(from, "move")?;
-                self.items.get_mut(i).touched = true;
+                self.st.items.get_mut(i).touched = true;
                 let rank = self.rank(slot);
-                let e = self.elems.entry(key).or_default();
+                let e = self.st.elems.entry(key).or_default();
                 if e.slots.is_empty() {
                     e.slots.push((slot, rank, true));
-                    self.slot_owner.insert(slot, key);
+                    self.st.slot_owner.insert(slot, key);
                 }
                 let deleted = e.ever_deleted;
                 let before = e.winner(false);
@@ -514,8 +502,8 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
                 // A move's slot never extends a run: its offset is 0.
                 let (at, _) = self.insert_slot(lv, to, Some(key))?;
                 let rank = self.rank(lv);
-                self.slot_owner.insert(lv, key);
-                let e = self.elems.entry(key).or_default();
+                self.st.slot_owner.insert(lv, key);
+                let e = self.st.elems.entry(key).or_default();
                 e.slots.push((lv, rank, true));
                 let after = e.winner(false);
                 self.touch_elem(key);
@@ -539,7 +527,7 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
         let mut i = start;
         let mut scanning = false;
         let mut scan_start = start;
-        for other in self.items.iter_from(start) {
+        for other in self.st.items.iter_from(start) {
             if other.inserted {
                 break;
             }
@@ -614,7 +602,7 @@ pub(crate) fn replay_cached<S: SeqSource>(
 ) -> Result<Vec<SeqEdit>, (Lv, String)> {
     let graph = src.graph();
     let reuse = match (cache.take(), known_new) {
-        (Some(c), Some(new)) if c.end.as_slice() == from && base_holds(graph, &c.base, new) => {
+        (Some(c), Some(new)) if c.end.as_slice() == from && base_holds(graph, &c.st.base, new) => {
             Some((c, new))
         }
         _ => None,
@@ -663,7 +651,7 @@ pub(crate) fn replay_cached<S: SeqSource>(
                 if let Some(edit) = tracker.apply(lv, op, emit).map_err(|why| (lv, why))? {
                     edits.push(edit);
                 }
-                tracker.version = smallvec::smallvec![lv];
+                tracker.st.version = smallvec::smallvec![lv];
             }
             // A critical version: everything processed is in `lv`'s history
             // and everything still to come descends from it. The replay
