@@ -362,12 +362,8 @@ impl Lazy {
 }
 
 /// Decodes an encoding of version 3 (history left encoded) or 2.
-pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<Decoded, LoadError> {
-    if bytes.get(..4) == Some(&MAGIC[..]) && bytes.get(4..6) == Some(&VERSION_2.to_le_bytes()[..]) {
-        return decode_v2(bytes, limits);
-    }
-    let body = framing::unframe(MAGIC, VERSION, bytes, limits.max_bytes)?;
-    let mut r = Reader::new(body, "body");
+/// The operation count that opens a body, within [`LoadLimits::max_ops`].
+fn op_count(r: &mut Reader<'_>, limits: &LoadLimits) -> Result<usize, LoadError> {
     let total = r.varint()?;
     if total > limits.max_ops {
         return Err(LoadError::TooLarge(format!(
@@ -375,7 +371,16 @@ pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<Decoded, LoadE
             limits.max_ops
         )));
     }
-    let total = usize::try_from(total).map_err(|_| malformed("too many operations"))?;
+    usize::try_from(total).map_err(|_| malformed("too many operations"))
+}
+
+pub(crate) fn decode(bytes: &[u8], limits: &LoadLimits) -> Result<Decoded, LoadError> {
+    if bytes.get(..4) == Some(&MAGIC[..]) && bytes.get(4..6) == Some(&VERSION_2.to_le_bytes()[..]) {
+        return decode_v2(bytes, limits);
+    }
+    let body = framing::unframe(MAGIC, VERSION, bytes, limits.max_bytes)?;
+    let mut r = Reader::new(body, "body");
+    let total = op_count(&mut r, limits)?;
     let n_replicas = r.varint()?;
     // Each replica takes at least nine bytes.
     if n_replicas > (r.remaining() / 9) as u64 || (n_replicas == 0) != (total == 0) {
@@ -442,14 +447,7 @@ fn decode_v2(bytes: &[u8], limits: &LoadLimits) -> Result<Decoded, LoadError> {
     }
     let text = String::from_utf8(text).map_err(|_| malformed("inserted text is not UTF-8"))?;
     let mut body = Reader::new(&cols, "columns");
-    let total = body.varint()?;
-    if total > limits.max_ops {
-        return Err(LoadError::TooLarge(format!(
-            "{total} operations, limit {}",
-            limits.max_ops
-        )));
-    }
-    let total = usize::try_from(total).map_err(|_| malformed("too many operations"))?;
+    let total = op_count(&mut body, limits)?;
 
     let n_replicas = body.varint()?;
     if n_replicas > (body.remaining() / 8) as u64 || (n_replicas == 0) != (total == 0) {
