@@ -365,6 +365,13 @@ impl Store for SessionStore {
         self.store.append(object, replica, entries)
     }
 
+    fn append_many(
+        &self,
+        requests: &[converge_store::AppendRequest<'_>],
+    ) -> Vec<Result<AppendOutcome, AppendError>> {
+        self.store.append_many(requests)
+    }
+
     fn read(
         &self,
         object: &str,

@@ -16,8 +16,8 @@ use std::thread;
 use converge_crdt::{ReplicaId, VersionVector};
 
 use crate::{
-    AppendError, DeleteError, Entry, FeedItem, FeedKind, MAX_OBJECT_ID_BYTES, MemoryStore,
-    ObjectIdError, ReadError, SnapshotError, Store, StoreConfig,
+    AppendError, AppendOutcome, AppendRequest, DeleteError, Entry, FeedItem, FeedKind,
+    MAX_OBJECT_ID_BYTES, MemoryStore, ObjectIdError, ReadError, SnapshotError, Store, StoreConfig,
 };
 
 /// A store under test, with a way to close and reopen it.
@@ -55,6 +55,7 @@ macro_rules! conformance_tests {
             logs_are_independent,
             list_objects_with_prefix_and_paging,
             change_feed_reports_arrivals,
+            append_many_answers_each_request,
             snapshot_and_compaction,
             snapshot_ahead_of_log_advances_it,
             concurrent_appenders,
@@ -397,6 +398,78 @@ pub fn change_feed_reports_arrivals<S: Subject>(make: &dyn Fn() -> S) {
     // Rejected appends are no arrivals.
     let _ = store.append("x", A, &batch(A, 9..=9));
     assert_eq!(store.feed_head().unwrap(), 3);
+}
+
+/// `append_many` treats each request as its own append, in order: bad ones
+/// are refused with the error `append` gives and write nothing, good ones
+/// land (a later request for the same log sees the earlier ones), and the
+/// change feed numbers the arrivals in request order.
+pub fn append_many_answers_each_request<S: Subject>(make: &dyn Fn() -> S) {
+    let subject = make();
+    let store = subject.store();
+    store.append("x", A, &batch(A, 1..=1)).unwrap();
+    let head = store.feed_head().unwrap();
+    let x2 = batch(A, 2..=3);
+    let gap = batch(A, 9..=9);
+    let y1 = batch(B, 1..=2);
+    let x4 = batch(A, 4..=4);
+    let conflict = vec![Entry::new(1, b"other bytes".to_vec())];
+    let again = batch(A, 1..=4);
+    let results = store.append_many(&[
+        AppendRequest::new("x", A, &x2),
+        AppendRequest::new("x", A, &gap),
+        AppendRequest::new("y", B, &y1),
+        AppendRequest::new("x", A, &x4),
+        AppendRequest::new("y", B, &conflict),
+        AppendRequest::new("x", A, &again),
+        AppendRequest::new("bad\0id", A, &x2),
+    ]);
+    assert_eq!(results.len(), 7);
+    let appended = |r: &Result<AppendOutcome, AppendError>| r.as_ref().ok().map(|o| o.appended);
+    assert_eq!(appended(&results[0]), Some(2));
+    assert!(
+        matches!(results[1], Err(AppendError::Gap { .. })),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(appended(&results[2]), Some(2));
+    assert_eq!(appended(&results[3]), Some(1));
+    assert!(
+        matches!(results[4], Err(AppendError::Conflict { .. })),
+        "{:?}",
+        results[4]
+    );
+    assert_eq!(
+        appended(&results[5]),
+        Some(0),
+        "re-delivery within the call"
+    );
+    assert!(results[6].is_err(), "a bad object id is refused");
+    let positions: Vec<Option<u64>> = results
+        .iter()
+        .map(|r| r.as_ref().ok().and_then(|o| o.position))
+        .collect();
+    assert_eq!(
+        positions,
+        vec![
+            Some(head + 1),
+            None,
+            Some(head + 2),
+            Some(head + 3),
+            None,
+            None,
+            None
+        ]
+    );
+    assert_eq!(store.read("x", A, 1, 100).unwrap(), batch(A, 1..=4));
+    assert_eq!(store.read("y", B, 1, 100).unwrap(), batch(B, 1..=2));
+    assert_eq!(store.feed_head().unwrap(), head + 3);
+    assert!(store.append_many(&[]).is_empty());
+    // What was acknowledged is durable.
+    let subject = subject.reopen();
+    let store = subject.store();
+    assert_eq!(store.read("x", A, 1, 100).unwrap(), batch(A, 1..=4));
+    assert_eq!(store.version_vector("y").unwrap(), vv(&[(B, 2)]));
 }
 
 /// Snapshots are stored and replaced; compaction drops covered prefixes and

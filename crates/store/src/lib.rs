@@ -105,6 +105,29 @@ impl std::fmt::Debug for Entry {
     }
 }
 
+/// One log's part of a [`Store::append_many`] call: what
+/// [`Store::append`] takes as arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendRequest<'a> {
+    /// The object.
+    pub object: &'a str,
+    /// The replica whose log grows.
+    pub replica: ReplicaId,
+    /// Entries with consecutive seqs, as for [`Store::append`].
+    pub entries: &'a [Entry],
+}
+
+impl<'a> AppendRequest<'a> {
+    /// A request to append `entries` to `replica`'s log in `object`.
+    pub fn new(object: &'a str, replica: ReplicaId, entries: &'a [Entry]) -> Self {
+        Self {
+            object,
+            replica,
+            entries,
+        }
+    }
+}
+
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -262,6 +285,25 @@ pub trait Store: Send + Sync {
         replica: ReplicaId,
         entries: &[Entry],
     ) -> Result<AppendOutcome, AppendError>;
+
+    /// Appends to several logs in one call: each request as [`Store::append`]
+    /// would (atomic and validated on its own, so one failing request leaves
+    /// the others to succeed), applied in request order (a later request for
+    /// the same log sees the earlier ones), with the results in that order.
+    ///
+    /// This is how a process that gathers many writers' appends (a node
+    /// serving hundreds of clients) stores them with one hand-off and, on a
+    /// backend with group commit, one durable sync for all of them. The
+    /// default implementation appends one request after the other.
+    fn append_many(
+        &self,
+        requests: &[AppendRequest<'_>],
+    ) -> Vec<Result<AppendOutcome, AppendError>> {
+        requests
+            .iter()
+            .map(|r| self.append(r.object, r.replica, r.entries))
+            .collect()
+    }
 
     /// Reads up to `limit` entries of `replica`'s log in `object`, in order,
     /// from `from_seq` on. Reading from one past the end gives an empty list.
