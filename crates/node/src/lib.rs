@@ -52,6 +52,7 @@
 
 #[cfg(feature = "http")]
 mod api;
+mod commit;
 mod feed;
 mod gossip;
 mod node;
