@@ -16,11 +16,13 @@
 //! ([`FeedHub::pull`]) for everything it appended, rather than once per
 //! document on an async worker.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use converge_crdt::{ReplicaId, VersionVector};
 use converge_store::{
-    AppendError, AppendOutcome, AppendRequest, Entry, ReadError, Store, StoreError,
+    AppendError, AppendOutcome, AppendRequest, CompactOutcome, DeleteError, DeleteOutcome, Entry,
+    FeedItem, ReadError, Snapshot, SnapshotError, Store, StoreError, Tombstone, validate_object_id,
 };
 use tokio::sync::oneshot;
 
@@ -179,6 +181,224 @@ impl Committer {
     }
 }
 
+/// A store for one call of a sync session that writes entries without
+/// blocking: an append is checked against what the store holds and
+/// answered as the store would answer it, but only recorded
+/// ([`Deferring::into_appends`]); the driver commits the recorded appends
+/// through the [`Committer`] and sends nothing the session queued (its
+/// acks, its checkpoints) before they are durable. Everything else goes to
+/// the wrapped store.
+///
+/// The answer is what the store would say unless another writer changes
+/// the log in between: a gap it reports may have been filled meanwhile
+/// (the session then asks for entries it holds, which is harmless); and
+/// a conflict with entries not yet durable when it checked shows only
+/// when committing, where the driver drops the connection without
+/// acknowledging anything.
+pub(crate) struct Deferring<'a> {
+    inner: &'a dyn Store,
+    state: Mutex<Deferred>,
+}
+
+#[derive(Default)]
+struct Deferred {
+    appends: Vec<Append>,
+    /// (object, replica) -> (last seq in the store, last seq with the
+    /// recorded appends).
+    heads: HashMap<(String, ReplicaId), (u64, u64)>,
+}
+
+impl<'a> Deferring<'a> {
+    pub(crate) fn new(inner: &'a dyn Store) -> Self {
+        Self {
+            inner,
+            state: Mutex::new(Deferred::default()),
+        }
+    }
+
+    /// The appends recorded, in call order, to commit.
+    pub(crate) fn into_appends(self) -> Vec<Append> {
+        self.state
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .appends
+    }
+
+    /// Whether the store holds `entries` up to seq `upto` with other bytes:
+    /// the conflict [`Store::append`] would report, if any.
+    fn conflict(
+        &self,
+        object: &str,
+        replica: ReplicaId,
+        entries: &[Entry],
+        upto: u64,
+    ) -> Option<u64> {
+        let mut want = entries.iter().take_while(|e| e.seq <= upto).peekable();
+        while let Some(first) = want.peek() {
+            let held = match self.inner.read(object, replica, first.seq, 1024) {
+                Ok(held) if !held.is_empty() => held,
+                // Compacted away (held through the snapshot), or not
+                // readable now: the committer's append decides.
+                _ => return None,
+            };
+            for h in held {
+                match want.next_if(|e| e.seq == h.seq) {
+                    Some(e) if e.bytes != h.bytes => return Some(e.seq),
+                    Some(_) => {}
+                    None => return None,
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Store for Deferring<'_> {
+    fn append(
+        &self,
+        object: &str,
+        replica: ReplicaId,
+        entries: &[Entry],
+    ) -> Result<AppendOutcome, AppendError> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(AppendOutcome::default());
+        };
+        validate_object_id(object)?;
+        let (first, last) = (first.seq, last.seq);
+        let key = (object.to_owned(), replica);
+        let known = self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .heads
+            .get(&key)
+            .copied();
+        let (stored, head) = match known {
+            Some(heads) => heads,
+            None => {
+                let stored = match self.inner.version_vector(object) {
+                    Ok(vv) => vv.get(replica),
+                    Err(ReadError::UnknownObject { .. }) => 0,
+                    Err(ReadError::Deleted { object }) => {
+                        return Err(AppendError::Deleted { object });
+                    }
+                    Err(ReadError::ObjectId(e)) => return Err(e.into()),
+                    Err(ReadError::Store(e)) => return Err(e.into()),
+                    Err(e) => {
+                        return Err(AppendError::Store(StoreError::Backend {
+                            context: "reading a version vector",
+                            source: e.to_string().into(),
+                        }));
+                    }
+                };
+                (stored, stored)
+            }
+        };
+        if first > head.saturating_add(1) {
+            return Err(AppendError::Gap {
+                object: object.to_owned(),
+                replica,
+                last: head,
+                found: first,
+            });
+        }
+        if first <= stored
+            && let Some(seq) = self.conflict(object, replica, entries, stored)
+        {
+            return Err(AppendError::Conflict {
+                object: object.to_owned(),
+                replica,
+                seq,
+            });
+        }
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.heads.insert(key, (stored, head.max(last)));
+        // Entries past what the store held are committed, including any
+        // already recorded in this call: the store then finds a conflict
+        // with those, or skips them.
+        if last > stored {
+            state.appends.push(Append {
+                object: object.to_owned(),
+                replica,
+                entries: entries.to_vec(),
+                read_version: false,
+            });
+        }
+        let mut outcome = AppendOutcome::default();
+        outcome.appended = last.saturating_sub(head);
+        Ok(outcome)
+    }
+
+    fn read(
+        &self,
+        object: &str,
+        replica: ReplicaId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, ReadError> {
+        self.inner.read(object, replica, from_seq, limit)
+    }
+
+    fn version_vector(&self, object: &str) -> Result<VersionVector, ReadError> {
+        self.inner.version_vector(object)
+    }
+
+    fn list_objects(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, ReadError> {
+        self.inner.list_objects(prefix, after, limit)
+    }
+
+    fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<FeedItem>, StoreError> {
+        self.inner.changes_since(after, limit)
+    }
+
+    fn feed_head(&self) -> Result<u64, StoreError> {
+        self.inner.feed_head()
+    }
+
+    fn put_snapshot(
+        &self,
+        object: &str,
+        version_vector: &VersionVector,
+        bytes: &[u8],
+    ) -> Result<(), SnapshotError> {
+        self.inner.put_snapshot(object, version_vector, bytes)
+    }
+
+    fn latest_snapshot(&self, object: &str) -> Result<Option<Snapshot>, ReadError> {
+        self.inner.latest_snapshot(object)
+    }
+
+    fn compact(
+        &self,
+        object: &str,
+        horizon: &VersionVector,
+    ) -> Result<CompactOutcome, SnapshotError> {
+        self.inner.compact(object, horizon)
+    }
+
+    fn delete_object(&self, object: &str) -> Result<DeleteOutcome, DeleteError> {
+        self.inner.delete_object(object)
+    }
+
+    fn tombstone(&self, object: &str) -> Result<Option<Tombstone>, ReadError> {
+        self.inner.tombstone(object)
+    }
+
+    fn list_tombstones(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, ReadError> {
+        self.inner.list_tombstones(prefix, after, limit)
+    }
+}
+
 /// The error of an append whose outcome is unknown.
 fn commit_failed(why: &str) -> AppendError {
     AppendError::Store(StoreError::Backend {
@@ -271,5 +491,114 @@ mod tests {
         drop(store);
         let out = committer.commit(vec![append("x", 1..=1, true)]).await;
         assert!(matches!(out[0].result, Err(AppendError::Store(_))));
+    }
+
+    fn entries(seqs: std::ops::RangeInclusive<u64>, byte: u8) -> Vec<Entry> {
+        seqs.map(|s| Entry::new(s, vec![byte, s as u8])).collect()
+    }
+
+    type Outcome = Result<u64, String>;
+
+    fn outcome(r: Result<AppendOutcome, AppendError>) -> Outcome {
+        r.map(|o| o.appended).map_err(|e| match e {
+            AppendError::Gap { .. } => "gap".into(),
+            AppendError::Conflict { seq, .. } => format!("conflict at {seq}"),
+            AppendError::Deleted { .. } => "deleted".into(),
+            other => other.to_string(),
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deferred_appends_answer_and_store_as_direct_ones() {
+        // Each call: (object, replica, entries); the same calls go to a
+        // store directly and, through `Deferring` and the committer, to
+        // another holding the same start.
+        let b = ReplicaId::from_u64(0xb);
+        let calls: Vec<(&str, ReplicaId, Vec<Entry>)> = vec![
+            ("x", A, entries(3..=4, 1)),    // extends the stored 1..=2
+            ("x", A, entries(7..=7, 1)),    // a gap
+            ("x", A, entries(2..=5, 1)),    // overlaps stored and recorded, extends
+            ("x", A, entries(1..=2, 1)),    // all held already
+            ("x", A, entries(2..=3, 9)),    // different bytes for a stored seq
+            ("x", b, entries(1..=2, 1)),    // another log of the object
+            ("new", A, entries(1..=1, 1)),  // an object not stored yet
+            ("new", A, entries(3..=3, 1)),  // a gap in it
+            ("gone", A, entries(2..=2, 1)), // a deleted object
+            ("x", A, Vec::new()),           // nothing
+        ];
+        let start = |store: &dyn Store| {
+            store.append("x", A, &entries(1..=2, 1)).expect("x");
+            store.append("gone", A, &entries(1..=1, 1)).expect("gone");
+            store.delete_object("gone").expect("delete");
+        };
+        let direct = MemoryStore::new();
+        start(&direct);
+        let expected: Vec<Outcome> = calls
+            .iter()
+            .map(|(o, r, e)| outcome(direct.append(o, *r, e)))
+            .collect();
+        assert_eq!(
+            expected,
+            [
+                Ok(2),
+                Err("gap".into()),
+                Ok(1),
+                Ok(0),
+                Err("conflict at 2".into()),
+                Ok(2),
+                Ok(1),
+                Err("gap".into()),
+                Err("deleted".into()),
+                Ok(0),
+            ]
+        );
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        start(&*store);
+        let deferring = Deferring::new(&*store);
+        let answered: Vec<Outcome> = calls
+            .iter()
+            .map(|(o, r, e)| outcome(deferring.append(o, *r, e)))
+            .collect();
+        assert_eq!(answered, expected);
+        // Nothing written yet.
+        assert_eq!(store.version_vector("x").expect("x").get(A), 2);
+        assert!(matches!(
+            store.version_vector("new"),
+            Err(ReadError::UnknownObject { .. })
+        ));
+        let committer = Committer::new(&store, Arc::new(FeedHub::new()));
+        let results = committer.commit(deferring.into_appends()).await;
+        assert!(results.iter().all(|c| c.result.is_ok()));
+        for object in ["x", "new"] {
+            assert_eq!(
+                store.version_vector(object).expect("vv"),
+                direct.version_vector(object).expect("vv"),
+                "{object}"
+            );
+            for r in [A, b] {
+                assert_eq!(
+                    store.read(object, r, 1, 100).expect("read"),
+                    direct.read(object, r, 1, 100).expect("read"),
+                    "{object}/{r}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_conflict_that_shows_only_when_committing_is_reported() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let committer = Committer::new(&store, Arc::new(FeedHub::new()));
+        let deferring = Deferring::new(&*store);
+        assert_eq!(outcome(deferring.append("x", A, &entries(1..=1, 1))), Ok(1));
+        // Another writer stores other bytes at that seq meanwhile.
+        store
+            .append("x", A, &entries(1..=1, 2))
+            .expect("other writer");
+        let results = committer.commit(deferring.into_appends()).await;
+        assert!(matches!(
+            results[0].result,
+            Err(AppendError::Conflict { seq: 1, .. })
+        ));
     }
 }

@@ -300,6 +300,11 @@ impl Node {
         &self.feed
     }
 
+    /// The node's commit queue.
+    pub(crate) fn committer(&self) -> &Arc<Committer> {
+        &self.committer
+    }
+
     /// Tells sync sessions that the store gained entries.
     pub(crate) fn notify_appended(&self) {
         self.feed.pull(&*self.store);

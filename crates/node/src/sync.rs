@@ -17,14 +17,18 @@
 //!   ([`Node::refresh`]) and wakes the other sessions, so entries relay
 //!   through this node to its other peers.
 //!
-//! The store is synchronous and a redb append blocks until durable, so
-//! [`Session::handle_bytes`], the only call that may write (entries,
-//! snapshots, deletions the peer sent), runs on a blocking thread: the
-//! session is moved into `spawn_blocking` and back. Timers and store
-//! changes only read (the change feed, entries to send, up to one window),
-//! so they run on the task itself: a trip through the blocking pool per
-//! session per append was most of the node's CPU with 256 writing clients
-//! (the `node` bench's `sync-writes-256`).
+//! The store is synchronous and a redb append blocks until durable.
+//! [`Session::handle_bytes`] is the only call that may write (entries,
+//! snapshots, deletions the peer sent). A message of `Entries` frames (what
+//! a writing client sends) is handled on the task with the appends recorded
+//! ([`crate::commit::Deferring`]), then committed through the node's
+//! committer together with every other writer's, and only then is what the
+//! session queued (its ack) sent. Any other message that may write runs on
+//! a blocking thread: the session is moved into `spawn_blocking` and back.
+//! Timers and store changes only read (the change feed, entries to send,
+//! up to one window), so they run on the task itself: a trip through the
+//! blocking pool per session per append was most of the node's CPU with
+//! 256 writing clients (the `node` bench's `sync-writes-256`).
 //!
 //! Incoming connections arrive on `GET /v1/sync` (at most
 //! [`NodeConfig::max_sync_sessions`] at once); outgoing ones are made by one
@@ -53,6 +57,7 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
+use crate::commit::Deferring;
 use crate::feed::SessionStore;
 use crate::gossip::{Members, SessionLink};
 use crate::node::{Node, NodeConfig};
@@ -80,6 +85,37 @@ fn only_reads(bytes: &[u8]) -> bool {
                         | Message::Presence { .. }
                 )
         })
+}
+
+/// Whether a WebSocket message holds only `Entries` frames, besides
+/// frames that [`only_reads`] lets through, and is not large: the session
+/// then handles it on its task, with its appends recorded
+/// ([`Deferring`]) and committed through the node's committer before
+/// anything it answers is sent. Larger messages amortise a blocking
+/// hand-off well enough and take the plain path.
+fn only_entries(bytes: &[u8]) -> bool {
+    const LARGE: usize = 1 << 20;
+    if bytes.len() > LARGE {
+        return false;
+    }
+    let limits = Limits::default();
+    let mut rest = bytes;
+    let mut entries = false;
+    while !rest.is_empty() {
+        let Ok((msg, len)) = converge_sync::codec::decode(rest, &limits) else {
+            return false;
+        };
+        match msg {
+            Message::Entries { .. } => entries = true,
+            Message::Ack { .. }
+            | Message::Checkpoint { .. }
+            | Message::KeepAlive
+            | Message::Presence { .. } => {}
+            _ => return false,
+        }
+        rest = rest.get(len..).unwrap_or_default();
+    }
+    entries
 }
 
 /// The interest of a hello at the start of `bytes` (a peer's first
@@ -494,6 +530,9 @@ where
     // once the peer said hello, until the session ends.
     let mut link: Option<SessionLink<'_>> = None;
     let mut close_at = close_at;
+    // The last frame's appends went through the committer, which pulled
+    // the change feed for them already.
+    let mut committed_appends = false;
     if *stop.borrow_and_update() {
         session.close("the node is shutting down");
     }
@@ -565,9 +604,12 @@ where
                 _ => {}
             }
         }
+        let pulled = std::mem::take(&mut committed_appends);
         if updated {
             metrics::counter!("converge_sync_objects_updated_total").increment(1);
-            node.notify_appended();
+            if !pulled {
+                node.notify_appended();
+            }
         }
         if session.is_closed() {
             // Whatever the session queued last (its Error frame) is out.
@@ -616,6 +658,7 @@ where
                 }
                 let now = hub.now();
                 let inline = only_reads(&bytes);
+                let deferred = !inline && only_entries(&bytes);
                 let handle = move |s: &mut Session, store: &dyn converge_store::Store| {
                     s.handle_bytes(now, &bytes, store)?;
                     // One WebSocket message carries whole frames: a partial
@@ -627,6 +670,28 @@ where
                 };
                 let r = if inline {
                     handle(&mut session, &store)
+                } else if deferred {
+                    // Appends recorded, committed with everyone else's,
+                    // and only then is anything the session queued sent:
+                    // no ack before the entries are durable.
+                    let deferring = Deferring::new(&store);
+                    let r = handle(&mut session, &deferring);
+                    let appends = deferring.into_appends();
+                    if !appends.is_empty() {
+                        let committed = node.committer().commit(appends).await;
+                        if let Some(e) = committed.into_iter().find_map(|c| c.result.err()) {
+                            tracing::warn!(error = %e, "entries from the peer could not be stored");
+                            // Whatever the session queued may claim them:
+                            // send none of it.
+                            let _ = socket.close().await;
+                            return Ending::Transport(format!(
+                                "entries from the peer could not be stored: {e}"
+                            ));
+                        }
+                        // The committer pulled the feed for them.
+                        committed_appends = true;
+                    }
+                    r
                 } else {
                     match step(&store, session, handle).await {
                         Ok((s, r)) => {
