@@ -738,3 +738,234 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use converge_store::{AppendError, AppendOutcome, AppendRequest, Entry, MemoryStore, Store};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::sync::mpsc;
+
+    /// The node's end of an in-memory connection.
+    struct TestSocket {
+        from_client: mpsc::UnboundedReceiver<WsIn>,
+        to_client: mpsc::UnboundedSender<Vec<u8>>,
+    }
+
+    impl Stream for TestSocket {
+        type Item = Result<WsIn, String>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.from_client.poll_recv(cx).map(|m| m.map(Ok))
+        }
+    }
+
+    impl Sink<Vec<u8>> for TestSocket {
+        type Error = String;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, frame: Vec<u8>) -> Result<(), String> {
+            // The client may have stopped listening: that is fine here.
+            let _ = self.to_client.send(frame);
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A memory store whose `append_many` (the committer's path) fails.
+    struct FailingCommits(MemoryStore);
+
+    impl Store for FailingCommits {
+        fn append(
+            &self,
+            object: &str,
+            replica: ReplicaId,
+            entries: &[Entry],
+        ) -> Result<AppendOutcome, AppendError> {
+            self.0.append(object, replica, entries)
+        }
+        fn append_many(
+            &self,
+            requests: &[AppendRequest<'_>],
+        ) -> Vec<Result<AppendOutcome, AppendError>> {
+            requests
+                .iter()
+                .map(|_| {
+                    Err(AppendError::Store(converge_store::StoreError::Backend {
+                        context: "a test",
+                        source: "the disk is full".into(),
+                    }))
+                })
+                .collect()
+        }
+        fn read(
+            &self,
+            object: &str,
+            replica: ReplicaId,
+            from_seq: u64,
+            limit: usize,
+        ) -> Result<Vec<Entry>, converge_store::ReadError> {
+            self.0.read(object, replica, from_seq, limit)
+        }
+        fn version_vector(
+            &self,
+            object: &str,
+        ) -> Result<converge_crdt::VersionVector, converge_store::ReadError> {
+            self.0.version_vector(object)
+        }
+        fn list_objects(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<String>, converge_store::ReadError> {
+            self.0.list_objects(prefix, after, limit)
+        }
+        fn changes_since(
+            &self,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<converge_store::FeedItem>, converge_store::StoreError> {
+            self.0.changes_since(after, limit)
+        }
+        fn feed_head(&self) -> Result<u64, converge_store::StoreError> {
+            self.0.feed_head()
+        }
+        fn put_snapshot(
+            &self,
+            object: &str,
+            version_vector: &converge_crdt::VersionVector,
+            bytes: &[u8],
+        ) -> Result<(), converge_store::SnapshotError> {
+            self.0.put_snapshot(object, version_vector, bytes)
+        }
+        fn latest_snapshot(
+            &self,
+            object: &str,
+        ) -> Result<Option<converge_store::Snapshot>, converge_store::ReadError> {
+            self.0.latest_snapshot(object)
+        }
+        fn compact(
+            &self,
+            object: &str,
+            horizon: &converge_crdt::VersionVector,
+        ) -> Result<converge_store::CompactOutcome, converge_store::SnapshotError> {
+            self.0.compact(object, horizon)
+        }
+        fn delete_object(
+            &self,
+            object: &str,
+        ) -> Result<converge_store::DeleteOutcome, converge_store::DeleteError> {
+            self.0.delete_object(object)
+        }
+        fn tombstone(
+            &self,
+            object: &str,
+        ) -> Result<Option<converge_store::Tombstone>, converge_store::ReadError> {
+            self.0.tombstone(object)
+        }
+        fn list_tombstones(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<String>, converge_store::ReadError> {
+            self.0.list_tombstones(prefix, after, limit)
+        }
+    }
+
+    const CLIENT: ReplicaId = ReplicaId::from_u64(0xc1);
+
+    /// A client session holding `writes` entries of its own log of
+    /// "doc" talks to a node on `store` through the driver, until the
+    /// client is idle (the node acknowledged everything) or the node's end
+    /// stops. Returns the driver's ending, if it ended, and the highest
+    /// data message the node acknowledged.
+    async fn client_writes(store: Arc<dyn Store>, writes: u64) -> (Option<Ending>, u64) {
+        let node = Arc::new(Node::with_store(
+            ReplicaId::from_u64(0x40de),
+            store,
+            NodeConfig::new("unused"),
+        ));
+        let (to_node, from_client) = mpsc::unbounded_channel();
+        let (to_client, mut from_node) = mpsc::unbounded_channel();
+        let driver = tokio::spawn({
+            let node = node.clone();
+            async move {
+                let config = Config::new(Interest::Prefix(String::new()));
+                let socket = TestSocket {
+                    from_client,
+                    to_client,
+                };
+                drive(&node, socket, config, None, None).await
+            }
+        });
+        let local = MemoryStore::new();
+        for seq in 1..=writes {
+            local
+                .append("doc", CLIENT, &[Entry::new(seq, vec![seq as u8; 8])])
+                .expect("client append");
+        }
+        let mut client = Session::new(
+            0,
+            Config::new(Interest::Objects(vec!["doc".into()])),
+            CLIENT,
+            Policy::trusted(),
+        );
+        let mut acked = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let _ = client.handle_store_change(node.sync().now(), &local);
+            while let Some(frame) = client.poll_transmit() {
+                if to_node.send(WsIn::Binary(frame)).is_err() {
+                    break;
+                }
+            }
+            if client.is_idle() && client.peer().is_some() {
+                return (None, acked);
+            }
+            tokio::select! {
+                frame = from_node.recv() => match frame {
+                    Some(frame) => {
+                        if let Ok((Message::Ack { upto }, _)) =
+                            converge_sync::codec::decode(&frame, &Limits::default())
+                        {
+                            acked = acked.max(upto);
+                        }
+                        let _ = client.handle_bytes(node.sync().now(), &frame, &local);
+                    }
+                    None => {
+                        let ending = driver.await.expect("driver");
+                        return (Some(ending), acked);
+                    }
+                },
+                () = tokio::time::sleep_until(deadline) => panic!("no outcome within 10 s"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_are_acknowledged_once_committed() {
+        let store = Arc::new(MemoryStore::new());
+        let (ending, acked) = client_writes(store.clone(), 5).await;
+        assert!(ending.is_none(), "{ending:?}");
+        assert!(acked > 0);
+        assert_eq!(store.version_vector("doc").expect("doc").get(CLIENT), 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_that_fail_to_commit_are_never_acknowledged() {
+        let store = Arc::new(FailingCommits(MemoryStore::new()));
+        let (ending, acked) = client_writes(store.clone(), 5).await;
+        let ending = ending.map(|e| e.to_string()).unwrap_or_default();
+        assert!(ending.contains("could not be stored"), "{ending}");
+        assert_eq!(acked, 0, "no ack for entries that are not stored");
+        assert!(store.version_vector("doc").is_err(), "nothing stored");
+    }
+}
