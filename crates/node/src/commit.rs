@@ -36,19 +36,11 @@ pub(crate) struct Append {
     pub(crate) replica: ReplicaId,
     /// Entries with consecutive seqs.
     pub(crate) entries: Vec<Entry>,
-    /// Whether to read the object's version vector right after the append
-    /// (what a document writer answers with).
-    pub(crate) read_version: bool,
 }
 
-/// What the committer did with one [`Append`].
-pub(crate) struct Committed {
-    /// The append's result, as [`Store::append`] gives it.
-    pub(crate) result: Result<AppendOutcome, AppendError>,
-    /// The object's version vector after the round, if asked for and the
-    /// append succeeded.
-    pub(crate) version: Option<Result<VersionVector, ReadError>>,
-}
+/// What the committer did with one [`Append`], as [`Store::append`]
+/// answers.
+pub(crate) type Committed = Result<AppendOutcome, AppendError>;
 
 /// A group of appends and the waiter for their results (in the same order).
 struct Job {
@@ -66,8 +58,8 @@ struct Queue {
 /// The node's commit queue (see the module docs).
 pub(crate) struct Committer {
     queue: Mutex<Queue>,
-    /// Weak, so that once the last writer has its answer nothing here keeps
-    /// the store open (a restarted node reopens the same files at once).
+    /// Weak, so that a node that is gone does not stay open through its
+    /// committer.
     store: Weak<dyn Store>,
     feed: Arc<FeedHub>,
 }
@@ -107,10 +99,7 @@ impl Committer {
             Ok(results) => results,
             // The round panicked: nothing is known to be stored.
             Err(_) => (0..count)
-                .map(|_| Committed {
-                    result: Err(commit_failed("the commit task failed")),
-                    version: None,
-                })
+                .map(|_| Err(commit_failed("the commit task failed")))
                 .collect(),
         }
     }
@@ -157,26 +146,25 @@ impl Committer {
         let mut appended = false;
         let mut answers = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let mut out = Vec::with_capacity(job.appends.len());
-            for a in &job.appends {
-                let result = results.next().unwrap_or_else(|| {
-                    Err(commit_failed("the store gave fewer results than appends"))
-                });
-                appended |= result.as_ref().is_ok_and(|o| o.appended > 0);
-                let version =
-                    (a.read_version && result.is_ok()).then(|| store.version_vector(&a.object));
-                out.push(Committed { result, version });
-            }
+            let out: Vec<Committed> = (0..job.appends.len())
+                .map(|_| {
+                    let result = results.next().unwrap_or_else(|| {
+                        Err(commit_failed("the store gave fewer results than appends"))
+                    });
+                    appended |= result.as_ref().is_ok_and(|o| o.appended > 0);
+                    result
+                })
+                .collect();
             answers.push((job.done, out));
+        }
+        // Writers first: they wait on the sync, sessions can wait on a read.
+        for (done, out) in answers {
+            // A waiter that went away needs no answer.
+            let _ = done.send(out);
         }
         if appended {
             // Tells sync sessions that the store gained entries.
             self.feed.pull(&*store);
-        }
-        drop(store);
-        for (done, out) in answers {
-            // A waiter that went away needs no answer.
-            let _ = done.send(out);
         }
     }
 }
@@ -321,7 +309,6 @@ impl Store for Deferring<'_> {
                 object: object.to_owned(),
                 replica,
                 entries: entries.to_vec(),
-                read_version: false,
             });
         }
         let mut outcome = AppendOutcome::default();
@@ -414,43 +401,32 @@ mod tests {
 
     const A: ReplicaId = ReplicaId::from_u64(0xa);
 
-    fn append(object: &str, seqs: std::ops::RangeInclusive<u64>, read_version: bool) -> Append {
+    fn append(object: &str, seqs: std::ops::RangeInclusive<u64>) -> Append {
         Append {
             object: object.into(),
             replica: A,
             entries: seqs.map(|s| Entry::new(s, vec![s as u8])).collect(),
-            read_version,
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn each_append_gets_its_own_result_and_version() {
+    async fn each_append_gets_its_own_result() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let committer = Committer::new(&store, Arc::new(FeedHub::new()));
         let out = committer
             .commit(vec![
-                append("x", 1..=2, true),
-                append("x", 4..=4, true), // a gap: refused alone
-                append("y", 1..=1, false),
-                append("x", 3..=3, true),
+                append("x", 1..=2),
+                append("x", 4..=4), // a gap: refused alone
+                append("y", 1..=1),
+                append("x", 3..=3),
             ])
             .await;
         let appended: Vec<_> = out
             .iter()
-            .map(|c| c.result.as_ref().ok().map(|o| o.appended))
+            .map(|c| c.as_ref().ok().map(|o| o.appended))
             .collect();
         assert_eq!(appended, [Some(2), None, Some(1), Some(1)]);
-        assert!(matches!(out[1].result, Err(AppendError::Gap { .. })));
-        let versions: Vec<_> = out
-            .iter()
-            .map(|c| {
-                c.version
-                    .as_ref()
-                    .map(|v| v.as_ref().map(|v| v.get(A)).ok())
-            })
-            .collect();
-        // Read after the whole round: x's later append shows in both.
-        assert_eq!(versions, [Some(Some(3)), None, None, Some(Some(3))]);
+        assert!(matches!(out[1], Err(AppendError::Gap { .. })));
         assert_eq!(store.version_vector("x").expect("x").get(A), 3);
         assert_eq!(store.version_vector("y").expect("y").get(A), 1);
     }
@@ -465,11 +441,9 @@ mod tests {
                 tokio::spawn(async move {
                     let object = format!("doc{i}");
                     for seq in 1..=20 {
-                        let out = committer
-                            .commit(vec![append(&object, seq..=seq, false)])
-                            .await;
+                        let out = committer.commit(vec![append(&object, seq..=seq)]).await;
                         assert_eq!(out.len(), 1);
-                        assert!(out[0].result.as_ref().is_ok_and(|o| o.appended == 1));
+                        assert!(out[0].as_ref().is_ok_and(|o| o.appended == 1));
                     }
                 })
             })
@@ -489,8 +463,8 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let committer = Committer::new(&store, Arc::new(FeedHub::new()));
         drop(store);
-        let out = committer.commit(vec![append("x", 1..=1, true)]).await;
-        assert!(matches!(out[0].result, Err(AppendError::Store(_))));
+        let out = committer.commit(vec![append("x", 1..=1)]).await;
+        assert!(matches!(out[0], Err(AppendError::Store(_))));
     }
 
     fn entries(seqs: std::ops::RangeInclusive<u64>, byte: u8) -> Vec<Entry> {
@@ -568,7 +542,7 @@ mod tests {
         ));
         let committer = Committer::new(&store, Arc::new(FeedHub::new()));
         let results = committer.commit(deferring.into_appends()).await;
-        assert!(results.iter().all(|c| c.result.is_ok()));
+        assert!(results.iter().all(Result::is_ok));
         for object in ["x", "new"] {
             assert_eq!(
                 store.version_vector(object).expect("vv"),
@@ -597,7 +571,7 @@ mod tests {
             .expect("other writer");
         let results = committer.commit(deferring.into_appends()).await;
         assert!(matches!(
-            results[0].result,
+            results[0],
             Err(AppendError::Conflict { seq: 1, .. })
         ));
     }

@@ -413,6 +413,7 @@ impl Node {
                     // went away) must not leave the document flushing forever.
                     let flushed = tokio::spawn(flush(
                         self.committer.clone(),
+                        self.store.clone(),
                         self.replica,
                         id.to_string(),
                         open.clone(),
@@ -717,6 +718,7 @@ impl Node {
 /// failure the caller drops the document.
 async fn flush(
     committer: Arc<Committer>,
+    store: Arc<dyn Store>,
     replica: ReplicaId,
     id: String,
     open: Arc<tokio::sync::Mutex<OpenDoc>>,
@@ -727,23 +729,19 @@ async fn flush(
         entries.first().map_or(0, |e| e.seq),
         entries.last().map_or(0, |e| e.seq),
     );
-    // The version vector is read by the committer right after the append.
     let committed = committer
         .commit(vec![Append {
-            object: id,
+            object: id.clone(),
             replica,
             entries,
-            read_version: true,
         }])
         .await
         .pop();
+    // The version vector is read here, right after the append: a store
+    // read, off the committer's path to the next sync.
     let outcome = match committed {
-        Some(c) => match (c.result, c.version) {
-            (Err(e), _) => Err(append_error(e)),
-            (Ok(_), Some(Ok(version))) => Ok(version),
-            (Ok(_), Some(Err(e))) => Err(read_error(e)),
-            (Ok(_), None) => Err(NodeError::Storage("the committer read no version".into())),
-        },
+        Some(Ok(_)) => store.version_vector(&id).map_err(read_error),
+        Some(Err(e)) => Err(append_error(e)),
         None => Err(NodeError::Storage("the committer gave no answer".into())),
     };
     let mut guard = open.lock().await;

@@ -679,7 +679,7 @@ where
                     let appends = deferring.into_appends();
                     if !appends.is_empty() {
                         let committed = node.committer().commit(appends).await;
-                        if let Some(e) = committed.into_iter().find_map(|c| c.result.err()) {
+                        if let Some(e) = committed.into_iter().find_map(Result::err) {
                             tracing::warn!(error = %e, "entries from the peer could not be stored");
                             // Whatever the session queued may claim them:
                             // send none of it.
