@@ -1,6 +1,7 @@
 //! The node-wide committer: every durable append of the node's documents
-//! and sync sessions goes through one queue, drained by one blocking task
-//! at a time into one [`Store::append_many`] call.
+//! and sync sessions goes through one queue, drained by at most
+//! [`PIPELINE`] blocking tasks at a time, each taking everything queued
+//! into one [`Store::append_many`] call.
 //!
 //! Before it, each document batch took a blocking thread of its own that
 //! sat in the store's group commit, and every incoming frame of a sync
@@ -11,6 +12,13 @@
 //! draining (no hand-off per commit), and the more writers wait, the more
 //! each `append_many` (one log write and one sync, on a backend that
 //! batches) carries.
+//!
+//! Two tasks rather than one keep the store busy: while one waits for its
+//! sync, the other hands the store the next batch, which a backend with
+//! group commit writes as soon as the sync is done, instead of idling
+//! while the first task answers its writers and comes back. The order of
+//! appends to one log is kept all the same: a document has one batch in
+//! flight at a time, and a sync session one message's appends.
 //!
 //! After each round the committer pulls the change feed once
 //! ([`FeedHub::pull`]) for everything it appended, rather than once per
@@ -48,11 +56,14 @@ struct Job {
     done: oneshot::Sender<Vec<Committed>>,
 }
 
+/// Most blocking tasks draining the queue at once (see the module docs).
+const PIPELINE: usize = 2;
+
 #[derive(Default)]
 struct Queue {
     jobs: Vec<Job>,
-    /// A blocking task is draining the queue.
-    running: bool,
+    /// Blocking tasks draining the queue now.
+    running: usize,
 }
 
 /// The node's commit queue (see the module docs).
@@ -89,7 +100,9 @@ impl Committer {
         let start = {
             let mut queue = self.queue();
             queue.jobs.push(Job { appends, done });
-            !std::mem::replace(&mut queue.running, true)
+            let start = queue.running < PIPELINE;
+            queue.running += usize::from(start);
+            start
         };
         if start {
             let this = self.clone();
@@ -112,7 +125,7 @@ impl Committer {
         impl Drop for Running<'_> {
             fn drop(&mut self) {
                 if std::thread::panicking() {
-                    self.0.queue().running = false;
+                    self.0.queue().running -= 1;
                 }
             }
         }
@@ -121,7 +134,7 @@ impl Committer {
             let jobs = {
                 let mut queue = self.queue();
                 if queue.jobs.is_empty() {
-                    queue.running = false;
+                    queue.running -= 1;
                     return;
                 }
                 std::mem::take(&mut queue.jobs)
@@ -455,7 +468,8 @@ mod tests {
             let vv = store.version_vector(&format!("doc{i}")).expect("doc");
             assert_eq!(vv.get(A), 20);
         }
-        assert!(!committer.queue().running || committer.queue().jobs.is_empty());
+        assert!(committer.queue().jobs.is_empty());
+        assert!(committer.queue().running <= PIPELINE);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,7 +53,7 @@
 //!
 //! Every append of a local write, and of the entries a peer sends, goes
 //! through one node-wide committer: writers queue their appends and await
-//! the answer, and one blocking task at a time drains the queue into one
+//! the answer, and a blocking task (two at most) drains the queue into one
 //! `Store::append_many` call (one log write and one sync on the embedded
 //! store). A write is answered, and a sync ack sent, only once its
 //! append is durable.
