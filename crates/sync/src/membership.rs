@@ -417,17 +417,24 @@ impl Membership {
         Some(self.state_of(m, now))
     }
 
-    /// Whether `m` was dead long enough to be forgotten: it failed
-    /// [`GossipConfig::dead_after_failures`] times in a row, the failures
-    /// began at least [`GossipConfig::forget_after_ms`] ago, and it was
-    /// not seen in that time either.
+    /// Whether `m` is dead: it failed [`GossipConfig::dead_after_failures`]
+    /// times in a row and was not seen for [`GossipConfig::dead_after_ms`].
+    fn is_dead(&self, m: &Member, now: u64) -> bool {
+        m.sessions == 0
+            && m.failures >= self.config.dead_after_failures
+            && m.last_seen
+                .is_none_or(|seen| now.saturating_sub(seen) >= self.config.dead_after_ms)
+    }
+
+    /// Whether `m` was dead long enough to be forgotten: it is dead, its
+    /// failures began at least [`GossipConfig::forget_after_ms`] ago, and
+    /// it was not seen in that time either.
     fn is_forgotten(&self, m: &Member, now: u64) -> bool {
         let Some(after) = self.config.forget_after_ms else {
             return false;
         };
         let long_ago = |at: u64| now.saturating_sub(at) >= after;
-        m.sessions == 0
-            && m.failures >= self.config.dead_after_failures
+        self.is_dead(m, now)
             && m.failing_since.is_some_and(long_ago)
             && m.last_seen.is_none_or(long_ago)
     }
@@ -448,10 +455,7 @@ impl Membership {
             MemberState::Connected
         } else if m.answered_as.is_some() {
             MemberState::Mismatch
-        } else if m.failures >= self.config.dead_after_failures
-            && m.last_seen
-                .is_none_or(|seen| now.saturating_sub(seen) >= self.config.dead_after_ms)
-        {
+        } else if self.is_dead(m, now) {
             MemberState::Dead
         } else if m.failures > 0 {
             MemberState::Suspect
@@ -839,6 +843,21 @@ mod tests {
         assert_eq!(
             (view.state, view.answered_as, view.failures),
             (MemberState::Connected, None, 0)
+        );
+    }
+
+    #[test]
+    fn only_a_dead_member_is_forgotten() {
+        // Forgetting after 500 ms, but dead only after 1 000 ms unseen.
+        let mut m = forgetting(Some(500));
+        m.session_opened(r(2), 0);
+        m.session_closed(r(2), 0);
+        fail_until(&mut m, 0, 900);
+        assert_eq!(m.state(r(2), 900), Some(MemberState::Suspect));
+        assert_eq!(
+            m.state(r(2), 1_000),
+            None,
+            "dead, and failing for long enough"
         );
     }
 }
