@@ -80,6 +80,9 @@ pub(crate) struct Members {
     /// Set once the node marked itself as left: the entry is not written
     /// back, and sessions push what is unacknowledged before closing.
     leaving: AtomicBool,
+    /// Woken when a peer updated the membership object, so the view
+    /// follows at once (a member that left is not dialled again).
+    listing_changed: tokio::sync::Notify,
 }
 
 impl Members {
@@ -100,6 +103,16 @@ impl Members {
             enabled: config.gossip_interval.is_some(),
             started_ms,
             leaving: AtomicBool::new(false),
+            listing_changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A sync session stored entries of `object`: if it is the membership
+    /// object, the gossip loop reads it again now rather than at its next
+    /// round.
+    pub(crate) fn object_updated(&self, object: &str) {
+        if self.enabled && object == MEMBERS_OBJECT {
+            self.listing_changed.notify_one();
         }
     }
 
@@ -305,6 +318,7 @@ pub(crate) async fn run_gossip(node: Arc<Node>) {
     let session_time = interval
         .saturating_mul(GOSSIP_SESSION_INTERVALS)
         .max(Duration::from_secs(1));
+    let mut next_round = Instant::now();
     loop {
         if *stop.borrow_and_update() {
             break;
@@ -312,15 +326,20 @@ pub(crate) async fn run_gossip(node: Arc<Node>) {
         if let Err(e) = refresh_members(&node).await {
             tracing::warn!(error = %e, "cannot read or update the membership object");
         }
-        while sessions.try_join_next().is_some() {}
-        let now = hub.now();
-        if let Some((replica, url)) = hub.members.with(|m| m.choose(now, fastrand::u64(..))) {
-            tracing::debug!(peer = %replica, url, "gossip round");
-            sessions.spawn(gossip_with(node.clone(), replica, url, session_time));
+        if Instant::now() >= next_round {
+            while sessions.try_join_next().is_some() {}
+            let now = hub.now();
+            if let Some((replica, url)) = hub.members.with(|m| m.choose(now, fastrand::u64(..))) {
+                tracing::debug!(peer = %replica, url, "gossip round");
+                sessions.spawn(gossip_with(node.clone(), replica, url, session_time));
+            }
+            let wait = hub.members.with(|m| m.round_wait(fastrand::f64()));
+            next_round = Instant::now() + Duration::from_millis(wait);
         }
-        let wait = hub.members.with(|m| m.round_wait(fastrand::f64()));
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            () = tokio::time::sleep_until(next_round) => {}
+            // A peer changed the membership: read it now, gossip on time.
+            () = hub.members.listing_changed.notified() => {}
             _ = stop.changed() => break,
         }
     }

@@ -636,6 +636,7 @@ where
                     if let Err(e) = node.refresh(&object).await {
                         tracing::warn!(object, error = %e, "cannot apply remote entries to the open document");
                     }
+                    hub.members.object_updated(&object);
                 }
                 Event::ObjectDeleted { object } => {
                     tracing::info!(object, "document deleted by a peer");
