@@ -258,3 +258,21 @@ fn a_url_answered_by_another_replica_is_a_mismatch_and_the_new_one_is_listed() {
             .is_some_and(|m| m["url"] == b2.ws() && m["state"] != "mismatch")
     });
 }
+
+#[test]
+fn a_member_that_leaves_is_listed_left_at_once_not_at_the_next_round() {
+    // Rounds every 10 s: only the push and the immediate re-read of the
+    // membership object can show the change within a second.
+    let slow = ["--gossip-interval", "10s"];
+    let dirs = [(); 2].map(|()| tempfile::tempdir().expect("tempdir"));
+    let a = Server::start(dirs[0].path(), &slow);
+    let b = Server::start(dirs[1].path(), &[&slow[..], &["--peer", &a.ws()]].concat());
+    let rb = replica_of(&b);
+    wait_until("a lists b", Duration::from_secs(5), || {
+        state_on(&a, &rb) == "connected"
+    });
+    assert!(b.terminate().success());
+    wait_until("a lists b as left", Duration::from_secs(1), || {
+        state_on(&a, &rb) == "left"
+    });
+}
