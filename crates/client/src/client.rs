@@ -494,7 +494,9 @@ impl<'a> DocRef<'a> {
     /// none of them), as far as the sync sessions learnt: from what the
     /// node said it holds and its acknowledgements of the entries sent.
     /// `true` for a document without local edits; `false` without an
-    /// upstream as long as there are some.
+    /// upstream as long as there are some. A deleted document is
+    /// [`ClientError::Deleted`] (its tombstone is sent like an edit, but
+    /// not tracked).
     pub async fn is_synced(self) -> Result<bool, ClientError> {
         let own = self.client.replica();
         let made = self.version().await?.get(own);
