@@ -61,6 +61,7 @@ impl Agents {
     ///
     /// The last run in LV order is its replica's latest (a replica's
     /// operations arrive in counter order), so the new counters follow it.
+    #[inline]
     pub(crate) fn extend_last(&mut self, replica: ReplicaId, n: usize) -> bool {
         match self.by_lv.last_mut() {
             Some(last) if last.replica == replica && n > 0 => {

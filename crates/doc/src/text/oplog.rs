@@ -89,6 +89,7 @@ impl OpLog {
     /// Appends `replica`'s next operations, made on the log's whole
     /// version (local edits): inserting `text` at `pos`, or deleting `len`
     /// characters from `pos`.
+    #[inline]
     pub(crate) fn push_local(
         &mut self,
         replica: ReplicaId,
@@ -140,6 +141,7 @@ impl OpLog {
         lvs
     }
 
+    #[inline]
     fn push_ops(&mut self, lvs: Range<Lv>, kind: OpKind, pos: usize, fwd: bool, text: &str) {
         let len = lvs.end - lvs.start;
         if let Some(last) = self.runs.last_mut()
