@@ -7,8 +7,10 @@
 //!     ../shared/traces/sequential/friendsforever_flat.json.gz 5
 //! ```
 //!
-//! The second argument repeats the replay (default 1). The text is checked
-//! against the trace's `endContent`.
+//! The second argument repeats the replay (default 1); a third, `floor`,
+//! replays into a plain `JumpRopeBuf` instead (the bench's floor: the same
+//! edits with no CRDT metadata), for comparing instruction counts. The
+//! text is checked against the trace's `endContent`.
 
 use std::io::Read;
 
@@ -23,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .ok_or("usage: replay_trace TRACE.json.gz [REPEAT]")?;
     let repeat: usize = args.next().map_or(Ok(1), |s| s.parse())?;
+    let floor = args.next().is_some_and(|s| s == "floor");
     let mut json = String::new();
     flate2::read::GzDecoder::new(std::fs::File::open(&path)?).read_to_string(&mut json)?;
     let trace: serde_json::Value = serde_json::from_str(&json)?;
@@ -38,8 +41,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     for _ in 0..repeat {
-        let text = replay(&patches)?;
-        if text.to_string() != end {
+        let text = if floor {
+            replay_floor(&patches).to_string()
+        } else {
+            replay(&patches)?.to_string()
+        };
+        if text != end {
             return Err("the replay does not reach endContent".into());
         }
     }
@@ -57,4 +64,18 @@ fn replay(patches: &[Patch]) -> Result<Text, converge_doc::DocError> {
         text.insert(*pos, ins)?;
     }
     Ok(text)
+}
+
+#[inline(never)]
+fn replay_floor(patches: &[Patch]) -> jumprope::JumpRopeBuf {
+    let mut rope = jumprope::JumpRopeBuf::new();
+    for (pos, del, ins) in patches {
+        if *del > 0 {
+            rope.remove(*pos..*pos + *del);
+        }
+        if !ins.is_empty() {
+            rope.insert(*pos, ins);
+        }
+    }
+    rope
 }
