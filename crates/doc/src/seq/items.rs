@@ -7,7 +7,10 @@
 //! replayed version and in the result), with an index from an item's first
 //! LV to its chunk: finding by position or by LV and inserting cost
 //! O(√n)-ish (chunks are skipped by their cached counts), not O(n). Runs
-//! of consecutive inserts by one author stay one item until split.
+//! of consecutive inserts by one author stay one item until split. Each
+//! chunk also notes whether all its items are concurrent siblings with the
+//! same origins, so that placing an insert among many such siblings passes
+//! over whole chunks ([`Items::scan`]).
 
 use std::collections::BTreeMap;
 
