@@ -82,7 +82,7 @@ use crate::logic::{self, Page, Txn, View};
 use crate::overlay::{Batch, Layered, Overlay, Staging, WriterCache};
 use crate::wal::{self, Wal, WalFile};
 use crate::{
-    AppendError, AppendOutcome, CompactOutcome, DeleteError, DeleteOutcome, Entry, FeedItem,
+    AppendError, AppendOutcome, AppendRequest, CompactOutcome, DeleteError, DeleteOutcome, Entry, FeedItem,
     FeedKind, ReadError, Snapshot, SnapshotError, Store, StoreConfig, StoreError, Tombstone,
 };
 
@@ -210,11 +210,10 @@ struct Job {
 }
 
 enum Op {
-    Append {
-        object: String,
-        replica: ReplicaId,
-        entries: Vec<Entry>,
-    },
+    Append(OwnedAppend),
+    /// The requests of one [`Store::append_many`] call that passed the
+    /// caller's checks: one job, so they share one log record and one sync.
+    AppendMany(Vec<OwnedAppend>),
     PutSnapshot {
         object: String,
         version_vector: VersionVector,
@@ -227,6 +226,23 @@ enum Op {
     Delete {
         object: String,
     },
+}
+
+/// One append as the writer takes it: [`Store::append`]'s arguments, owned.
+struct OwnedAppend {
+    object: String,
+    replica: ReplicaId,
+    entries: Vec<Entry>,
+}
+
+impl OwnedAppend {
+    fn new(object: &str, replica: ReplicaId, entries: &[Entry]) -> Self {
+        Self {
+            object: object.to_owned(),
+            replica,
+            entries: entries.to_vec(),
+        }
+    }
 }
 
 /// What [`RedbStore::verify`] checked.
@@ -259,6 +275,7 @@ pub struct CommitStats {
 
 enum Reply {
     Append(Result<AppendOutcome, AppendError>),
+    AppendMany(Vec<Result<AppendOutcome, AppendError>>),
     PutSnapshot(Result<(), SnapshotError>),
     Compact(Result<CompactOutcome, SnapshotError>),
     Delete(Result<DeleteOutcome, DeleteError>),
@@ -1160,7 +1177,7 @@ impl Writer {
             let e = StoreError::backend("an earlier write failed; reopen the store", why.clone());
             return jobs.iter().map(|op| op.fail(&e)).collect();
         }
-        if jobs.iter().all(|op| matches!(op, Op::Append { .. })) {
+        if jobs.iter().all(|op| op.is_append()) {
             match self.log_appends(shared, jobs) {
                 Ok(Some(replies)) => return replies,
                 Ok(None) => {} // Too large for the log: committed below.
@@ -1181,17 +1198,10 @@ impl Writer {
         let applied = (|| {
             let mut tables = write_tables(&txn)?;
             for &op in jobs {
-                tables.wrote = false;
-                let reply = op.apply(&mut tables, &shared.config);
-                if tables.wrote {
-                    if let Some(e) = reply.store_error() {
-                        // Storage failed midway through this job: the transaction
-                        // holds part of it, so none of the batch may be committed.
-                        return Err(e);
-                    }
-                    any_written = true;
-                }
-                replies.push(reply);
+                // Fails if storage failed midway through a write: the
+                // transaction holds part of it, so none of the batch may be
+                // committed.
+                replies.push(op.apply(&mut tables, &shared.config, &mut any_written)?);
             }
             Ok(())
         })();
@@ -1207,7 +1217,7 @@ impl Writer {
             return replies
                 .into_iter()
                 .zip(jobs)
-                .map(|(reply, op)| if reply.is_ok() { op.fail(&e) } else { reply })
+                .map(|(reply, op)| reply.fail_accepted(op, &e))
                 .collect();
         }
         shared.commits.fetch_add(1, Ordering::Relaxed);
@@ -1231,36 +1241,41 @@ impl Writer {
         let pending = shared.overlay_read();
         let mut staging = Staging::new(&pending, &self.cache, || read_tables(&shared.db));
         for &op in jobs {
-            let Op::Append {
-                object,
-                replica,
-                entries,
-            } = op
-            else {
+            let appends = op.appends();
+            if appends.is_empty() {
                 return Err(StoreError::backend(
                     "logging appends",
                     "a job that is not an append (a bug in converge-store)",
                 ));
-            };
-            staging.wrote = false;
-            let result = logic::append(&mut staging, object, *replica, entries);
-            if staging.wrote {
-                match &result {
-                    Err(AppendError::Store(e)) => return Err(duplicate(e)),
-                    Err(_) => {}
-                    Ok(outcome) => {
-                        let new = usize::try_from(outcome.appended)
-                            .map_or(0, |n| entries.len().saturating_sub(n));
-                        logged.push(WalAppend {
-                            object,
-                            replica: *replica,
-                            position: outcome.position.unwrap_or(0),
-                            entries: &entries[new..],
-                        });
+            }
+            let mut results = Vec::with_capacity(appends.len());
+            for append in appends {
+                let OwnedAppend {
+                    object,
+                    replica,
+                    entries,
+                } = append;
+                staging.wrote = false;
+                let result = logic::append(&mut staging, object, *replica, entries);
+                if staging.wrote {
+                    match &result {
+                        Err(AppendError::Store(e)) => return Err(duplicate(e)),
+                        Err(_) => {}
+                        Ok(outcome) => {
+                            let new = usize::try_from(outcome.appended)
+                                .map_or(0, |n| entries.len().saturating_sub(n));
+                            logged.push(WalAppend {
+                                object,
+                                replica: *replica,
+                                position: outcome.position.unwrap_or(0),
+                                entries: &entries[new..],
+                            });
+                        }
                     }
                 }
+                results.push(result);
             }
-            replies.push(Reply::Append(result));
+            replies.push(op.answer(results));
         }
         let delta = staging.into_delta();
         drop(pending);
@@ -1285,7 +1300,7 @@ impl Writer {
                 replies
                     .into_iter()
                     .zip(jobs)
-                    .map(|(reply, op)| if reply.is_ok() { op.fail(&e) } else { reply })
+                    .map(|(reply, op)| reply.fail_accepted(op, &e))
                     .collect(),
             ));
         }
@@ -1367,19 +1382,83 @@ fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
 impl Op {
     fn size(&self) -> usize {
         match self {
-            Self::Append { entries, .. } => entries.iter().map(|e| e.bytes.len() + 16).sum(),
+            Self::Append(_) | Self::AppendMany(_) => self
+                .appends()
+                .iter()
+                .map(|a| a.object.len() + a.entries.iter().map(|e| e.bytes.len() + 16).sum::<usize>())
+                .sum(),
             Self::PutSnapshot { bytes, .. } => bytes.len(),
             Self::Compact { .. } | Self::Delete { .. } => 0,
         }
     }
 
-    fn apply(&self, tables: &mut WriteTables<'_>, config: &StoreConfig) -> Reply {
+    /// Whether the job only appends (so it may go through the log).
+    fn is_append(&self) -> bool {
+        matches!(self, Self::Append(_) | Self::AppendMany(_))
+    }
+
+    /// The appends of the job, in order (none for other writes).
+    fn appends(&self) -> &[OwnedAppend] {
         match self {
-            Self::Append {
-                object,
-                replica,
-                entries,
-            } => Reply::Append(logic::append(tables, object, *replica, entries)),
+            Self::Append(append) => std::slice::from_ref(append),
+            Self::AppendMany(appends) => appends,
+            _ => &[],
+        }
+    }
+
+    /// The reply of an append job, from the results of its appends in order.
+    fn answer(&self, mut results: Vec<Result<AppendOutcome, AppendError>>) -> Reply {
+        match self {
+            Self::AppendMany(_) => Reply::AppendMany(results),
+            _ => Reply::Append(
+                results
+                    .pop()
+                    .unwrap_or_else(|| Err(unexpected_reply().into())),
+            ),
+        }
+    }
+
+    /// Applies the job inside `tables`' transaction and sets `written` if
+    /// it wrote anything. `Err` if storage failed after the job had started
+    /// writing: the transaction then holds part of it and must be dropped.
+    fn apply(
+        &self,
+        tables: &mut WriteTables<'_>,
+        config: &StoreConfig,
+        written: &mut bool,
+    ) -> Result<Reply, StoreError> {
+        if self.is_append() {
+            let mut results = Vec::with_capacity(self.appends().len());
+            for append in self.appends() {
+                tables.wrote = false;
+                let result = logic::append(tables, &append.object, append.replica, &append.entries);
+                if tables.wrote {
+                    if let Err(AppendError::Store(e)) = &result {
+                        return Err(duplicate(e));
+                    }
+                    *written = true;
+                }
+                results.push(result);
+            }
+            return Ok(self.answer(results));
+        }
+        tables.wrote = false;
+        let reply = self.apply_other(tables, config);
+        if tables.wrote {
+            if let Some(e) = reply.store_error() {
+                return Err(e);
+            }
+            *written = true;
+        }
+        Ok(reply)
+    }
+
+    /// Applies a job that is not an append.
+    fn apply_other(&self, tables: &mut WriteTables<'_>, config: &StoreConfig) -> Reply {
+        match self {
+            Self::Append(_) | Self::AppendMany(_) => {
+                Reply::Append(Err(unexpected_reply().into()))
+            }
             Self::PutSnapshot {
                 object,
                 version_vector,
@@ -1401,7 +1480,13 @@ impl Op {
     fn fail(&self, error: &StoreError) -> Reply {
         let error = duplicate(error);
         match self {
-            Self::Append { .. } => Reply::Append(Err(error.into())),
+            Self::Append(_) => Reply::Append(Err(error.into())),
+            Self::AppendMany(appends) => Reply::AppendMany(
+                appends
+                    .iter()
+                    .map(|_| Err(duplicate(&error).into()))
+                    .collect(),
+            ),
             Self::PutSnapshot { .. } => Reply::PutSnapshot(Err(error.into())),
             Self::Compact { .. } => Reply::Compact(Err(error.into())),
             Self::Delete { .. } => Reply::Delete(Err(error.into())),
@@ -1410,17 +1495,32 @@ impl Op {
 }
 
 impl Reply {
-    fn is_ok(&self) -> bool {
-        match self {
-            Self::Append(r) => r.is_ok(),
-            Self::PutSnapshot(r) => r.is_ok(),
-            Self::Compact(r) => r.is_ok(),
-            Self::Delete(r) => r.is_ok(),
-        }
+    /// This reply with every write it accepted failed with `error` instead
+    /// (its batch was not made durable); rejections stand.
+    fn fail_accepted(self, op: &Op, error: &StoreError) -> Self {
+        let accepted = match self {
+            Self::AppendMany(results) => {
+                return Self::AppendMany(
+                    results
+                        .into_iter()
+                        .map(|r| match r {
+                            Ok(_) => Err(duplicate(error).into()),
+                            rejected => rejected,
+                        })
+                        .collect(),
+                );
+            }
+            Self::Append(ref r) => r.is_ok(),
+            Self::PutSnapshot(ref r) => r.is_ok(),
+            Self::Compact(ref r) => r.is_ok(),
+            Self::Delete(ref r) => r.is_ok(),
+        };
+        if accepted { op.fail(error) } else { self }
     }
 
     fn store_error(&self) -> Option<StoreError> {
         let error = match self {
+            Self::AppendMany(_) => return None,
             Self::Append(Err(AppendError::Store(e)))
             | Self::PutSnapshot(Err(SnapshotError::Store(e)))
             | Self::Compact(Err(SnapshotError::Store(e)))
@@ -1470,14 +1570,50 @@ impl Store for RedbStore {
         if entries.is_empty() {
             return Ok(AppendOutcome::default());
         }
-        match self.submit(Op::Append {
-            object: object.to_owned(),
-            replica,
-            entries: entries.to_vec(),
-        })? {
+        match self.submit(Op::Append(OwnedAppend::new(object, replica, entries)))? {
             Reply::Append(result) => result,
             _ => Err(unexpected_reply().into()),
         }
+    }
+
+    /// Checks every request on the caller's thread, then hands the rest to
+    /// the writer as one job: they are checked against the store in order,
+    /// written as one log record with one sync (shared with concurrent
+    /// appenders), and answered together.
+    fn append_many(
+        &self,
+        requests: &[AppendRequest<'_>],
+    ) -> Vec<Result<AppendOutcome, AppendError>> {
+        let mut results = Vec::with_capacity(requests.len());
+        let mut queued = Vec::new();
+        let mut slots = Vec::new();
+        for (slot, request) in requests.iter().enumerate() {
+            let checked = logic::check_batch(&self.shared.config, request.object, request.entries);
+            if checked.is_ok() && !request.entries.is_empty() {
+                slots.push(slot);
+                queued.push(OwnedAppend::new(
+                    request.object,
+                    request.replica,
+                    request.entries,
+                ));
+            }
+            results.push(checked.map(|()| AppendOutcome::default()));
+        }
+        if queued.is_empty() {
+            return results;
+        }
+        let answers = match self.submit(Op::AppendMany(queued)) {
+            Ok(Reply::AppendMany(answers)) if answers.len() == slots.len() => answers,
+            Ok(_) => slots
+                .iter()
+                .map(|_| Err(unexpected_reply().into()))
+                .collect(),
+            Err(e) => slots.iter().map(|_| Err(duplicate(&e).into())).collect(),
+        };
+        for (slot, answer) in slots.into_iter().zip(answers) {
+            results[slot] = answer;
+        }
+        results
     }
 
     fn read(
