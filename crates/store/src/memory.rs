@@ -9,8 +9,9 @@ use converge_crdt::{ReplicaId, VersionVector};
 use crate::format::Head;
 use crate::logic::{self, Page, Txn, View};
 use crate::{
-    AppendError, AppendOutcome, AppendRequest, CompactOutcome, DeleteError, DeleteOutcome, Entry, FeedItem,
-    FeedKind, ReadError, Snapshot, SnapshotError, Store, StoreConfig, StoreError, Tombstone,
+    AppendError, AppendOutcome, AppendRequest, CompactOutcome, DeleteError, DeleteOutcome, Entry,
+    FeedItem, FeedKind, ReadError, Snapshot, SnapshotError, Store, StoreConfig, StoreError,
+    Tombstone,
 };
 
 /// A [`Store`] that keeps everything in memory: for tests and for replicas

@@ -82,8 +82,9 @@ use crate::logic::{self, Page, Txn, View};
 use crate::overlay::{Batch, Layered, Overlay, Staging, WriterCache};
 use crate::wal::{self, Wal, WalFile};
 use crate::{
-    AppendError, AppendOutcome, AppendRequest, CompactOutcome, DeleteError, DeleteOutcome, Entry, FeedItem,
-    FeedKind, ReadError, Snapshot, SnapshotError, Store, StoreConfig, StoreError, Tombstone,
+    AppendError, AppendOutcome, AppendRequest, CompactOutcome, DeleteError, DeleteOutcome, Entry,
+    FeedItem, FeedKind, ReadError, Snapshot, SnapshotError, Store, StoreConfig, StoreError,
+    Tombstone,
 };
 
 type ObjectKey = &'static str;
@@ -1385,7 +1386,9 @@ impl Op {
             Self::Append(_) | Self::AppendMany(_) => self
                 .appends()
                 .iter()
-                .map(|a| a.object.len() + a.entries.iter().map(|e| e.bytes.len() + 16).sum::<usize>())
+                .map(|a| {
+                    a.object.len() + a.entries.iter().map(|e| e.bytes.len() + 16).sum::<usize>()
+                })
                 .sum(),
             Self::PutSnapshot { bytes, .. } => bytes.len(),
             Self::Compact { .. } | Self::Delete { .. } => 0,
@@ -1456,9 +1459,7 @@ impl Op {
     /// Applies a job that is not an append.
     fn apply_other(&self, tables: &mut WriteTables<'_>, config: &StoreConfig) -> Reply {
         match self {
-            Self::Append(_) | Self::AppendMany(_) => {
-                Reply::Append(Err(unexpected_reply().into()))
-            }
+            Self::Append(_) | Self::AppendMany(_) => Reply::Append(Err(unexpected_reply().into())),
             Self::PutSnapshot {
                 object,
                 version_vector,

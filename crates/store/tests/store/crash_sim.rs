@@ -65,19 +65,21 @@ fn append_many_until_power_loss(
             .iter()
             .map(|(object, batch)| AppendRequest::new(object, MANY_REPLICA, batch))
             .collect();
-        submitted.lock().unwrap().extend(planned.iter().map(|(object, batch)| {
-            (*object, batch[0].seq, batch[batch.len() - 1].seq)
-        }));
+        submitted.lock().unwrap().extend(
+            planned
+                .iter()
+                .map(|(object, batch)| (*object, batch[0].seq, batch[batch.len() - 1].seq)),
+        );
         let results = store.append_many(&requests);
         assert_eq!(results.len(), requests.len());
         for ((object, batch), result) in planned.iter().zip(&results) {
             match result {
                 Ok(outcome) => {
                     assert_eq!(outcome.appended, batch.len() as u64, "seed {seed}");
-                    acked
-                        .lock()
-                        .unwrap()
-                        .insert((object.to_string(), MANY_REPLICA), batch[batch.len() - 1].seq);
+                    acked.lock().unwrap().insert(
+                        (object.to_string(), MANY_REPLICA),
+                        batch[batch.len() - 1].seq,
+                    );
                 }
                 Err(e) => {
                     assert!(
