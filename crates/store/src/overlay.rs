@@ -56,6 +56,9 @@ pub(crate) struct Batch {
     pub(crate) lsn: u64,
     /// The record's appends (new entries only, with their feed positions).
     pub(crate) appends: Vec<WalAppendOwned>,
+    /// The head of each append's log after it, in the same order: the
+    /// applier writes them as they are (the writer checked everything).
+    pub(crate) heads: Vec<Head>,
     /// The objects these appends created.
     pub(crate) created: Vec<String>,
     /// The record's size in the log, in bytes.
@@ -848,6 +851,10 @@ mod tests {
                 replica: A,
                 position: 1,
                 entries: entries(1..=2),
+            }],
+            heads: vec![Head {
+                last: 2,
+                compacted: 0,
             }],
             created: first.created_objects(),
             record_len: 1,
