@@ -518,7 +518,7 @@ impl RedbStore {
     }
 
     /// Queues a write and waits until it is committed (durable) or rejected.
-    fn submit(&self, op: Op) -> Result<Reply, StoreError> {
+    fn submit(&self, mut op: Op) -> Result<Reply, StoreError> {
         let shared = &*self.shared;
         {
             let queue = shared.queue();
@@ -535,7 +535,7 @@ impl RedbStore {
                 && let Ok(mut writer) = shared.writer.try_lock()
             {
                 drop(queue);
-                let mut replies = writer.commit_batch(shared, &[&op]);
+                let mut replies = writer.commit_batch(shared, &mut [&mut op]);
                 drop(writer);
                 shared.jobs.fetch_add(1, Ordering::Relaxed);
                 let waiting = shared.queue().jobs.len();
@@ -1119,7 +1119,7 @@ fn write_loop(shared: &Shared) {
     let mut expected = 0;
     let mut last_commit = Duration::ZERO;
     loop {
-        let jobs = {
+        let mut jobs = {
             let mut queue = shared.queue();
             loop {
                 if !queue.jobs.is_empty() {
@@ -1142,8 +1142,8 @@ fn write_loop(shared: &Shared) {
             take_batch(&mut queue.jobs)
         };
         let started = Instant::now();
-        let ops: Vec<&Op> = jobs.iter().map(|job| &job.op).collect();
-        let replies = shared.writer().commit_batch(shared, &ops);
+        let mut ops: Vec<&mut Op> = jobs.iter_mut().map(|job| &mut job.op).collect();
+        let replies = shared.writer().commit_batch(shared, &mut ops);
         last_commit = started.elapsed();
         shared.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         expected = (jobs.len() + shared.queue().jobs.len()).min(MAX_BATCH_JOBS);
@@ -1220,7 +1220,10 @@ impl Writer {
     /// synced and added to the overlay (the applier folds it into redb
     /// later); any other batch, or one too large for the log, waits for the
     /// applier to finish and is committed to redb durably (a checkpoint).
-    fn commit_batch(&mut self, shared: &Shared, jobs: &[&Op]) -> Vec<Reply> {
+    ///
+    /// An append job's entries may be moved out into the applier's queue:
+    /// the job is answered, not reused.
+    fn commit_batch(&mut self, shared: &Shared, jobs: &mut [&mut Op]) -> Vec<Reply> {
         if let Some(why) = &self.failed {
             let e = StoreError::backend("an earlier write failed; reopen the store", why.clone());
             return jobs.iter().map(|op| op.fail(&e)).collect();
@@ -1245,7 +1248,7 @@ impl Writer {
         let mut any_written = false;
         let applied = (|| {
             let mut tables = write_tables(&txn)?;
-            for &op in jobs {
+            for op in jobs.iter() {
                 // Fails if storage failed midway through a write: the
                 // transaction holds part of it, so none of the batch may be
                 // committed.
@@ -1280,15 +1283,17 @@ impl Writer {
     fn log_appends(
         &mut self,
         shared: &Shared,
-        jobs: &[&Op],
+        jobs: &mut [&mut Op],
     ) -> Result<Option<Vec<Reply>>, StoreError> {
         // Bound the overlay: wait while the applier is far behind.
         drop(shared.wait_applied(MAX_PENDING_BYTES)?);
         let mut replies = Vec::with_capacity(jobs.len());
         let mut logged = Vec::new();
+        // Where each logged append came from: (job, append, first new entry).
+        let mut sources = Vec::new();
         let pending = shared.overlay_read();
         let mut staging = Staging::new(&pending, &self.cache, || read_tables(&shared.db));
-        for &op in jobs {
+        for (job, op) in jobs.iter().enumerate() {
             let appends = op.appends();
             if appends.is_empty() {
                 return Err(StoreError::backend(
@@ -1297,7 +1302,7 @@ impl Writer {
                 ));
             }
             let mut results = Vec::with_capacity(appends.len());
-            for append in appends {
+            for (index, append) in appends.iter().enumerate() {
                 let OwnedAppend {
                     object,
                     replica,
@@ -1318,6 +1323,7 @@ impl Writer {
                                 position: outcome.position.unwrap_or(0),
                                 entries: &entries[new..],
                             });
+                            sources.push((job, index, new));
                         }
                     }
                 }
@@ -1349,6 +1355,7 @@ impl Writer {
             self.make_room(shared)?;
         }
         let record = format::encode_wal_record(self.wal.next_lsn(), &logged);
+        let positions: Vec<u64> = logged.iter().map(|a| a.position).collect();
         if let Err(e) = self.wal.append(&record) {
             // The record may be on disk in part, or whole: later records
             // cannot follow it safely, and the next open sorts it out.
@@ -1357,22 +1364,39 @@ impl Writer {
             return Ok(Some(
                 replies
                     .into_iter()
-                    .zip(jobs)
+                    .zip(jobs.iter())
                     .map(|(reply, op)| reply.fail_accepted(op, &e))
                     .collect(),
             ));
         }
+        // The applier's copy: the jobs' own ids and entries, moved rather
+        // than copied when the whole append was new (the usual case).
+        let mut appends = Vec::with_capacity(sources.len());
+        for ((job, index, new), position) in sources.into_iter().zip(positions) {
+            let Some(append) = jobs[job].appends_mut().get_mut(index) else {
+                // The record is durable but cannot be applied: refuse
+                // further writes; reopening replays it from the log.
+                self.failed = Some("a logged append went missing".to_owned());
+                return Err(StoreError::backend(
+                    "logging appends",
+                    "a logged append went missing (a bug in converge-store)",
+                ));
+            };
+            let entries = if new == 0 {
+                std::mem::take(&mut append.entries)
+            } else {
+                append.entries[new..].to_vec()
+            };
+            appends.push(WalAppendOwned {
+                object: std::mem::take(&mut append.object),
+                replica: append.replica,
+                position,
+                entries,
+            });
+        }
         let batch = Batch {
             lsn: self.wal.last_lsn(),
-            appends: logged
-                .iter()
-                .map(|a| WalAppendOwned {
-                    object: a.object.to_owned(),
-                    replica: a.replica,
-                    position: a.position,
-                    entries: a.entries.to_vec(),
-                })
-                .collect(),
+            appends,
             heads,
             created: delta.created_objects(),
             record_len: record.len(),
@@ -1464,6 +1488,15 @@ impl Op {
             Self::Append(append) => std::slice::from_ref(append),
             Self::AppendMany(appends) => appends,
             _ => &[],
+        }
+    }
+
+    /// The appends of the job, to move their data out once logged.
+    fn appends_mut(&mut self) -> &mut [OwnedAppend] {
+        match self {
+            Self::Append(append) => std::slice::from_mut(append),
+            Self::AppendMany(appends) => appends,
+            _ => &mut [],
         }
     }
 
