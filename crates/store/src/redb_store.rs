@@ -28,6 +28,12 @@
 //! queued as callers were active at the last answer, so that writers in a
 //! loop all share each sync instead of splitting into two alternating groups.
 //!
+//! A [`Store::append_many`] call is one job: its requests are checked on the
+//! caller's thread, then against the store in request order by the writer,
+//! and all accepted ones go into the same log record as the rest of the
+//! batch, so one call costs one write and one sync (shared with concurrent
+//! appenders), and after a crash each request is wholly there or not.
+//!
 //! A caller alone (nothing queued, nothing being committed, and at most one
 //! caller active at the last commit) commits its own job on its own thread,
 //! through the same path: the hand-off to the writer thread and back costs
@@ -43,7 +49,9 @@
 //! redb page; it writes the batch's new entries as one write-ahead log
 //! record, syncs it, adds the batch to the overlay (now readers see it) and
 //! answers. The applier thread folds queued records into redb, many per
-//! transaction, without a sync, then drops them from the overlay; every
+//! transaction, without a sync (writing what the writer checked as it is:
+//! entries, heads, feed items; only replay on open checks records again),
+//! then drops them from the overlay; every
 //! [`BACKGROUND_CHECKPOINT_BYTES`] of log its commit is durable instead (a
 //! checkpoint), so that when the log is full and must rewind, little is left
 //! to sync. Readers lock the overlay, then open a redb snapshot: whatever
@@ -131,6 +139,16 @@ const GATHER_SHARE: u32 = 4;
 const MAX_PENDING_BYTES: usize = 32 << 20;
 /// Log records the applier folds into one redb transaction, at most.
 const APPLY_MAX_BATCHES: usize = 1024;
+/// How long the applier, woken by a first record, waits for more before
+/// starting a transaction (unless someone waits for it, or enough is
+/// queued): a redb transaction costs tens of thousands of instructions
+/// however little it holds, and a single writer with fast syncs queued one
+/// record per transaction, on the two cores its appends need too.
+const APPLY_GATHER: Duration = Duration::from_millis(1);
+/// Records, or log bytes, queued that start the applier's transaction
+/// without waiting out [`APPLY_GATHER`].
+const APPLY_GATHER_BATCHES: usize = 64;
+const APPLY_GATHER_BYTES: usize = 1 << 20;
 /// Log bytes applied without a sync after which the applier's next commit
 /// is durable (a checkpoint): redb's dirty pages are then flushed in the
 /// background, and a full log rewinds with little left to sync.
@@ -194,6 +212,9 @@ struct ApplyState {
     failed: Option<String>,
     /// Set on close: the applier exits once the queue is empty.
     closing: bool,
+    /// Set while someone waits for the applier's progress: it then applies
+    /// what is queued at once instead of gathering more.
+    hurry: bool,
 }
 
 #[derive(Default)]
@@ -662,6 +683,10 @@ impl Shared {
             if state.batches.is_empty() || state.bytes <= bytes {
                 return Ok(state);
             }
+            if !state.hurry {
+                state.hurry = true;
+                self.apply_cv.notify_all();
+            }
             state = self
                 .apply_cv
                 .wait(state)
@@ -679,8 +704,13 @@ impl Shared {
         let mut state = self.apply_state();
         state.bytes += batch.record_len;
         state.batches.push_back(Arc::new(batch));
+        // Wake an idle applier; one gathering wakes when enough is queued
+        // (or at its deadline), not for every record.
+        let wake = state.batches.len() == 1 || gathered(&state);
         drop(state);
-        self.apply_cv.notify_all();
+        if wake {
+            self.apply_cv.notify_all();
+        }
     }
 }
 
@@ -970,6 +1000,19 @@ fn apply_loop(shared: &Shared, store_id: u64) {
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner);
             }
+            // Gather more records into this transaction, for a moment.
+            let deadline = Instant::now() + APPLY_GATHER;
+            while !state.hurry && !state.closing && state.failed.is_none() && !gathered(&state) {
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                state = shared
+                    .apply_cv
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            state.hurry = false;
             let batches: Vec<Arc<Batch>> = state
                 .batches
                 .iter()
@@ -1009,6 +1052,11 @@ fn apply_loop(shared: &Shared, store_id: u64) {
         drop(state);
         shared.apply_cv.notify_all();
     }
+}
+
+/// Whether enough is queued for the applier to start without gathering more.
+fn gathered(state: &ApplyState) -> bool {
+    state.batches.len() >= APPLY_GATHER_BATCHES || state.bytes >= APPLY_GATHER_BYTES
 }
 
 /// Applies `batches` in one redb transaction: not synced, or durably as a
