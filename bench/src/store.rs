@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use converge_store::{Entry, RedbStore, ReplicaId, Store};
+use converge_store::{AppendRequest, Entry, RedbStore, ReplicaId, Store};
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use crate::Options;
@@ -45,6 +45,9 @@ const ENTRY_BYTES: usize = 100;
 const WRITERS: usize = 16;
 /// Entries per append in the batch workload.
 const BATCH: usize = 100;
+/// Objects per call in the `append-many` workload (one entry each), as a
+/// node-wide committer gathers many clients' appends into one call.
+const MANY: usize = 256;
 /// Entries in the scanned log.
 const SCAN_ENTRIES: u64 = 1_000_000;
 /// Entries per append when loading the scanned log (untimed by the scan).
@@ -72,6 +75,7 @@ const ROWS: &[(&str, &str)] = &[
     ("append-1-writer", OPS),
     ("append-16-writers", OPS),
     ("append-batch-100", OPS),
+    ("append-many-256", OPS),
     ("fdatasync-preallocated", OPS),
     ("load-1m", MBS),
     ("scan-1m", ENTRIES_PER_S),
@@ -80,6 +84,7 @@ const ROWS: &[(&str, &str)] = &[
     ("append-1-writer", PER_COMMIT),
     ("append-16-writers", PER_COMMIT),
     ("append-batch-100", PER_COMMIT),
+    ("append-many-256", PER_COMMIT),
 ];
 
 /// The entry `seq` of a log: 100 bytes, the seq then a filler derived from it.
@@ -217,23 +222,56 @@ fn floor_bandwidth(dir: &Path, runs: usize) -> Result<Vec<f64>, String> {
 // ---------------------------------------------------------------------------
 // converge.
 
-/// Durable appends: `threads` writers, each to its own object and replica,
-/// `batch` entries per call. Returns the rates and the writer's batching.
-fn converge_appends(dir: &Path, threads: usize, batch: usize) -> Result<(Vec<f64>, f64), String> {
-    let path = dir.join(format!("converge-append-{threads}-{batch}.redb"));
+/// The object that thread `t` writes as its `i`th of `width` per call.
+fn append_object(t: usize, i: usize, width: usize) -> String {
+    if width == 1 {
+        format!("obj-{t}")
+    } else {
+        format!("obj-{t}-{i:04}")
+    }
+}
+
+/// Durable appends: `threads` writers, each to its own objects and replica,
+/// `batch` entries per log per call; with `width` > 1, each call is one
+/// `append_many` of `width` requests, one per object. Returns the rates (calls
+/// per second) and the writer's batching.
+fn converge_appends(
+    dir: &Path,
+    threads: usize,
+    batch: usize,
+    width: usize,
+) -> Result<(Vec<f64>, f64), String> {
+    let path = dir.join(format!("converge-append-{threads}-{batch}-{width}.redb"));
     let store = RedbStore::open(&path).map_err(err)?;
     let last: Vec<AtomicU64> = (0..threads).map(|_| AtomicU64::new(0)).collect();
     let samples = windowed(threads, |t| {
         let (store, last) = (&store, &last[t]);
-        let object = format!("obj-{t}");
+        let objects: Vec<String> = (0..width).map(|i| append_object(t, i, width)).collect();
         let replica = ReplicaId::from_u64(t as u64 + 1);
         Ok(move |call: u64| {
             let first = (call - 1) * batch as u64 + 1;
-            let outcome = store
-                .append(&object, replica, &entries(first, batch))
-                .map_err(err)?;
-            if outcome.appended != batch as u64 {
-                return Err(format!("appended {} of {batch}", outcome.appended));
+            let batch_entries = entries(first, batch);
+            let appended: Vec<u64> = if width == 1 {
+                vec![
+                    store
+                        .append(&objects[0], replica, &batch_entries)
+                        .map_err(err)?
+                        .appended,
+                ]
+            } else {
+                let requests: Vec<AppendRequest<'_>> = objects
+                    .iter()
+                    .map(|o| AppendRequest::new(o, replica, &batch_entries))
+                    .collect();
+                store
+                    .append_many(&requests)
+                    .into_iter()
+                    .map(|r| r.map(|o| o.appended))
+                    .collect::<Result<_, _>>()
+                    .map_err(err)?
+            };
+            if let Some(short) = appended.iter().find(|&&n| n != batch as u64) {
+                return Err(format!("appended {short} of {batch}"));
             }
             last.store(first + batch as u64 - 1, Ordering::Relaxed);
             Ok(())
@@ -241,15 +279,17 @@ fn converge_appends(dir: &Path, threads: usize, batch: usize) -> Result<(Vec<f64
     })?;
     for (t, last) in last.iter().enumerate() {
         let last = last.load(Ordering::Relaxed);
-        let object = format!("obj-{t}");
         let replica = ReplicaId::from_u64(t as u64 + 1);
-        let held = store.version_vector(&object).map_err(err)?.get(replica);
-        if held != last {
-            return Err(format!("{object}: holds seq {held}, wrote {last}"));
-        }
-        let tail = store.read(&object, replica, last, 1).map_err(err)?;
-        if tail != [entry(last)] {
-            return Err(format!("{object}: entry {last} reads back wrong"));
+        for i in 0..width {
+            let object = append_object(t, i, width);
+            let held = store.version_vector(&object).map_err(err)?.get(replica);
+            if held != last {
+                return Err(format!("{object}: holds seq {held}, wrote {last}"));
+            }
+            let tail = store.read(&object, replica, last, 1).map_err(err)?;
+            if tail != [entry(last)] {
+                return Err(format!("{object}: entry {last} reads back wrong"));
+            }
         }
     }
     let stats = store.commit_stats();
@@ -376,15 +416,26 @@ fn sqlite_append(
     replica: u64,
     batch: &[Entry],
 ) -> Result<(), String> {
+    sqlite_append_many(conn, replica, &[(object, batch)])
+}
+
+/// One transaction inserting every (object, entries) request's rows.
+fn sqlite_append_many(
+    conn: &mut Connection,
+    replica: u64,
+    requests: &[(&str, &[Entry])],
+) -> Result<(), String> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err)?;
     {
         let mut insert = tx.prepare_cached(SQL_INSERT).map_err(err)?;
-        for e in batch {
-            insert
-                .execute(params![object, replica as i64, e.seq as i64, e.bytes])
-                .map_err(err)?;
+        for (object, batch) in requests {
+            for e in *batch {
+                insert
+                    .execute(params![object, replica as i64, e.seq as i64, e.bytes])
+                    .map_err(err)?;
+            }
         }
     }
     tx.commit().map_err(err)
@@ -411,35 +462,50 @@ fn remove_with_suffixes(path: &Path, suffixes: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-fn sqlite_appends(dir: &Path, threads: usize, batch: usize) -> Result<Vec<f64>, String> {
-    let path = dir.join(format!("sqlite-append-{threads}-{batch}.db"));
+/// SQLite's side of [`converge_appends`]: each call is one `BEGIN IMMEDIATE`
+/// transaction inserting `batch` rows into each of `width` objects.
+fn sqlite_appends(
+    dir: &Path,
+    threads: usize,
+    batch: usize,
+    width: usize,
+) -> Result<Vec<f64>, String> {
+    let path = dir.join(format!("sqlite-append-{threads}-{batch}-{width}.db"));
     let check = sqlite_open(&path)?;
     let last: Vec<AtomicU64> = (0..threads).map(|_| AtomicU64::new(0)).collect();
     let samples = windowed(threads, |t| {
         let mut conn = sqlite_open(&path)?;
         let last = &last[t];
-        let object = format!("obj-{t}");
+        let objects: Vec<String> = (0..width).map(|i| append_object(t, i, width)).collect();
         let replica = t as u64 + 1;
         Ok(move |call: u64| {
             let first = (call - 1) * batch as u64 + 1;
-            sqlite_append(&mut conn, &object, replica, &entries(first, batch))?;
+            let batch_entries = entries(first, batch);
+            let requests: Vec<(&str, &[Entry])> = objects
+                .iter()
+                .map(|o| (o.as_str(), batch_entries.as_slice()))
+                .collect();
+            sqlite_append_many(&mut conn, replica, &requests)?;
             last.store(first + batch as u64 - 1, Ordering::Relaxed);
             Ok(())
         })
     })?;
     for (t, last) in last.iter().enumerate() {
         let last = last.load(Ordering::Relaxed) as i64;
-        let (n, max): (i64, Option<i64>) = check
-            .query_row(
-                "SELECT COUNT(*), MAX(seq) FROM log WHERE object = ?1 AND replica = ?2",
-                params![format!("obj-{t}"), t as i64 + 1],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(err)?;
-        if n != last || max.unwrap_or(0) != last {
-            return Err(format!(
-                "obj-{t}: holds {n} entries up to {max:?}, wrote {last}"
-            ));
+        for i in 0..width {
+            let object = append_object(t, i, width);
+            let (n, max): (i64, Option<i64>) = check
+                .query_row(
+                    "SELECT COUNT(*), MAX(seq) FROM log WHERE object = ?1 AND replica = ?2",
+                    params![object, t as i64 + 1],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(err)?;
+            if n != last || max.unwrap_or(0) != last {
+                return Err(format!(
+                    "{object}: holds {n} entries up to {max:?}, wrote {last}"
+                ));
+            }
         }
     }
     // Checkpoint so that removing the files is all the cleanup there is.
@@ -602,20 +668,22 @@ fn push(
     out.push(record);
 }
 
-/// One append workload: its case name, writer threads, entries per append.
-type Shape = (&'static str, usize, usize);
+/// One append workload: its case name, writer threads, entries per log per
+/// call, objects per call (1: `append`; more: one `append_many` request each).
+type Shape = (&'static str, usize, usize, usize);
 
 /// The durable-append workloads. The disk here is shared and its sync cost
 /// drifts by several times within minutes, so the subjects take turns: each
 /// round runs one window of every subject (fresh files, order rotated), and
 /// each subject's median is over [`ROUNDS`] rounds.
 fn append_cases(opts: &Options, dir: &Path, out: &mut Vec<Record>) {
-    const SHAPES: [Shape; 3] = [
-        ("append-1-writer", 1, 1),
-        ("append-16-writers", WRITERS, 1),
-        ("append-batch-100", 1, BATCH),
+    const SHAPES: [Shape; 4] = [
+        ("append-1-writer", 1, 1, 1),
+        ("append-16-writers", WRITERS, 1, 1),
+        ("append-batch-100", 1, BATCH, 1),
+        ("append-many-256", 1, 1, MANY),
     ];
-    for (case, threads, batch) in SHAPES {
+    for (case, threads, batch, width) in SHAPES {
         if !opts.wants(case) {
             continue;
         }
@@ -624,7 +692,7 @@ fn append_cases(opts: &Options, dir: &Path, out: &mut Vec<Record>) {
         if threads == 1 {
             turns.insert(0, (case, FLOOR));
         }
-        if threads == 1 && batch == 1 {
+        if threads == 1 && batch == 1 && width == 1 {
             turns.push(("fdatasync-preallocated", FLOOR));
         }
         let mut samples: Vec<Result<Vec<f64>, String>> = vec![Ok(Vec::new()); turns.len()];
@@ -638,12 +706,12 @@ fn append_cases(opts: &Options, dir: &Path, out: &mut Vec<Record>) {
                 };
                 let got = match (turn_case, subject) {
                     ("fdatasync-preallocated", _) => floor_syncs(dir, ENTRY_BYTES, true),
-                    (_, FLOOR) => floor_syncs(dir, batch * ENTRY_BYTES, false),
-                    (_, CONVERGE) => converge_appends(dir, threads, batch).map(|(s, c)| {
+                    (_, FLOOR) => floor_syncs(dir, batch * width * ENTRY_BYTES, false),
+                    (_, CONVERGE) => converge_appends(dir, threads, batch, width).map(|(s, c)| {
                         per_commit.push(c);
                         s
                     }),
-                    _ => sqlite_appends(dir, threads, batch),
+                    _ => sqlite_appends(dir, threads, batch, width),
                 };
                 match got {
                     Ok(s) => so_far.extend(s),

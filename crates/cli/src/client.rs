@@ -222,6 +222,9 @@ pub(crate) fn status(target: &Target) -> Result<()> {
     for m in membership["members"].as_array().into_iter().flatten() {
         outln!("member    {}", member_line(m))?;
     }
+    if let Some(n) = membership["forgotten"].as_u64().filter(|&n| n > 0) {
+        outln!("forgotten {n} member(s) dead longer than the forget-after time")?;
+    }
     Ok(())
 }
 
@@ -245,6 +248,9 @@ fn member_line(m: &Value) -> String {
     }
     if let Some(ms) = m["retry_in_ms"].as_u64() {
         line.push_str(&format!(", retry in {ms} ms"));
+    }
+    if let Some(other) = m["answered_as"].as_str() {
+        line.push_str(&format!(", its URL answered as {other}"));
     }
     line
 }
@@ -443,5 +449,24 @@ mod tests {
         for (patch, text) in cases {
             assert_eq!(human_patch(&patch), text);
         }
+    }
+
+    #[test]
+    fn member_lines_show_a_mismatch_and_a_left_member() {
+        let m = json!({"replica": "00000000000000aa", "state": "mismatch",
+            "url": "ws://h:1/v1/sync", "lag_ms": 500, "failures": 1,
+            "retry_in_ms": 700, "answered_as": "00000000000000bb"});
+        assert_eq!(
+            member_line(&m),
+            "00000000000000aa mismatch ws://h:1/v1/sync, lag 500 ms, 1 failure(s), \
+             retry in 700 ms, its URL answered as 00000000000000bb"
+        );
+        let m = json!({"replica": "00000000000000aa", "state": "left",
+            "url": "ws://h:1/v1/sync", "lag_ms": 20, "failures": 0,
+            "retry_in_ms": null, "answered_as": null});
+        assert_eq!(
+            member_line(&m),
+            "00000000000000aa left ws://h:1/v1/sync, lag 20 ms"
+        );
     }
 }

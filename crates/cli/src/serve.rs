@@ -21,7 +21,7 @@ use serde_json::json;
 pub(crate) struct ServeArgs {
     /// A TOML file with any of the settings below, by their key names
     /// (`data`, `listen`, `replica_id`, `peers`, `advertise`,
-    /// `gossip_interval`, `max_gossip_sessions`, `demo`,
+    /// `gossip_interval`, `max_gossip_sessions`, `forget_after`, `demo`,
     /// `max_sync_sessions`, `max_changes_per_request`,
     /// `shutdown_timeout_secs`). Flags and environment variables override
     /// it; an unknown key is an error.
@@ -65,6 +65,15 @@ pub(crate) struct ServeArgs {
     /// max_gossip_sessions].
     #[arg(long, env = "CONVERGE_MAX_GOSSIP_SESSIONS", default_value_t = 2)]
     max_gossip_sessions: usize,
+    /// Forget a cluster member that stays dead (unreachable, its dials
+    /// failing) this long, e.g. 24h, 30m, 90s: it is no longer dialled and
+    /// no longer listed in the status. If it comes back it rewrites its
+    /// membership entry (every node does on start), and is dialled again.
+    /// `never` keeps retrying dead members forever (at the longest
+    /// backoff, a minute). Members that shut down gracefully are marked
+    /// `left` and not dialled at all [key: forget_after].
+    #[arg(long, env = "CONVERGE_FORGET_AFTER", default_value = "24h", value_parser = parse_forget_after)]
+    forget_after: ForgetAfter,
     /// Most sync sessions accepted at once [key: max_sync_sessions].
     #[arg(long, env = "CONVERGE_MAX_SYNC_SESSIONS", default_value_t = 256)]
     max_sync_sessions: usize,
@@ -94,6 +103,7 @@ struct FileConfig {
     advertise: Option<String>,
     gossip_interval: Option<String>,
     max_gossip_sessions: Option<usize>,
+    forget_after: Option<String>,
     demo: Option<bool>,
     max_sync_sessions: Option<usize>,
     max_changes_per_request: Option<usize>,
@@ -110,6 +120,7 @@ struct Settings {
     advertise: Option<String>,
     gossip_interval: Interval,
     max_gossip_sessions: usize,
+    forget_after: ForgetAfter,
     demo: bool,
     max_sync_sessions: usize,
     max_changes_per_request: usize,
@@ -150,6 +161,37 @@ fn parse_interval(s: &str) -> Result<Interval, String> {
     let n: u64 = digits.trim().parse().map_err(|_| bad())?;
     let ms = n.checked_mul(unit_ms).ok_or_else(bad)?;
     Ok((ms > 0).then(|| Duration::from_millis(ms)))
+}
+
+/// How long a dead member is kept: `None` is forever.
+type ForgetAfter = Option<Duration>;
+
+/// `24h`, `30m`, `90s`, `500ms` (at least a second), or `never`.
+fn parse_forget_after(s: &str) -> Result<ForgetAfter, String> {
+    let s = s.trim();
+    let bad = || format!("{s:?} is not a duration; use e.g. 24h, 30m, 90s or never");
+    if s.eq_ignore_ascii_case("never") || s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let (digits, unit_ms) = if let Some(ms) = s.strip_suffix("ms") {
+        (ms, 1)
+    } else if let Some(secs) = s.strip_suffix('s') {
+        (secs, 1000)
+    } else if let Some(mins) = s.strip_suffix('m') {
+        (mins, 60_000)
+    } else if let Some(hours) = s.strip_suffix('h') {
+        (hours, 3_600_000)
+    } else {
+        return Err(bad());
+    };
+    let n: u64 = digits.trim().parse().map_err(|_| bad())?;
+    let ms = n.checked_mul(unit_ms).ok_or_else(bad)?;
+    if ms < 1000 {
+        return Err(format!(
+            "{s:?} is too short to tell a dead member from a slow one; use at least 1s (or never)"
+        ));
+    }
+    Ok(Some(Duration::from_millis(ms)))
 }
 
 /// The sync URL to advertise by default for a node bound to `addr`: none
@@ -208,6 +250,11 @@ fn resolve(args: ServeArgs, matches: &ArgMatches, file: FileConfig) -> Result<Se
             .map_err(|e| anyhow::anyhow!("gossip_interval in the config file: {e}"))?,
         _ => args.gossip_interval,
     };
+    let forget_after = match file.forget_after {
+        Some(f) if !given("forget_after") => parse_forget_after(&f)
+            .map_err(|e| anyhow::anyhow!("forget_after in the config file: {e}"))?,
+        _ => args.forget_after,
+    };
     let settings = Settings {
         data: pick(given("data"), args.data, file.data),
         listen: pick(given("listen"), args.listen, file.listen),
@@ -220,6 +267,7 @@ fn resolve(args: ServeArgs, matches: &ArgMatches, file: FileConfig) -> Result<Se
             args.max_gossip_sessions,
             file.max_gossip_sessions,
         ),
+        forget_after,
         demo: args.demo || file.demo.unwrap_or(false),
         max_sync_sessions: pick(
             given("max_sync_sessions"),
@@ -289,6 +337,7 @@ async fn serve(settings: Settings) -> Result<()> {
         .or_else(|| default_advertise(addr));
     config.gossip_interval = settings.gossip_interval;
     config.max_gossip_sessions = settings.max_gossip_sessions;
+    config.forget_after = settings.forget_after;
     if config.advertise.is_none() && config.gossip_interval.is_some() {
         tracing::warn!(%addr, "no --advertise URL: other nodes will know of this node but cannot dial it");
     }
@@ -440,6 +489,43 @@ mod tests {
         assert_eq!(s.advertise, None);
         assert_eq!(s.gossip_interval, Some(Duration::from_secs(1)));
         assert_eq!(s.max_gossip_sessions, 2);
+        assert_eq!(s.forget_after, Some(Duration::from_secs(24 * 3600)));
+    }
+
+    #[test]
+    fn forget_after_parses_and_layers() {
+        assert_eq!(
+            parse_forget_after("24h"),
+            Ok(Some(Duration::from_secs(86_400)))
+        );
+        assert_eq!(
+            parse_forget_after("30m"),
+            Ok(Some(Duration::from_secs(1_800)))
+        );
+        assert_eq!(parse_forget_after("90s"), Ok(Some(Duration::from_secs(90))));
+        assert_eq!(
+            parse_forget_after("1500ms"),
+            Ok(Some(Duration::from_millis(1_500)))
+        );
+        assert_eq!(parse_forget_after("never"), Ok(None));
+        for bad in [
+            "",
+            "soon",
+            "10",
+            "0s",
+            "500ms",
+            "-1h",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_forget_after(bad).is_err(), "{bad}");
+        }
+        let s = settings(&[], "forget_after = \"2h\"").expect("settings");
+        assert_eq!(s.forget_after, Some(Duration::from_secs(7_200)));
+        let s = settings(&["--forget-after", "never"], "forget_after = \"2h\"").expect("settings");
+        assert_eq!(s.forget_after, None, "the flag wins");
+        let err = settings(&[], "forget_after = \"1d\"").expect_err("bad duration");
+        assert!(err.to_string().contains("forget_after"), "{err}");
+        assert!(settings(&["--forget-after", "0s"], "").is_err());
     }
 
     #[test]

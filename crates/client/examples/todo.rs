@@ -3,9 +3,10 @@
 //!
 //! Starts a node in process on a temporary directory, opens two clients
 //! (Alice and Bob) on their own directories, and has them add, toggle,
-//! edit the text of and reorder items. Bob goes offline (closes, and edits
-//! while reopened without an upstream), both sides edit, Bob comes back,
-//! and both lists end equal.
+//! edit the text of and reorder items, waiting until the node has saved
+//! an edit ([`converge::DocRef::wait_synced`]). Bob goes offline
+//! ([`Client::set_online`]), both sides edit, Bob comes back online, and
+//! both lists end equal.
 //!
 //! ```sh
 //! cargo run -p converge-client --example todo
@@ -16,7 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use converge::{Client, ClientConfig, path};
+use converge::{Client, ClientConfig, ConnectionState, path};
 use converge_node::{Node, NodeConfig};
 use serde_json::{Value, json};
 
@@ -65,6 +66,15 @@ pub(crate) async fn run() -> Result<(Value, Value), BoxError> {
             }
         })
         .await?;
+    // Saved on the node: Alice could close her laptop now.
+    if !alice
+        .doc("todos")
+        .wait_synced(Duration::from_secs(10))
+        .await?
+    {
+        return Err("the node never saved Alice's list".into());
+    }
+    println!("Alice's list is saved on the node");
     converge(&alice, &bob).await?;
     show("Bob received Alice's list", &bob).await?;
 
@@ -79,9 +89,14 @@ pub(crate) async fn run() -> Result<(Value, Value), BoxError> {
         serde_json::to_string(&*patches)?
     );
 
-    // Bob goes offline: he closes, and reopens with no upstream.
-    bob.close().await?;
-    let bob = Client::open(ClientConfig::new(&bob_dir)).await?;
+    // Bob goes offline (say, "work offline" in his app).
+    bob.set_online(false);
+    let mut state = bob.connection();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| *s == ConnectionState::Offline),
+    )
+    .await??;
     println!("Bob is offline: {:?}", bob.connection_state());
 
     // Meanwhile Alice adds coffee, moves bread to the top and renames milk.
@@ -106,9 +121,15 @@ pub(crate) async fn run() -> Result<(Value, Value), BoxError> {
     show("Alice, while Bob is offline", &alice).await?;
     show("Bob, offline", &bob).await?;
 
-    // Bob reconnects: both sides exchange what the other lacks.
-    bob.close().await?;
-    let bob = Client::open(ClientConfig::new(&bob_dir).with_upstream(&url)).await?;
+    // Bob goes back online: both sides exchange what the other lacks.
+    bob.set_online(true);
+    if !bob
+        .doc("todos")
+        .wait_synced(Duration::from_secs(10))
+        .await?
+    {
+        return Err("Bob's offline edits never reached the node".into());
+    }
     converge(&alice, &bob).await?;
     let (a, b) = (
         alice.doc("todos").get().await?,

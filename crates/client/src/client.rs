@@ -130,7 +130,8 @@ impl From<NodeError> for ClientError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnectionState {
-    /// No upstream is configured: the client only edits locally.
+    /// The client does not sync: no upstream is configured, or it was set
+    /// offline ([`Client::set_online`]). It edits locally all the same.
     Offline,
     /// Dialling the upstream (the first time, or again after a backoff).
     Connecting,
@@ -167,6 +168,7 @@ impl ConnectionState {
                 retry_in: *retry_in,
                 error: error.clone(),
             },
+            PeerConnection::Offline => Self::Offline,
             // `Stopped`, and whatever a later node reports.
             _ => Self::Closed,
         }
@@ -207,6 +209,8 @@ impl Client {
         node_config.replica = config.replica;
         node_config.peers = upstream.into_iter().collect();
         node_config.peer_interest = config.interest;
+        // What the upstream holds durably, for `DocRef::wait_synced`.
+        node_config.track_peer_durable = true;
         // Opening creates directories and opens (maybe recovers) the store.
         let node = tokio::task::spawn_blocking(move || Node::open(node_config))
             .await
@@ -341,6 +345,46 @@ impl Client {
     pub fn connection_state(&self) -> ConnectionState {
         self.state.borrow().clone()
     }
+
+    /// Goes offline (`false`) or back online (`true`) without closing:
+    /// offline, the sync session closes and the upstream is not dialled
+    /// ([`ConnectionState::Offline`]); edits keep working and are durable
+    /// locally, and go up with everything else once back online, which
+    /// dials at once. A client starts online; without an upstream this
+    /// does nothing.
+    ///
+    /// ```
+    /// # async fn run(client: &converge::Client) -> Result<(), converge::ClientError> {
+    /// use converge::path;
+    /// use std::time::Duration;
+    ///
+    /// client.set_online(false); // e.g. the user chose "work offline"
+    /// client.doc("todos").change(|c| c.set(path!["title"], "Groceries")).await?;
+    /// client.set_online(true);
+    /// let saved = client.doc("todos").wait_synced(Duration::from_secs(5)).await?;
+    /// # let _ = saved;
+    /// # Ok(()) }
+    /// ```
+    pub fn set_online(&self, online: bool) {
+        self.node.set_peer_online(0, online);
+    }
+
+    /// Waits until the upstream node durably holds every local edit of
+    /// every document (see [`DocRef::wait_synced`]), for at most
+    /// `timeout`. Returns whether it does.
+    pub async fn wait_synced(&self, timeout: Duration) -> Result<bool, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for id in self.documents().await? {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.doc(&id).wait_synced(left).await {
+                Ok(true) => {}
+                // Deleted meanwhile: its tombstone is not an edit to wait for.
+                Err(ClientError::Deleted(_)) => {}
+                other => return other,
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// A document of a [`Client`]: read it, change it, subscribe to its patches.
@@ -442,6 +486,61 @@ impl<'a> DocRef<'a> {
             Ok(v) => Ok(v),
             Err(NodeError::NotFound(_)) => Ok(VersionVector::new()),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether the upstream node durably holds every edit this client made
+    /// to the document (so closing the client or losing its disk loses
+    /// none of them), as far as the sync sessions learnt: from what the
+    /// node said it holds and its acknowledgements of the entries sent.
+    /// `true` for a document without local edits; `false` without an
+    /// upstream as long as there are some. A deleted document is
+    /// [`ClientError::Deleted`] (its tombstone is sent like an edit, but
+    /// not tracked).
+    pub async fn is_synced(self) -> Result<bool, ClientError> {
+        let own = self.client.replica();
+        let made = self.version().await?.get(own);
+        let held = self
+            .client
+            .node
+            .peer_durable(0, self.id)
+            .map_or(0, |vv| vv.get(own));
+        Ok(held >= made)
+    }
+
+    /// Waits, at most `timeout`, until the upstream node durably holds
+    /// every edit this client made to the document so far
+    /// ([`DocRef::is_synced`]). Returns whether it does: `false` on
+    /// timeout (offline, or the node unreachable); the edits are kept and
+    /// sent later either way.
+    ///
+    /// ```
+    /// # async fn run(client: &converge::Client) -> Result<(), converge::ClientError> {
+    /// use converge::path;
+    /// use std::time::Duration;
+    ///
+    /// let todos = client.doc("todos");
+    /// todos.change(|c| c.set(path!["title"], "Groceries")).await?;
+    /// if !todos.wait_synced(Duration::from_secs(5)).await? {
+    ///     eprintln!("not saved on the server yet; it will be once connected");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_synced(self, timeout: Duration) -> Result<bool, ClientError> {
+        let Some(mut changes) = self.client.node.peer_durable_changes(0) else {
+            return self.is_synced().await;
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changes.borrow_and_update();
+            if self.is_synced().await? {
+                return Ok(true);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out, or the node (and its peer state) is gone.
+                Ok(Err(_)) | Err(_) => return self.is_synced().await,
+            }
         }
     }
 

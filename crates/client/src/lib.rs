@@ -10,11 +10,14 @@
 //!
 //! - [`Client`]: the replica, opened with a [`ClientConfig`] (its data
 //!   directory, its upstream node, its replica id). Its
-//!   [`connection`](Client::connection) reports a [`ConnectionState`].
+//!   [`connection`](Client::connection) reports a [`ConnectionState`];
+//!   [`set_online`](Client::set_online) takes it offline and back without
+//!   closing it.
 //! - [`DocRef`]: one document of the client ([`Client::doc`]): read it
 //!   as JSON or a typed value, change it in a transaction built with
 //!   [`Changes`] (paths from [`path!`]), subscribe to its patches
-//!   ([`Subscription`]).
+//!   ([`Subscription`]), and wait until the node durably holds its edits
+//!   ([`DocRef::wait_synced`]).
 //!
 //! Under the hood a client is a `converge_node::Node` without an HTTP
 //! server and with one peer: its edits go to its own replica's log in its

@@ -541,3 +541,86 @@ async fn a_data_directory_serves_one_client_at_a_time() {
         .await
         .expect("close again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_synced_tells_when_the_node_holds_the_edits_and_offline_keeps_them() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let client_dir = dir_in(&root, "client");
+    let node = TestNode::start(&dir_in(&root, "node"), "127.0.0.1:0".parse().expect("addr")).await;
+    let client = Client::open(ClientConfig::new(&client_dir).with_upstream(node.url()))
+        .await
+        .expect("open");
+    let doc = client.doc("doc");
+    assert!(doc.is_synced().await.expect("check"), "no edits yet");
+    doc.change(|c| c.set(path!["a"], 1)).await.expect("write");
+    assert!(doc.wait_synced(LIMIT).await.expect("wait"), "never synced");
+    // Synced means durable on the node: its store has the entry.
+    let held = node.node.log_version("doc").await.expect("node's version");
+    assert_eq!(held.get(client.replica()), 1);
+
+    // Offline: the session closes, nothing is dialled, edits stay local.
+    client.set_online(false);
+    wait_state(&client, "offline", |s| *s == ConnectionState::Offline).await;
+    doc.change(|c| c.set(path!["b"], 2))
+        .await
+        .expect("write offline");
+    assert!(!doc.is_synced().await.expect("check"));
+    assert!(
+        !doc.wait_synced(Duration::from_millis(500))
+            .await
+            .expect("wait"),
+        "synced while offline"
+    );
+    assert_eq!(client.connection_state(), ConnectionState::Offline);
+    assert_eq!(node.get("doc").await, Some(json!({"a": 1})));
+    assert!(
+        !client
+            .wait_synced(Duration::from_millis(50))
+            .await
+            .expect("wait all")
+    );
+
+    // Back online: the edit made meanwhile goes up.
+    client.set_online(true);
+    assert!(
+        doc.wait_synced(LIMIT).await.expect("wait"),
+        "never synced after going online"
+    );
+    assert!(client.connection_state().is_connected());
+    let held = node.node.log_version("doc").await.expect("node's version");
+    assert_eq!(held.get(client.replica()), 2);
+    assert!(
+        poll(|| async { node.get("doc").await == Some(json!({"a": 1, "b": 2})) }).await,
+        "the node has {:?}",
+        node.get("doc").await
+    );
+    client.close().await.expect("close");
+
+    // Reopened, the client learns what the node holds from its first
+    // exchange, without new edits.
+    let client = Client::open(ClientConfig::new(&client_dir).with_upstream(node.url()))
+        .await
+        .expect("reopen");
+    assert!(client.wait_synced(LIMIT).await.expect("wait all"));
+    client.close().await.expect("close");
+
+    // Without an upstream, local edits are never synced.
+    let offline = Client::open(ClientConfig::new(dir_in(&root, "alone")))
+        .await
+        .expect("open");
+    offline
+        .doc("doc")
+        .change(|c| c.set(path!["x"], 1))
+        .await
+        .expect("write");
+    offline.set_online(true);
+    assert!(
+        !offline
+            .doc("doc")
+            .wait_synced(Duration::from_millis(50))
+            .await
+            .expect("wait")
+    );
+    offline.close().await.expect("close");
+    node.stop().await;
+}

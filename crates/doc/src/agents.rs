@@ -55,6 +55,25 @@ impl Agents {
         });
     }
 
+    /// Gives the next `n` LVs to `replica`'s next operations if the last
+    /// run is `replica`'s, by extending that run: the fast path of local
+    /// typing, which skips the per-replica index. Returns whether it did.
+    ///
+    /// The last run in LV order is its replica's latest (a replica's
+    /// operations arrive in counter order), so the new counters follow it.
+    #[inline]
+    pub(crate) fn extend_last(&mut self, replica: ReplicaId, n: usize) -> bool {
+        match self.by_lv.last_mut() {
+            Some(last) if last.replica == replica && n > 0 => {
+                last.lvs.end += n;
+                let top = last.counter + (last.lvs.end - last.lvs.start) as u64 - 1;
+                self.version.set(replica, top);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Forgets every operation from `lv` on.
     pub(crate) fn truncate(&mut self, lv: Lv) {
         self.by_lv.retain(|r| r.lvs.start < lv);

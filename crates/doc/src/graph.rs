@@ -74,6 +74,17 @@ impl Graph {
         });
     }
 
+    /// Appends the `n` operations after the last one, each made on the one
+    /// before it: the fast path of local typing, whose parent is the last
+    /// operation (the caller checks that it is the whole version, so the
+    /// graph is not empty).
+    pub(crate) fn extend_last(&mut self, n: usize) {
+        debug_assert!(!self.entries.is_empty());
+        if let Some(last) = self.entries.last_mut() {
+            last.span.end += n;
+        }
+    }
+
     /// Whether the history is one chain: every operation but the first was
     /// made on exactly the one before it (the empty history is one too).
     pub(crate) fn is_chain(&self) -> bool {

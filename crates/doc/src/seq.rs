@@ -19,7 +19,7 @@ use converge_crdt::Dot;
 
 use crate::agents::Agents;
 use crate::graph::{Frontier, Graph, Lv, Side};
-use items::Items;
+use items::{Items, Scan};
 
 /// Where a sequence's operations come from: the shared causal graph and a
 /// view of which operations belong to this sequence.
@@ -260,18 +260,9 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
         self.st.items.index_of(lv)
     }
 
-    /// Index just after the item holding `lv` (0 for the start).
-    fn index_after(&self, lv: Lv) -> usize {
-        if lv == ROOT { 0 } else { self.index_of(lv) + 1 }
-    }
-
     /// Index of the item holding `lv` (the end for the end).
     fn index_before(&self, lv: Lv) -> usize {
-        if lv == ROOT {
-            self.st.items.len()
-        } else {
-            self.index_of(lv)
-        }
+        self.st.items.index_before(lv)
     }
 
     /// Marks every slot of element `key` for recounting (its state changed).
@@ -411,7 +402,7 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
             .find(|it| it.inserted)
             .map_or(ROOT, |it| it.lv);
         let dot = self.dot(lv);
-        let at = self.integrate(dot, start, origin_right);
+        let at = self.integrate(dot, start, origin_left, origin_right);
         if elem.is_none() && at > 0 {
             // Extend the run before when this is its author's next insert,
             // right after it, with the same right origin.
@@ -521,40 +512,53 @@ impl<'a, S: SeqSource> Tracker<'a, S> {
 
     /// Where a new slot with these origins goes among the concurrent
     /// insertions that follow `start` (FugueMax / YjsMod).
-    fn integrate(&self, dot: Dot, start: usize, origin_right: Lv) -> usize {
+    fn integrate(&mut self, dot: Dot, start: usize, origin_left: Lv, origin_right: Lv) -> usize {
         let left_index = start;
         let right_index = self.index_before(origin_right);
         let mut i = start;
         let mut scanning = false;
         let mut scan_start = start;
-        for other in self.st.items.iter_from(start) {
-            if other.inserted {
-                break;
-            }
-            let other_left = self.index_after(other.origin_left);
-            if other_left < left_index {
-                break;
-            }
-            if other_left == left_index {
-                if other.origin_right == origin_right {
-                    if dot < other.dot {
-                        break;
-                    }
-                    scanning = false;
-                } else {
-                    let other_right = self.index_before(other.origin_right);
-                    if other_right < right_index {
-                        if !scanning {
-                            scanning = true;
-                            scan_start = i;
-                        }
-                    } else {
+        self.st
+            .items
+            .scan(start, (origin_left, origin_right, dot), |items, step| {
+                let other = match step {
+                    Scan::Item(other) => other,
+                    Scan::Siblings(n) => {
+                        // Same origins, smaller ids: each would only reset
+                        // `scanning` and move on (below).
                         scanning = false;
+                        i += n;
+                        return true;
+                    }
+                };
+                if other.inserted {
+                    return false;
+                }
+                let other_left = items.index_after(other.origin_left);
+                if other_left < left_index {
+                    return false;
+                }
+                if other_left == left_index {
+                    if other.origin_right == origin_right {
+                        if dot < other.dot {
+                            return false;
+                        }
+                        scanning = false;
+                    } else {
+                        let other_right = items.index_before(other.origin_right);
+                        if other_right < right_index {
+                            if !scanning {
+                                scanning = true;
+                                scan_start = i;
+                            }
+                        } else {
+                            scanning = false;
+                        }
                     }
                 }
-            }
-            i += 1;
-        }
+                i += 1;
+                true
+            });
         if scanning { scan_start } else { i }
     }
 }

@@ -1041,6 +1041,59 @@ fn concurrent_changes_received_one_at_a_time_match_a_batch() {
     assert_eq!(each.to_string(), batch.to_string());
 }
 
+/// Many replicas inserting at one place in the middle of a shared text,
+/// concurrently: every arrival order gives the same text, with the
+/// inserts together between their neighbours (the merge passes over
+/// whole chunks of such siblings; this checks it places them as one by one).
+#[test]
+fn many_concurrent_inserts_at_one_place_agree_in_any_order() {
+    let mut base = Text::new(ReplicaId::from_u64(1));
+    base.insert(0, "hello world").unwrap();
+    let shared = base.changes_since(&VersionVector::new()).unwrap();
+    let mut changes = Vec::new();
+    for r in 0..400u64 {
+        let mut t = Text::new(ReplicaId::from_u64(10 + (r * 7919) % 400));
+        t.apply_changes(&shared).unwrap();
+        let ch = char::from_u32(0x4e00 + r as u32).unwrap();
+        t.insert(5, &ch.to_string()).unwrap();
+        changes.extend(t.changes_since(base.version()).unwrap());
+    }
+    let roomy = || Limits {
+        max_parents: 1000,
+        ..Default::default()
+    };
+    let receive = |order: &[usize], each: bool| {
+        let mut t = Text::new(ReplicaId::from_u64(5000)).with_limits(roomy());
+        t.apply_changes(&shared).unwrap();
+        let picked: Vec<TextChange> = order.iter().map(|i| changes[*i].clone()).collect();
+        if each {
+            for c in &picked {
+                t.apply_changes(std::slice::from_ref(c)).unwrap();
+            }
+        } else {
+            t.apply_changes(&picked).unwrap();
+        }
+        t.to_string()
+    };
+    let forward: Vec<usize> = (0..changes.len()).collect();
+    let backward: Vec<usize> = forward.iter().rev().copied().collect();
+    let mixed: Vec<usize> = (0..changes.len())
+        .map(|i| (i * 37) % changes.len())
+        .collect();
+    let want = receive(&backward, true);
+    assert!(want.starts_with("hello") && want.ends_with(" world"));
+    assert_eq!(want.chars().count(), 11 + 400);
+    for (order, each) in [
+        (&forward, false),
+        (&forward, true),
+        (&mixed, false),
+        (&mixed, true),
+        (&backward, false),
+    ] {
+        assert_eq!(receive(order, each), want);
+    }
+}
+
 /// A local edit or a refused change between receives leaves no stale
 /// replay state behind: later merges still agree with a fresh replica.
 #[test]

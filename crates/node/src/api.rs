@@ -97,6 +97,9 @@ pub async fn serve(
     let served = axum::serve(listener, router(node, metrics))
         .with_graceful_shutdown(async move {
             shutdown.await;
+            // Leave the cluster first (durably), so the sessions push the
+            // `left` entry to their peers before they close.
+            crate::gossip::leave(&stopping).await;
             // Sync sessions are upgraded connections, which graceful
             // shutdown does not wait for: tell them to close.
             stopping.sync().stop();

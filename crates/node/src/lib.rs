@@ -23,7 +23,7 @@
 //! | `GET /v1/docs/{id}/watch` | server-sent events, one per batch of patches; the stream ends when the node shuts down |
 //! | `GET /v1/docs/{id}/export` | the document with its whole history, in converge-doc's canonical encoding ([`converge_doc::Doc::encode`]), as `application/octet-stream` |
 //! | `POST /v1/docs/{id}/import` | merges such an encoding (body up to 64 MiB) into the document, creating it if needed; answers `{"ops_added", "entries", "version"}` once durable; bad bytes are a 400 and write nothing; importing twice adds nothing |
-//! | `GET /v1/status` | replica id, documents, store figures, sync peers, cluster members (`membership`: state, URL, lag per member) |
+//! | `GET /v1/status` | replica id, documents, store figures, sync peers, cluster members (`membership`: state (`local`, `connected`, `alive`, `suspect`, `dead`, `no_url`, `left`, `mismatch` with `answered_as`), URL, lag per member; how many are `forgotten`) |
 //! | `GET /v1/sync` | WebSocket: the sync protocol (`converge-sync`), one frame per binary message |
 //! | `GET /healthz` | liveness |
 //! | `GET /metrics` | Prometheus metrics |
@@ -45,7 +45,10 @@
 //! node also writes itself into the membership object (`$sys/members`,
 //! see [`converge_sync::membership`]) and, every interval, syncs with a
 //! random member it has no session with, so a node that knows one seed
-//! learns the whole cluster. Peers are trusted (any peer may write as any replica):
+//! learns the whole cluster. On a graceful shutdown `serve` marks the node
+//! as left in that object and pushes it to its peers before closing; a
+//! member dead for [`NodeConfig::forget_after`] is forgotten until it
+//! rewrites its entry (see the `gossip` module). Peers are trusted (any peer may write as any replica):
 //! authentication is future work. Each connection is one task pumping a
 //! sans-IO session; reads run on the task.
 //!

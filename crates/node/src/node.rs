@@ -45,6 +45,15 @@ pub struct NodeConfig {
     pub gossip_interval: Option<std::time::Duration>,
     /// Most gossip sessions (beyond the configured peers) at once.
     pub max_gossip_sessions: usize,
+    /// How long a cluster member must stay dead (unreachable) before this
+    /// node forgets it: stops dialling it and leaves it out of the status.
+    /// It is dialled again once it rewrites its entry (on its next start).
+    /// `None` never forgets. Default: a day.
+    pub forget_after: Option<std::time::Duration>,
+    /// Track what each configured peer durably holds of every document, as
+    /// its sync sessions learn it ([`Node::peer_durable`]): a client uses
+    /// it to wait until its edits are saved upstream. Default off.
+    pub track_peer_durable: bool,
 }
 
 impl NodeConfig {
@@ -60,6 +69,10 @@ impl NodeConfig {
             advertise: None,
             gossip_interval: None,
             max_gossip_sessions: 2,
+            forget_after: Some(std::time::Duration::from_millis(
+                converge_sync::membership::DEFAULT_FORGET_AFTER_MS,
+            )),
+            track_peer_durable: false,
         }
     }
 }

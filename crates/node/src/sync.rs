@@ -46,11 +46,12 @@
 //! outgoing side alone, and [`Node::peer_connection`] reports each peer's
 //! [`PeerConnection`] as it changes.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use converge_crdt::ReplicaId;
+use converge_crdt::{ReplicaId, VersionVector};
 use converge_sync::{Config, Event, Interest, Limits, Message, Policy, Session, SessionError};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Serialize;
@@ -59,7 +60,7 @@ use tokio::time::Instant;
 
 use crate::commit::Deferring;
 use crate::feed::SessionStore;
-use crate::gossip::{Members, SessionLink};
+use crate::gossip::{GossipRound, LEAVE_PUSH_TIMEOUT, Members, SessionLink};
 use crate::node::{Node, NodeConfig};
 
 /// Least time between two reads of the change feed that a session makes
@@ -151,6 +152,9 @@ pub enum PeerConnection {
     },
     /// Syncing with this peer stopped for good: the node shut down.
     Stopped,
+    /// Set offline ([`Node::set_peer_online`]): not dialled until set
+    /// online again.
+    Offline,
 }
 
 /// Runs the outgoing side of replication alone: keeps a connection to
@@ -182,6 +186,41 @@ impl Node {
     /// ([`sync_with_peers`] or `serve`) dials the peer.
     pub fn peer_connection(&self, index: usize) -> Option<watch::Receiver<PeerConnection>> {
         self.sync().peers.get(index).map(|p| p.link.subscribe())
+    }
+
+    /// Takes the `index`th configured peer offline (`false`: its session
+    /// closes and it is not dialled) or back online (`true`, the default:
+    /// dialled again at once). Edits made meanwhile are kept and sent on
+    /// the next session. Returns `false` if there is no such peer.
+    pub fn set_peer_online(&self, index: usize, online: bool) -> bool {
+        let Some(p) = self.sync().peers.get(index) else {
+            return false;
+        };
+        p.online
+            .send_if_modified(|o| std::mem::replace(o, online) != online);
+        true
+    }
+
+    /// What the `index`th configured peer is known to hold durably of
+    /// `object`, as its sync sessions learnt it (its `Have`s and its
+    /// acknowledgements of the entries sent to it); `None` if nothing is
+    /// known or there is no such peer. Only with
+    /// [`NodeConfig::track_peer_durable`]. Knowledge is kept across
+    /// sessions with the same peer replica, and dropped when another
+    /// replica answers at the peer's URL.
+    pub fn peer_durable(&self, index: usize, object: &str) -> Option<VersionVector> {
+        let p = self.sync().peers.get(index)?;
+        let durable = p.durable.lock().unwrap_or_else(|e| e.into_inner());
+        durable.get(object).cloned()
+    }
+
+    /// Changes whenever [`Node::peer_durable`] of the `index`th peer may
+    /// have risen; `None` if there is no such peer.
+    pub fn peer_durable_changes(&self, index: usize) -> Option<watch::Receiver<u64>> {
+        self.sync()
+            .peers
+            .get(index)
+            .map(|p| p.durable_changed.subscribe())
     }
 }
 
@@ -288,6 +327,12 @@ pub(crate) struct PeerState {
     status: Mutex<PeerStatus>,
     /// The connection's state for [`Node::peer_connection`].
     link: watch::Sender<PeerConnection>,
+    /// Whether to sync with it ([`Node::set_peer_online`]).
+    online: watch::Sender<bool>,
+    /// What it holds durably, per object ([`Node::peer_durable`]).
+    durable: Mutex<HashMap<String, VersionVector>>,
+    /// Bumped when `durable` rises.
+    durable_changed: watch::Sender<u64>,
 }
 
 impl PeerState {
@@ -298,8 +343,24 @@ impl PeerState {
                 ..PeerStatus::default()
             }),
             link: watch::channel(PeerConnection::Connecting).0,
+            online: watch::channel(true).0,
+            durable: Mutex::new(HashMap::new()),
+            durable_changed: watch::channel(0).0,
             url,
         }
+    }
+
+    /// Records that the peer holds at least `vv` of `object`.
+    fn note_durable(&self, object: String, vv: &VersionVector) {
+        {
+            let mut durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
+            let known = durable.entry(object).or_default();
+            if known.dominates(vv) {
+                return;
+            }
+            known.merge(vv);
+        }
+        self.durable_changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn update(&self, f: impl FnOnce(&mut PeerStatus)) {
@@ -369,10 +430,20 @@ pub(crate) async fn run_peer(node: Arc<Node>, index: usize) {
     let mut stop = node.sync().stop.subscribe();
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
     let mut backoff = Duration::from_millis(100);
+    let mut online = peer.online.subscribe();
     loop {
         if *stop.borrow() {
             peer.link.send_replace(PeerConnection::Stopped);
             return;
+        }
+        if !*online.borrow_and_update() {
+            peer.link.send_replace(PeerConnection::Offline);
+            tokio::select! {
+                _ = online.wait_for(|o| *o) => {}
+                _ = stop.changed() => {}
+            }
+            backoff = Duration::from_millis(100);
+            continue;
         }
         peer.link.send_replace(PeerConnection::Connecting);
         let connected = tokio::select! {
@@ -386,6 +457,7 @@ pub(crate) async fn run_peer(node: Arc<Node>, index: usize) {
             Ok(ws) => {
                 let mut config = Config::new(node.config().peer_interest.clone());
                 config.resume_after = peer.snapshot().feed_position;
+                config.report_peer_durable = node.config().track_peer_durable;
                 let socket = client_socket(ws);
                 let started = Instant::now();
                 let ending = drive(&node, socket, config, Some(&peer), None).await;
@@ -409,6 +481,9 @@ pub(crate) async fn run_peer(node: Arc<Node>, index: usize) {
             peer.link.send_replace(PeerConnection::Stopped);
             return;
         }
+        if !*online.borrow() {
+            continue; // Set offline: no backoff either.
+        }
         if lived_long {
             backoff = Duration::from_millis(100);
         }
@@ -426,6 +501,7 @@ pub(crate) async fn run_peer(node: Arc<Node>, index: usize) {
                 peer.link.send_replace(PeerConnection::Stopped);
                 return;
             }
+            _ = online.wait_for(|o| !*o) => {}
         }
     }
 }
@@ -493,14 +569,17 @@ async fn step(
     .map_err(|e| Ending::Transport(format!("session task failed: {e}")))
 }
 
-/// Pumps one session over one WebSocket until either ends, or until
-/// `close_at` if given (a gossip session's end).
+/// Pumps one session over one WebSocket until either ends, or until the
+/// end of the gossip round if it is one, or until `peer` is set offline.
+/// When the node stops while leaving the cluster, the session first
+/// pushes what is unacknowledged (the `left` entry), for at most
+/// [`LEAVE_PUSH_TIMEOUT`].
 pub(crate) async fn drive<S, E>(
     node: &Arc<Node>,
     mut socket: S,
     config: Config,
     peer: Option<&PeerState>,
-    close_at: Option<Instant>,
+    gossip: Option<GossipRound>,
 ) -> Ending
 where
     S: Stream<Item = Result<WsIn, E>> + Sink<Vec<u8>> + Unpin,
@@ -529,7 +608,11 @@ where
     // Counts the session as a link to its peer in the membership view
     // once the peer said hello, until the session ends.
     let mut link: Option<SessionLink<'_>> = None;
-    let mut close_at = close_at;
+    let mut close_at = gossip.map(|g| g.close_at);
+    // Set offline: a configured peer's session closes.
+    let mut online = peer.map(|p| p.online.subscribe());
+    // Stopping while the node leaves: until when to push what is left.
+    let mut draining: Option<Instant> = None;
     // The last frame's appends went through the committer, which pulled
     // the change feed for them already.
     let mut committed_appends = false;
@@ -559,6 +642,12 @@ where
                         continue;
                     }
                     tracing::info!(peer = %id, "sync session open");
+                    if let Some(round) = gossip
+                        && round.member != id
+                    {
+                        tracing::warn!(member = %round.member, answered = %id, "a member's URL answered as another replica (restarted on a new data directory?); not counted as that member's link");
+                        hub.members.with(|m| m.identity_mismatch(round.member, id));
+                    }
                     if link.is_none() {
                         link = Some(SessionLink::open(hub, id));
                     }
@@ -567,6 +656,11 @@ where
                         store.set_interest(interest);
                     }
                     if let Some(p) = peer {
+                        if p.snapshot().replica != Some(id.to_string()) {
+                            // Another replica than before: what the old
+                            // one held says nothing about this one.
+                            p.durable.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                        }
                         p.update(|s| {
                             s.connected = true;
                             s.replica = Some(id.to_string());
@@ -581,6 +675,7 @@ where
                     if let Err(e) = node.refresh(&object).await {
                         tracing::warn!(object, error = %e, "cannot apply remote entries to the open document");
                     }
+                    hub.members.object_updated(&object);
                 }
                 Event::ObjectDeleted { object } => {
                     tracing::info!(object, "document deleted by a peer");
@@ -591,6 +686,14 @@ where
                     hub.members.with(|m| m.set_feed_position(id, position));
                     if let Some(p) = peer {
                         p.update(|s| s.feed_position = Some(position));
+                    }
+                }
+                Event::PeerDurable {
+                    object,
+                    version_vector,
+                } => {
+                    if let Some(p) = peer {
+                        p.note_durable(object, &version_vector);
                     }
                 }
                 Event::PeerConflict {
@@ -610,6 +713,13 @@ where
             if !pulled {
                 node.notify_appended();
             }
+        }
+        if let Some(until) = draining
+            && (session.is_idle() || Instant::now() >= until)
+        {
+            draining = None;
+            session.close("the node is shutting down");
+            continue;
         }
         if session.is_closed() {
             // Whatever the session queued last (its Error frame) is out.
@@ -636,6 +746,20 @@ where
         let round_over = async move {
             match close_at {
                 Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let drained = async move {
+            match draining {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let offline = async {
+            match online.as_mut() {
+                Some(o) => {
+                    let _ = o.wait_for(|o| !*o).await;
+                }
                 None => std::future::pending().await,
             }
         };
@@ -730,7 +854,22 @@ where
                 next_store_pump = Instant::now() + STORE_PUMP_GAP;
                 let _ = session.handle_store_change(hub.now(), &store);
             }
-            _ = stop.changed() => session.close("the node is shutting down"),
+            _ = stop.changed() => {
+                if hub.members.is_leaving() && draining.is_none() {
+                    // Push the `left` entry (and anything else pending)
+                    // before closing: a bounded wait, checked each turn.
+                    draining = Some(Instant::now() + LEAVE_PUSH_TIMEOUT);
+                    node.feed().pull_if_idle(&**node.store());
+                    let _ = session.handle_store_change(hub.now(), &store);
+                } else {
+                    session.close("the node is shutting down");
+                }
+            }
+            () = drained => {}
+            () = offline => {
+                online = None;
+                session.close("going offline");
+            }
             () = round_over => {
                 close_at = None;
                 session.close("gossip round over");
@@ -813,10 +952,7 @@ mod tests {
         ) -> Result<Vec<Entry>, converge_store::ReadError> {
             self.0.read(object, replica, from_seq, limit)
         }
-        fn version_vector(
-            &self,
-            object: &str,
-        ) -> Result<converge_crdt::VersionVector, converge_store::ReadError> {
+        fn version_vector(&self, object: &str) -> Result<VersionVector, converge_store::ReadError> {
             self.0.version_vector(object)
         }
         fn list_objects(
@@ -840,7 +976,7 @@ mod tests {
         fn put_snapshot(
             &self,
             object: &str,
-            version_vector: &converge_crdt::VersionVector,
+            version_vector: &VersionVector,
             bytes: &[u8],
         ) -> Result<(), converge_store::SnapshotError> {
             self.0.put_snapshot(object, version_vector, bytes)
@@ -854,7 +990,7 @@ mod tests {
         fn compact(
             &self,
             object: &str,
-            horizon: &converge_crdt::VersionVector,
+            horizon: &VersionVector,
         ) -> Result<converge_store::CompactOutcome, converge_store::SnapshotError> {
             self.0.compact(object, horizon)
         }

@@ -59,6 +59,18 @@ struct Image {
     durable: Vec<u8>,
     /// Writes since the last completed sync: what a crash may or may not keep.
     unsynced: Vec<(usize, Vec<u8>)>,
+    /// Writes and completed syncs of this file (see [`CrashBackend::file_io`]).
+    io: FileIo,
+}
+
+/// How many writes and syncs one file of a [`CrashBackend`] disk has had.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileIo {
+    /// `write` calls that succeeded.
+    pub writes: u64,
+    /// `sync_data` calls that completed.
+    pub syncs: u64,
 }
 
 impl CrashBackend {
@@ -93,6 +105,7 @@ impl CrashBackend {
             live: image.durable.clone(),
             durable: image.durable,
             unsynced: Vec::new(),
+            io: FileIo::default(),
         });
         self.with_files(files)
     }
@@ -163,6 +176,7 @@ impl CrashBackend {
                 live: image.clone(),
                 durable: image,
                 unsynced: Vec::new(),
+                io: FileIo::default(),
             }
         });
         drop(state);
@@ -183,6 +197,12 @@ impl CrashBackend {
     /// How many syncs have completed, of every file of the disk.
     pub fn syncs(&self) -> u64 {
         self.state().syncs
+    }
+
+    /// The writes and syncs of this handle's file alone (the database's or
+    /// the log's), e.g. to check that an operation wrote its log once.
+    pub fn file_io(&self) -> FileIo {
+        self.state().files[self.file].io
     }
 
     /// Whether the simulated power loss has happened.
@@ -248,6 +268,7 @@ impl StorageBackend for CrashBackend {
         let image = &mut state.files[self.file];
         image.durable = image.live.clone();
         image.unsynced.clear();
+        image.io.syncs += 1;
         state.syncs += 1;
         Ok(())
     }
@@ -263,6 +284,7 @@ impl StorageBackend for CrashBackend {
         }
         image.live[start..end].copy_from_slice(data);
         image.unsynced.push((start, data.to_vec()));
+        image.io.writes += 1;
         Ok(())
     }
 }

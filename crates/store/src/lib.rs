@@ -13,7 +13,8 @@
 //! - [`RedbStore`]: the embedded default, no server, built on redb: a
 //!   database file and its write-ahead log. Appends are durable when they
 //!   return: one sequential log write and one sync each, shared by
-//!   concurrent appenders (group commit); redb is synced at checkpoints.
+//!   concurrent appenders (group commit), and one of each for a whole
+//!   [`Store::append_many`] call; redb is synced at checkpoints.
 //!   Every record carries a CRC-32; the latest writes are checked on open,
 //!   a torn log tail is cut, and [`RedbStore::verify`] checks everything.
 //! - [`Tombstone`]: what [`Store::delete_object`] leaves behind, so that a

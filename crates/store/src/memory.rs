@@ -9,8 +9,9 @@ use converge_crdt::{ReplicaId, VersionVector};
 use crate::format::Head;
 use crate::logic::{self, Page, Txn, View};
 use crate::{
-    AppendError, AppendOutcome, CompactOutcome, DeleteError, DeleteOutcome, Entry, FeedItem,
-    FeedKind, ReadError, Snapshot, SnapshotError, Store, StoreConfig, StoreError, Tombstone,
+    AppendError, AppendOutcome, AppendRequest, CompactOutcome, DeleteError, DeleteOutcome, Entry,
+    FeedItem, FeedKind, ReadError, Snapshot, SnapshotError, Store, StoreConfig, StoreError,
+    Tombstone,
 };
 
 /// A [`Store`] that keeps everything in memory: for tests and for replicas
@@ -65,6 +66,22 @@ impl Store for MemoryStore {
     ) -> Result<AppendOutcome, AppendError> {
         logic::check_batch(&self.config, object, entries)?;
         logic::append(&mut *self.state(), object, replica, entries)
+    }
+
+    /// Takes the lock once for the whole call, so the requests are applied
+    /// together, in order, with no other write between them.
+    fn append_many(
+        &self,
+        requests: &[AppendRequest<'_>],
+    ) -> Vec<Result<AppendOutcome, AppendError>> {
+        let mut state = self.state();
+        requests
+            .iter()
+            .map(|r| {
+                logic::check_batch(&self.config, r.object, r.entries)?;
+                logic::append(&mut *state, r.object, r.replica, r.entries)
+            })
+            .collect()
     }
 
     fn read(

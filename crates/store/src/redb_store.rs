@@ -28,6 +28,12 @@
 //! queued as callers were active at the last answer, so that writers in a
 //! loop all share each sync instead of splitting into two alternating groups.
 //!
+//! A [`Store::append_many`] call is one job: its requests are checked on the
+//! caller's thread, then against the store in request order by the writer,
+//! and all accepted ones go into the same log record as the rest of the
+//! batch, so one call costs one write and one sync (shared with concurrent
+//! appenders), and after a crash each request is wholly there or not.
+//!
 //! A caller alone (nothing queued, nothing being committed, and at most one
 //! caller active at the last commit) commits its own job on its own thread,
 //! through the same path: the hand-off to the writer thread and back costs
@@ -43,7 +49,9 @@
 //! redb page; it writes the batch's new entries as one write-ahead log
 //! record, syncs it, adds the batch to the overlay (now readers see it) and
 //! answers. The applier thread folds queued records into redb, many per
-//! transaction, without a sync, then drops them from the overlay; every
+//! transaction, without a sync (writing what the writer checked as it is:
+//! entries, heads, feed items; only replay on open checks records again),
+//! then drops them from the overlay; every
 //! [`BACKGROUND_CHECKPOINT_BYTES`] of log its commit is durable instead (a
 //! checkpoint), so that when the log is full and must rewind, little is left
 //! to sync. Readers lock the overlay, then open a redb snapshot: whatever
@@ -82,8 +90,9 @@ use crate::logic::{self, Page, Txn, View};
 use crate::overlay::{Batch, Layered, Overlay, Staging, WriterCache};
 use crate::wal::{self, Wal, WalFile};
 use crate::{
-    AppendError, AppendOutcome, CompactOutcome, DeleteError, DeleteOutcome, Entry, FeedItem,
-    FeedKind, ReadError, Snapshot, SnapshotError, Store, StoreConfig, StoreError, Tombstone,
+    AppendError, AppendOutcome, AppendRequest, CompactOutcome, DeleteError, DeleteOutcome, Entry,
+    FeedItem, FeedKind, ReadError, Snapshot, SnapshotError, Store, StoreConfig, StoreError,
+    Tombstone,
 };
 
 type ObjectKey = &'static str;
@@ -130,6 +139,16 @@ const GATHER_SHARE: u32 = 4;
 const MAX_PENDING_BYTES: usize = 32 << 20;
 /// Log records the applier folds into one redb transaction, at most.
 const APPLY_MAX_BATCHES: usize = 1024;
+/// How long the applier, woken by a first record, waits for more before
+/// starting a transaction (unless someone waits for it, or enough is
+/// queued): a redb transaction costs tens of thousands of instructions
+/// however little it holds, and a single writer with fast syncs queued one
+/// record per transaction, on the two cores its appends need too.
+const APPLY_GATHER: Duration = Duration::from_millis(1);
+/// Records, or log bytes, queued that start the applier's transaction
+/// without waiting out [`APPLY_GATHER`].
+const APPLY_GATHER_BATCHES: usize = 64;
+const APPLY_GATHER_BYTES: usize = 1 << 20;
 /// Log bytes applied without a sync after which the applier's next commit
 /// is durable (a checkpoint): redb's dirty pages are then flushed in the
 /// background, and a full log rewinds with little left to sync.
@@ -193,6 +212,9 @@ struct ApplyState {
     failed: Option<String>,
     /// Set on close: the applier exits once the queue is empty.
     closing: bool,
+    /// Set while someone waits for the applier's progress: it then applies
+    /// what is queued at once instead of gathering more.
+    hurry: bool,
 }
 
 #[derive(Default)]
@@ -210,11 +232,10 @@ struct Job {
 }
 
 enum Op {
-    Append {
-        object: String,
-        replica: ReplicaId,
-        entries: Vec<Entry>,
-    },
+    Append(OwnedAppend),
+    /// The requests of one [`Store::append_many`] call that passed the
+    /// caller's checks: one job, so they share one log record and one sync.
+    AppendMany(Vec<OwnedAppend>),
     PutSnapshot {
         object: String,
         version_vector: VersionVector,
@@ -227,6 +248,23 @@ enum Op {
     Delete {
         object: String,
     },
+}
+
+/// One append as the writer takes it: [`Store::append`]'s arguments, owned.
+struct OwnedAppend {
+    object: String,
+    replica: ReplicaId,
+    entries: Vec<Entry>,
+}
+
+impl OwnedAppend {
+    fn new(object: &str, replica: ReplicaId, entries: &[Entry]) -> Self {
+        Self {
+            object: object.to_owned(),
+            replica,
+            entries: entries.to_vec(),
+        }
+    }
 }
 
 /// What [`RedbStore::verify`] checked.
@@ -259,6 +297,7 @@ pub struct CommitStats {
 
 enum Reply {
     Append(Result<AppendOutcome, AppendError>),
+    AppendMany(Vec<Result<AppendOutcome, AppendError>>),
     PutSnapshot(Result<(), SnapshotError>),
     Compact(Result<CompactOutcome, SnapshotError>),
     Delete(Result<DeleteOutcome, DeleteError>),
@@ -500,7 +539,7 @@ impl RedbStore {
     }
 
     /// Queues a write and waits until it is committed (durable) or rejected.
-    fn submit(&self, op: Op) -> Result<Reply, StoreError> {
+    fn submit(&self, mut op: Op) -> Result<Reply, StoreError> {
         let shared = &*self.shared;
         {
             let queue = shared.queue();
@@ -517,7 +556,7 @@ impl RedbStore {
                 && let Ok(mut writer) = shared.writer.try_lock()
             {
                 drop(queue);
-                let mut replies = writer.commit_batch(shared, &[&op]);
+                let mut replies = writer.commit_batch(shared, &mut [&mut op]);
                 drop(writer);
                 shared.jobs.fetch_add(1, Ordering::Relaxed);
                 let waiting = shared.queue().jobs.len();
@@ -644,6 +683,10 @@ impl Shared {
             if state.batches.is_empty() || state.bytes <= bytes {
                 return Ok(state);
             }
+            if !state.hurry {
+                state.hurry = true;
+                self.apply_cv.notify_all();
+            }
             state = self
                 .apply_cv
                 .wait(state)
@@ -661,8 +704,13 @@ impl Shared {
         let mut state = self.apply_state();
         state.bytes += batch.record_len;
         state.batches.push_back(Arc::new(batch));
+        // Wake an idle applier; one gathering wakes when enough is queued
+        // (or at its deadline), not for every record.
+        let wake = state.batches.len() == 1 || gathered(&state);
         drop(state);
-        self.apply_cv.notify_all();
+        if wake {
+            self.apply_cv.notify_all();
+        }
     }
 }
 
@@ -869,6 +917,53 @@ fn apply_record(
     Ok(())
 }
 
+/// Writes what a batch of appends the writer checked (against this very
+/// state: redb plus the batches before it) changes: its entries, heads,
+/// feed items and new objects, without checking them again. Replay, which
+/// reads the records back from disk, goes through [`apply_record`] instead.
+///
+/// Checking again cost the applier ~30% of its instructions (three redb
+/// lookups per append, callgrind), and the applier shares two cores with
+/// the appenders.
+fn apply_checked_batch(tables: &mut WriteTables<'_>, batch: &Batch) -> Result<(), StoreError> {
+    if batch.heads.len() != batch.appends.len() {
+        return Err(StoreError::backend(
+            "applying the write-ahead log",
+            "a batch without a head per append (a bug in converge-store)",
+        ));
+    }
+    for object in &batch.created {
+        tables
+            .objects
+            .insert(object.as_str(), ())
+            .map_err(storage("writing an object"))?;
+    }
+    for (append, head) in batch.appends.iter().zip(&batch.heads) {
+        let (Some(first), Some(last)) = (append.entries.first(), append.entries.last()) else {
+            continue;
+        };
+        let (object, replica) = (append.object.as_str(), append.replica);
+        for entry in &append.entries {
+            tables.put_entry(object, replica, entry.seq, &entry.bytes)?;
+        }
+        tables.set_head(object, replica, *head)?;
+        let record = format::encode_feed(
+            append.position,
+            &FeedRecord {
+                replica,
+                first: first.seq,
+                last: last.seq,
+                object: append.object.clone(),
+            },
+        );
+        tables
+            .feed
+            .insert(append.position, record.as_slice())
+            .map_err(storage("writing the change feed"))?;
+    }
+    Ok(())
+}
+
 /// The applier: folds synced log records into redb, many per transaction,
 /// off the appenders' path, then drops them from the overlay. Its commits
 /// are not synced, except every [`BACKGROUND_CHECKPOINT_BYTES`] of log,
@@ -905,6 +1000,19 @@ fn apply_loop(shared: &Shared, store_id: u64) {
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner);
             }
+            // Gather more records into this transaction, for a moment.
+            let deadline = Instant::now() + APPLY_GATHER;
+            while !state.hurry && !state.closing && state.failed.is_none() && !gathered(&state) {
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                state = shared
+                    .apply_cv
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            state.hurry = false;
             let batches: Vec<Arc<Batch>> = state
                 .batches
                 .iter()
@@ -946,6 +1054,11 @@ fn apply_loop(shared: &Shared, store_id: u64) {
     }
 }
 
+/// Whether enough is queued for the applier to start without gathering more.
+fn gathered(state: &ApplyState) -> bool {
+    state.batches.len() >= APPLY_GATHER_BATCHES || state.bytes >= APPLY_GATHER_BYTES
+}
+
 /// Applies `batches` in one redb transaction: not synced, or durably as a
 /// checkpoint covering the last of them.
 fn apply_batches(
@@ -958,7 +1071,7 @@ fn apply_batches(
     {
         let mut tables = write_tables(&txn)?;
         for batch in batches {
-            apply_record(&mut tables, batch.lsn, &batch.appends)?;
+            apply_checked_batch(&mut tables, batch)?;
         }
     }
     match batches.last() {
@@ -1054,7 +1167,7 @@ fn write_loop(shared: &Shared) {
     let mut expected = 0;
     let mut last_commit = Duration::ZERO;
     loop {
-        let jobs = {
+        let mut jobs = {
             let mut queue = shared.queue();
             loop {
                 if !queue.jobs.is_empty() {
@@ -1077,8 +1190,8 @@ fn write_loop(shared: &Shared) {
             take_batch(&mut queue.jobs)
         };
         let started = Instant::now();
-        let ops: Vec<&Op> = jobs.iter().map(|job| &job.op).collect();
-        let replies = shared.writer().commit_batch(shared, &ops);
+        let mut ops: Vec<&mut Op> = jobs.iter_mut().map(|job| &mut job.op).collect();
+        let replies = shared.writer().commit_batch(shared, &mut ops);
         last_commit = started.elapsed();
         shared.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         expected = (jobs.len() + shared.queue().jobs.len()).min(MAX_BATCH_JOBS);
@@ -1155,12 +1268,15 @@ impl Writer {
     /// synced and added to the overlay (the applier folds it into redb
     /// later); any other batch, or one too large for the log, waits for the
     /// applier to finish and is committed to redb durably (a checkpoint).
-    fn commit_batch(&mut self, shared: &Shared, jobs: &[&Op]) -> Vec<Reply> {
+    ///
+    /// An append job's entries may be moved out into the applier's queue:
+    /// the job is answered, not reused.
+    fn commit_batch(&mut self, shared: &Shared, jobs: &mut [&mut Op]) -> Vec<Reply> {
         if let Some(why) = &self.failed {
             let e = StoreError::backend("an earlier write failed; reopen the store", why.clone());
             return jobs.iter().map(|op| op.fail(&e)).collect();
         }
-        if jobs.iter().all(|op| matches!(op, Op::Append { .. })) {
+        if jobs.iter().all(|op| op.is_append()) {
             match self.log_appends(shared, jobs) {
                 Ok(Some(replies)) => return replies,
                 Ok(None) => {} // Too large for the log: committed below.
@@ -1180,18 +1296,11 @@ impl Writer {
         let mut any_written = false;
         let applied = (|| {
             let mut tables = write_tables(&txn)?;
-            for &op in jobs {
-                tables.wrote = false;
-                let reply = op.apply(&mut tables, &shared.config);
-                if tables.wrote {
-                    if let Some(e) = reply.store_error() {
-                        // Storage failed midway through this job: the transaction
-                        // holds part of it, so none of the batch may be committed.
-                        return Err(e);
-                    }
-                    any_written = true;
-                }
-                replies.push(reply);
+            for op in jobs.iter() {
+                // Fails if storage failed midway through a write: the
+                // transaction holds part of it, so none of the batch may be
+                // committed.
+                replies.push(op.apply(&mut tables, &shared.config, &mut any_written)?);
             }
             Ok(())
         })();
@@ -1207,7 +1316,7 @@ impl Writer {
             return replies
                 .into_iter()
                 .zip(jobs)
-                .map(|(reply, op)| if reply.is_ok() { op.fail(&e) } else { reply })
+                .map(|(reply, op)| reply.fail_accepted(op, &e))
                 .collect();
         }
         shared.commits.fetch_add(1, Ordering::Relaxed);
@@ -1222,46 +1331,64 @@ impl Writer {
     fn log_appends(
         &mut self,
         shared: &Shared,
-        jobs: &[&Op],
+        jobs: &mut [&mut Op],
     ) -> Result<Option<Vec<Reply>>, StoreError> {
         // Bound the overlay: wait while the applier is far behind.
         drop(shared.wait_applied(MAX_PENDING_BYTES)?);
         let mut replies = Vec::with_capacity(jobs.len());
         let mut logged = Vec::new();
+        // Where each logged append came from: (job, append, first new entry).
+        let mut sources = Vec::new();
         let pending = shared.overlay_read();
         let mut staging = Staging::new(&pending, &self.cache, || read_tables(&shared.db));
-        for &op in jobs {
-            let Op::Append {
-                object,
-                replica,
-                entries,
-            } = op
-            else {
+        for (job, op) in jobs.iter().enumerate() {
+            let appends = op.appends();
+            if appends.is_empty() {
                 return Err(StoreError::backend(
                     "logging appends",
                     "a job that is not an append (a bug in converge-store)",
                 ));
-            };
-            staging.wrote = false;
-            let result = logic::append(&mut staging, object, *replica, entries);
-            if staging.wrote {
-                match &result {
-                    Err(AppendError::Store(e)) => return Err(duplicate(e)),
-                    Err(_) => {}
-                    Ok(outcome) => {
-                        let new = usize::try_from(outcome.appended)
-                            .map_or(0, |n| entries.len().saturating_sub(n));
-                        logged.push(WalAppend {
-                            object,
-                            replica: *replica,
-                            position: outcome.position.unwrap_or(0),
-                            entries: &entries[new..],
-                        });
+            }
+            let mut results = Vec::with_capacity(appends.len());
+            for (index, append) in appends.iter().enumerate() {
+                let OwnedAppend {
+                    object,
+                    replica,
+                    entries,
+                } = append;
+                staging.wrote = false;
+                let result = logic::append(&mut staging, object, *replica, entries);
+                if staging.wrote {
+                    match &result {
+                        Err(AppendError::Store(e)) => return Err(duplicate(e)),
+                        Err(_) => {}
+                        Ok(outcome) => {
+                            let new = usize::try_from(outcome.appended)
+                                .map_or(0, |n| entries.len().saturating_sub(n));
+                            logged.push(WalAppend {
+                                object,
+                                replica: *replica,
+                                position: outcome.position.unwrap_or(0),
+                                entries: &entries[new..],
+                            });
+                            sources.push((job, index, new));
+                        }
                     }
                 }
+                results.push(result);
             }
-            replies.push(Reply::Append(result));
+            replies.push(op.answer(results));
         }
+        // The head of each logged append's log right after it: its last
+        // seq, and the log's compacted horizon (appends do not move it).
+        let heads = logged
+            .iter()
+            .map(|append| {
+                let compacted = staging.head(append.object, append.replica)?.compacted;
+                let last = append.entries.last().map_or(0, |e| e.seq);
+                Ok(Head { last, compacted })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let delta = staging.into_delta();
         drop(pending);
         if logged.is_empty() {
@@ -1276,6 +1403,7 @@ impl Writer {
             self.make_room(shared)?;
         }
         let record = format::encode_wal_record(self.wal.next_lsn(), &logged);
+        let positions: Vec<u64> = logged.iter().map(|a| a.position).collect();
         if let Err(e) = self.wal.append(&record) {
             // The record may be on disk in part, or whole: later records
             // cannot follow it safely, and the next open sorts it out.
@@ -1284,22 +1412,40 @@ impl Writer {
             return Ok(Some(
                 replies
                     .into_iter()
-                    .zip(jobs)
-                    .map(|(reply, op)| if reply.is_ok() { op.fail(&e) } else { reply })
+                    .zip(jobs.iter())
+                    .map(|(reply, op)| reply.fail_accepted(op, &e))
                     .collect(),
             ));
         }
+        // The applier's copy: the jobs' own ids and entries, moved rather
+        // than copied when the whole append was new (the usual case).
+        let mut appends = Vec::with_capacity(sources.len());
+        for ((job, index, new), position) in sources.into_iter().zip(positions) {
+            let Some(append) = jobs[job].appends_mut().get_mut(index) else {
+                // The record is durable but cannot be applied: refuse
+                // further writes; reopening replays it from the log.
+                self.failed = Some("a logged append went missing".to_owned());
+                return Err(StoreError::backend(
+                    "logging appends",
+                    "a logged append went missing (a bug in converge-store)",
+                ));
+            };
+            let entries = if new == 0 {
+                std::mem::take(&mut append.entries)
+            } else {
+                append.entries[new..].to_vec()
+            };
+            appends.push(WalAppendOwned {
+                object: std::mem::take(&mut append.object),
+                replica: append.replica,
+                position,
+                entries,
+            });
+        }
         let batch = Batch {
             lsn: self.wal.last_lsn(),
-            appends: logged
-                .iter()
-                .map(|a| WalAppendOwned {
-                    object: a.object.to_owned(),
-                    replica: a.replica,
-                    position: a.position,
-                    entries: a.entries.to_vec(),
-                })
-                .collect(),
+            appends,
+            heads,
             created: delta.created_objects(),
             record_len: record.len(),
         };
@@ -1367,19 +1513,92 @@ fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
 impl Op {
     fn size(&self) -> usize {
         match self {
-            Self::Append { entries, .. } => entries.iter().map(|e| e.bytes.len() + 16).sum(),
+            Self::Append(_) | Self::AppendMany(_) => self
+                .appends()
+                .iter()
+                .map(|a| {
+                    a.object.len() + a.entries.iter().map(|e| e.bytes.len() + 16).sum::<usize>()
+                })
+                .sum(),
             Self::PutSnapshot { bytes, .. } => bytes.len(),
             Self::Compact { .. } | Self::Delete { .. } => 0,
         }
     }
 
-    fn apply(&self, tables: &mut WriteTables<'_>, config: &StoreConfig) -> Reply {
+    /// Whether the job only appends (so it may go through the log).
+    fn is_append(&self) -> bool {
+        matches!(self, Self::Append(_) | Self::AppendMany(_))
+    }
+
+    /// The appends of the job, in order (none for other writes).
+    fn appends(&self) -> &[OwnedAppend] {
         match self {
-            Self::Append {
-                object,
-                replica,
-                entries,
-            } => Reply::Append(logic::append(tables, object, *replica, entries)),
+            Self::Append(append) => std::slice::from_ref(append),
+            Self::AppendMany(appends) => appends,
+            _ => &[],
+        }
+    }
+
+    /// The appends of the job, to move their data out once logged.
+    fn appends_mut(&mut self) -> &mut [OwnedAppend] {
+        match self {
+            Self::Append(append) => std::slice::from_mut(append),
+            Self::AppendMany(appends) => appends,
+            _ => &mut [],
+        }
+    }
+
+    /// The reply of an append job, from the results of its appends in order.
+    fn answer(&self, mut results: Vec<Result<AppendOutcome, AppendError>>) -> Reply {
+        match self {
+            Self::AppendMany(_) => Reply::AppendMany(results),
+            _ => Reply::Append(
+                results
+                    .pop()
+                    .unwrap_or_else(|| Err(unexpected_reply().into())),
+            ),
+        }
+    }
+
+    /// Applies the job inside `tables`' transaction and sets `written` if
+    /// it wrote anything. `Err` if storage failed after the job had started
+    /// writing: the transaction then holds part of it and must be dropped.
+    fn apply(
+        &self,
+        tables: &mut WriteTables<'_>,
+        config: &StoreConfig,
+        written: &mut bool,
+    ) -> Result<Reply, StoreError> {
+        if self.is_append() {
+            let mut results = Vec::with_capacity(self.appends().len());
+            for append in self.appends() {
+                tables.wrote = false;
+                let result = logic::append(tables, &append.object, append.replica, &append.entries);
+                if tables.wrote {
+                    if let Err(AppendError::Store(e)) = &result {
+                        return Err(duplicate(e));
+                    }
+                    *written = true;
+                }
+                results.push(result);
+            }
+            return Ok(self.answer(results));
+        }
+        tables.wrote = false;
+        let reply = self.apply_other(tables, config);
+        if tables.wrote {
+            if let Some(e) = reply.store_error() {
+                return Err(e);
+            }
+            *written = true;
+        }
+        Ok(reply)
+    }
+
+    /// Applies a job that is not an append.
+    fn apply_other(&self, tables: &mut WriteTables<'_>, config: &StoreConfig) -> Reply {
+        match self {
+            Self::Append(_) | Self::AppendMany(_) => Reply::Append(Err(unexpected_reply().into())),
             Self::PutSnapshot {
                 object,
                 version_vector,
@@ -1401,7 +1620,13 @@ impl Op {
     fn fail(&self, error: &StoreError) -> Reply {
         let error = duplicate(error);
         match self {
-            Self::Append { .. } => Reply::Append(Err(error.into())),
+            Self::Append(_) => Reply::Append(Err(error.into())),
+            Self::AppendMany(appends) => Reply::AppendMany(
+                appends
+                    .iter()
+                    .map(|_| Err(duplicate(&error).into()))
+                    .collect(),
+            ),
             Self::PutSnapshot { .. } => Reply::PutSnapshot(Err(error.into())),
             Self::Compact { .. } => Reply::Compact(Err(error.into())),
             Self::Delete { .. } => Reply::Delete(Err(error.into())),
@@ -1410,17 +1635,32 @@ impl Op {
 }
 
 impl Reply {
-    fn is_ok(&self) -> bool {
-        match self {
-            Self::Append(r) => r.is_ok(),
-            Self::PutSnapshot(r) => r.is_ok(),
-            Self::Compact(r) => r.is_ok(),
-            Self::Delete(r) => r.is_ok(),
-        }
+    /// This reply with every write it accepted failed with `error` instead
+    /// (its batch was not made durable); rejections stand.
+    fn fail_accepted(self, op: &Op, error: &StoreError) -> Self {
+        let accepted = match self {
+            Self::AppendMany(results) => {
+                return Self::AppendMany(
+                    results
+                        .into_iter()
+                        .map(|r| match r {
+                            Ok(_) => Err(duplicate(error).into()),
+                            rejected => rejected,
+                        })
+                        .collect(),
+                );
+            }
+            Self::Append(ref r) => r.is_ok(),
+            Self::PutSnapshot(ref r) => r.is_ok(),
+            Self::Compact(ref r) => r.is_ok(),
+            Self::Delete(ref r) => r.is_ok(),
+        };
+        if accepted { op.fail(error) } else { self }
     }
 
     fn store_error(&self) -> Option<StoreError> {
         let error = match self {
+            Self::AppendMany(_) => return None,
             Self::Append(Err(AppendError::Store(e)))
             | Self::PutSnapshot(Err(SnapshotError::Store(e)))
             | Self::Compact(Err(SnapshotError::Store(e)))
@@ -1470,14 +1710,50 @@ impl Store for RedbStore {
         if entries.is_empty() {
             return Ok(AppendOutcome::default());
         }
-        match self.submit(Op::Append {
-            object: object.to_owned(),
-            replica,
-            entries: entries.to_vec(),
-        })? {
+        match self.submit(Op::Append(OwnedAppend::new(object, replica, entries)))? {
             Reply::Append(result) => result,
             _ => Err(unexpected_reply().into()),
         }
+    }
+
+    /// Checks every request on the caller's thread, then hands the rest to
+    /// the writer as one job: they are checked against the store in order,
+    /// written as one log record with one sync (shared with concurrent
+    /// appenders), and answered together.
+    fn append_many(
+        &self,
+        requests: &[AppendRequest<'_>],
+    ) -> Vec<Result<AppendOutcome, AppendError>> {
+        let mut results = Vec::with_capacity(requests.len());
+        let mut queued = Vec::new();
+        let mut slots = Vec::new();
+        for (slot, request) in requests.iter().enumerate() {
+            let checked = logic::check_batch(&self.shared.config, request.object, request.entries);
+            if checked.is_ok() && !request.entries.is_empty() {
+                slots.push(slot);
+                queued.push(OwnedAppend::new(
+                    request.object,
+                    request.replica,
+                    request.entries,
+                ));
+            }
+            results.push(checked.map(|()| AppendOutcome::default()));
+        }
+        if queued.is_empty() {
+            return results;
+        }
+        let answers = match self.submit(Op::AppendMany(queued)) {
+            Ok(Reply::AppendMany(answers)) if answers.len() == slots.len() => answers,
+            Ok(_) => slots
+                .iter()
+                .map(|_| Err(unexpected_reply().into()))
+                .collect(),
+            Err(e) => slots.iter().map(|_| Err(duplicate(&e).into())).collect(),
+        };
+        for (slot, answer) in slots.into_iter().zip(answers) {
+            results[slot] = answer;
+        }
+        results
     }
 
     fn read(

@@ -59,7 +59,7 @@ mod presence;
 mod session;
 
 pub use codec::{DecodeError, EncodeError, PROTOCOL_VERSION};
-pub use membership::{GossipConfig, MemberState, MemberView, Membership};
+pub use membership::{GossipConfig, MemberEntry, MemberState, MemberView, Membership};
 pub use message::{ErrorCode, Interest, LimitError, Limits, Message};
 pub use presence::PresenceTable;
 pub use session::{Config, Event, Policy, QueueSizes, Session, SessionError, SnapshotMerge};

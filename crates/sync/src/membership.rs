@@ -15,8 +15,21 @@
 //! keep failing back off exponentially and are reported [`MemberState::Dead`]
 //! once they have failed [`GossipConfig::dead_after_failures`] times in a
 //! row and were not seen for [`GossipConfig::dead_after_ms`]; they are
-//! retried at the longest backoff, never forgotten, so a node that comes
-//! back is found again.
+//! retried at the longest backoff until they have been unreachable for
+//! [`GossipConfig::forget_after_ms`], then forgotten: no longer dialled nor
+//! listed. A forgotten member that comes back rewrites its entry (a node
+//! does on every start, with a new `started_ms`), which makes it a fresh
+//! member again; so does a session it opens itself.
+//!
+//! A member whose entry says it left ([`MemberEntry::left`], written by a
+//! node that shuts down gracefully) is reported [`MemberState::Left`] and
+//! not dialled, until it rewrites its entry on its next start.
+//!
+//! A gossip session dialled to a member's URL that is answered by another
+//! replica ([`Membership::identity_mismatch`], typically a node restarted
+//! on a wiped data directory at the same address) does not count as that
+//! member's link: the attempt counts as a failure and the member is
+//! reported [`MemberState::Mismatch`] with the replica that answered.
 //!
 //! Like [`crate::Session`], it reads no clock and draws no random number:
 //! callers pass `now` (milliseconds on any monotonic scale) and random
@@ -41,6 +54,43 @@ pub fn is_system_object(object: &str) -> bool {
     object.starts_with(SYSTEM_PREFIX)
 }
 
+/// The default of [`GossipConfig::forget_after_ms`]: a day, long enough
+/// to ride out an outage or a maintenance window, short enough that nodes
+/// replaced long ago stop being dialled.
+pub const DEFAULT_FORGET_AFTER_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// A member's entry as the membership object holds it (what the runtime
+/// reads and hands to [`Membership::set_listed`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct MemberEntry {
+    /// The sync URL it advertises, if any.
+    pub url: Option<String>,
+    /// When it wrote the entry (its wall clock, milliseconds): a new value
+    /// means it restarted, which clears what was observed of it.
+    pub started_ms: u64,
+    /// It shut down gracefully and said so: not dialled until it rewrites
+    /// its entry.
+    pub left: bool,
+}
+
+impl MemberEntry {
+    /// An entry advertising `url`, written at `started_ms`, not left.
+    pub fn new(url: Option<String>, started_ms: u64) -> Self {
+        Self {
+            url,
+            started_ms,
+            left: false,
+        }
+    }
+
+    /// The same entry, marked as left (or not).
+    pub fn with_left(mut self, left: bool) -> Self {
+        self.left = left;
+        self
+    }
+}
+
 /// How a node gossips.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -59,6 +109,9 @@ pub struct GossipConfig {
     pub dead_after_failures: u32,
     /// How long a failing member must have gone unseen to be reported dead.
     pub dead_after_ms: u64,
+    /// How long a dead member must have been failing and unseen to be
+    /// forgotten (no longer dialled nor listed); `None` never forgets.
+    pub forget_after_ms: Option<u64>,
 }
 
 impl Default for GossipConfig {
@@ -70,6 +123,7 @@ impl Default for GossipConfig {
             max_backoff_ms: 60_000,
             dead_after_failures: 3,
             dead_after_ms: 10_000,
+            forget_after_ms: Some(DEFAULT_FORGET_AFTER_MS),
         }
     }
 }
@@ -92,6 +146,13 @@ pub enum MemberState {
     /// It advertises no URL and is not connected: it can dial us, we
     /// cannot dial it.
     NoUrl,
+    /// It shut down gracefully and marked its entry as left; not dialled
+    /// until it starts again.
+    Left,
+    /// The last attempt at its URL was answered by another replica
+    /// ([`MemberView::answered_as`]); retried after a backoff like a
+    /// failure.
+    Mismatch,
 }
 
 impl MemberState {
@@ -104,6 +165,8 @@ impl MemberState {
             Self::Suspect => "suspect",
             Self::Dead => "dead",
             Self::NoUrl => "no_url",
+            Self::Left => "left",
+            Self::Mismatch => "mismatch",
         }
     }
 }
@@ -132,6 +195,9 @@ pub struct MemberView {
     pub retry_at: Option<u64>,
     /// How far of its change feed this node holds (to resume from).
     pub feed_position: Option<u64>,
+    /// The replica that answered the last attempt at its URL, if that was
+    /// not this member.
+    pub answered_as: Option<ReplicaId>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -145,6 +211,25 @@ struct Member {
     failures: u32,
     retry_at: Option<u64>,
     feed_position: Option<u64>,
+    /// Its entry's `started_ms`, to notice a restart.
+    started_ms: u64,
+    /// Its entry says it left.
+    left: bool,
+    /// When the current run of failures began.
+    failing_since: Option<u64>,
+    /// Who answered the last attempt at its URL, if not this member.
+    answered_as: Option<ReplicaId>,
+}
+
+impl Member {
+    /// Forgets what was observed of its reachability: a new address, a
+    /// restart or a session of its own deserves a fresh start.
+    fn clear_failures(&mut self) {
+        self.failures = 0;
+        self.retry_at = None;
+        self.failing_since = None;
+        self.answered_as = None;
+    }
 }
 
 /// A node's local view of the cluster and its gossip policy (see the
@@ -174,22 +259,24 @@ impl Membership {
         &self.config
     }
 
-    /// Records what the membership object lists: each member's advertised
-    /// URL. Members it no longer lists keep their local state but are no
-    /// longer gossip candidates.
-    pub fn set_listed(&mut self, listed: impl IntoIterator<Item = (ReplicaId, Option<String>)>) {
+    /// Records what the membership object lists: each member's entry.
+    /// Members it no longer lists keep their local state but are no
+    /// longer gossip candidates. A new URL or a new `started_ms` (the
+    /// member restarted) clears the member's failures, so a forgotten
+    /// member that comes back is dialled again.
+    pub fn set_listed(&mut self, listed: impl IntoIterator<Item = (ReplicaId, MemberEntry)>) {
         for m in self.members.values_mut() {
             m.listed = false;
         }
-        for (replica, url) in listed {
+        for (replica, entry) in listed {
             let m = self.members.entry(replica).or_default();
-            if m.url != url {
-                // A new address deserves a fresh try.
-                m.failures = 0;
-                m.retry_at = None;
+            if m.url != entry.url || m.started_ms != entry.started_ms {
+                m.clear_failures();
             }
             m.listed = true;
-            m.url = url;
+            m.url = entry.url;
+            m.started_ms = entry.started_ms;
+            m.left = entry.left;
         }
     }
 
@@ -204,8 +291,17 @@ impl Membership {
         let m = self.members.entry(replica).or_default();
         m.sessions += 1;
         m.last_seen = Some(now);
-        m.failures = 0;
-        m.retry_at = None;
+        m.clear_failures();
+    }
+
+    /// A gossip session dialled to `member`'s URL was answered by
+    /// `answered` instead (its hello named another replica): it is not
+    /// `member`'s link, and [`Membership::gossip_ended`] counts the attempt
+    /// as a failure of `member`.
+    pub fn identity_mismatch(&mut self, member: ReplicaId, answered: ReplicaId) {
+        if let Some(m) = self.members.get_mut(&member) {
+            m.answered_as = Some(answered);
+        }
     }
 
     /// A session that [`Membership::session_opened`] counted ended. A
@@ -240,7 +336,8 @@ impl Membership {
     /// Picks the member to gossip with now, if any, and counts the attempt
     /// as in flight until [`Membership::gossip_ended`]. Candidates are the
     /// listed members other than this node that have a URL, no open
-    /// session, no attempt in flight and no backoff running past `now`;
+    /// session, no attempt in flight and no backoff running past `now`,
+    /// and that neither left nor are forgotten;
     /// `random` (any value from a uniform source) chooses among them. None
     /// while [`GossipConfig::max_sessions`] attempts are in flight.
     pub fn choose(&mut self, now: u64, random: u64) -> Option<(ReplicaId, String)> {
@@ -253,6 +350,8 @@ impl Membership {
             .filter(|(r, m)| {
                 **r != self.local
                     && m.listed
+                    && !m.left
+                    && !self.is_forgotten(m, now)
                     && m.sessions == 0
                     && !self.gossiping.contains(r)
                     && m.retry_at.is_none_or(|at| at <= now)
@@ -268,7 +367,9 @@ impl Membership {
     }
 
     /// The gossip attempt at `replica` ended: `reached` says whether a
-    /// session opened. A failure backs the member off: the wait doubles
+    /// session opened (one answered by another replica, see
+    /// [`Membership::identity_mismatch`], counts as a failure). A failure
+    /// backs the member off: the wait doubles
     /// from [`GossipConfig::min_backoff_ms`] up to
     /// [`GossipConfig::max_backoff_ms`], of which the upper half is
     /// spread by `jitter` (in `[0, 1)`), so that nodes do not retry a
@@ -279,10 +380,11 @@ impl Membership {
         let Some(m) = self.members.get_mut(&replica) else {
             return;
         };
-        if reached {
+        if reached && m.answered_as.is_none() {
             return;
         }
         m.failures = m.failures.saturating_add(1);
+        m.failing_since.get_or_insert(now);
         let doublings = m.failures.saturating_sub(1).min(32);
         let backoff = config
             .min_backoff_ms
@@ -302,22 +404,58 @@ impl Membership {
         i / 2 + (i as f64 * jitter.clamp(0.0, 1.0)) as u64
     }
 
-    /// The state of `replica` at `now`, if it is listed or is this node.
+    /// The state of `replica` at `now`, if it is listed (and not
+    /// forgotten) or is this node.
     pub fn state(&self, replica: ReplicaId, now: u64) -> Option<MemberState> {
         if replica == self.local {
             return Some(MemberState::Local);
         }
-        let m = self.members.get(&replica).filter(|m| m.listed)?;
+        let m = self
+            .members
+            .get(&replica)
+            .filter(|m| m.listed && !self.is_forgotten(m, now))?;
         Some(self.state_of(m, now))
     }
 
-    fn state_of(&self, m: &Member, now: u64) -> MemberState {
-        if m.sessions > 0 {
-            MemberState::Connected
-        } else if m.failures >= self.config.dead_after_failures
+    /// Whether `m` is dead: it failed [`GossipConfig::dead_after_failures`]
+    /// times in a row and was not seen for [`GossipConfig::dead_after_ms`].
+    fn is_dead(&self, m: &Member, now: u64) -> bool {
+        m.sessions == 0
+            && m.failures >= self.config.dead_after_failures
             && m.last_seen
                 .is_none_or(|seen| now.saturating_sub(seen) >= self.config.dead_after_ms)
-        {
+    }
+
+    /// Whether `m` was dead long enough to be forgotten: it is dead, its
+    /// failures began at least [`GossipConfig::forget_after_ms`] ago, and
+    /// it was not seen in that time either.
+    fn is_forgotten(&self, m: &Member, now: u64) -> bool {
+        let Some(after) = self.config.forget_after_ms else {
+            return false;
+        };
+        let long_ago = |at: u64| now.saturating_sub(at) >= after;
+        self.is_dead(m, now)
+            && m.failing_since.is_some_and(long_ago)
+            && m.last_seen.is_none_or(long_ago)
+    }
+
+    /// How many listed members are forgotten at `now` (left out of
+    /// [`Membership::members`]).
+    pub fn forgotten(&self, now: u64) -> usize {
+        self.members
+            .iter()
+            .filter(|(r, m)| **r != self.local && m.listed && self.is_forgotten(m, now))
+            .count()
+    }
+
+    fn state_of(&self, m: &Member, now: u64) -> MemberState {
+        if m.left {
+            MemberState::Left
+        } else if m.sessions > 0 {
+            MemberState::Connected
+        } else if m.answered_as.is_some() {
+            MemberState::Mismatch
+        } else if self.is_dead(m, now) {
             MemberState::Dead
         } else if m.failures > 0 {
             MemberState::Suspect
@@ -328,8 +466,8 @@ impl Membership {
         }
     }
 
-    /// This node and every listed member, in replica id order, as seen at
-    /// `now`.
+    /// This node and every listed member that is not forgotten, in
+    /// replica id order, as seen at `now`.
     pub fn members(&self, now: u64) -> Vec<MemberView> {
         let mut out = Vec::new();
         if !self.is_listed(self.local) {
@@ -343,9 +481,14 @@ impl Membership {
                 failures: 0,
                 retry_at: None,
                 feed_position: None,
+                answered_as: None,
             });
         }
-        for (replica, m) in self.members.iter().filter(|(_, m)| m.listed) {
+        let shown = self
+            .members
+            .iter()
+            .filter(|(r, m)| m.listed && (**r == self.local || !self.is_forgotten(m, now)));
+        for (replica, m) in shown {
             let local = *replica == self.local;
             let state = if local {
                 MemberState::Local
@@ -367,6 +510,7 @@ impl Membership {
                 failures: m.failures,
                 retry_at: m.retry_at.filter(|&at| at > now),
                 feed_position: m.feed_position,
+                answered_as: if local { None } else { m.answered_as },
             });
         }
         out.sort_by_key(|v| v.replica);
@@ -386,13 +530,23 @@ mod tests {
         Some(format!("ws://127.0.0.1:{n}/v1/sync"))
     }
 
+    /// Entries advertising these URLs, all written at time 0.
+    fn entries(
+        listed: impl IntoIterator<Item = (ReplicaId, Option<String>)>,
+    ) -> Vec<(ReplicaId, MemberEntry)> {
+        listed
+            .into_iter()
+            .map(|(r, url)| (r, MemberEntry::new(url, 0)))
+            .collect()
+    }
+
     fn cluster(local: u64, others: &[u64]) -> Membership {
         let mut m = Membership::new(r(local), GossipConfig::default());
-        m.set_listed(
+        m.set_listed(entries(
             std::iter::once(local)
                 .chain(others.iter().copied())
                 .map(|n| (r(n), url(n))),
-        );
+        ));
         m
     }
 
@@ -407,7 +561,12 @@ mod tests {
     #[test]
     fn choose_never_picks_self_connected_or_urlless_members() {
         let mut m = cluster(1, &[2, 3]);
-        m.set_listed([(r(1), url(1)), (r(2), url(2)), (r(3), url(3)), (r(4), None)]);
+        m.set_listed(entries([
+            (r(1), url(1)),
+            (r(2), url(2)),
+            (r(3), url(3)),
+            (r(4), None),
+        ]));
         m.session_opened(r(2), 0);
         // Whatever the random value, only 3 is a candidate.
         for random in 0..20 {
@@ -460,7 +619,7 @@ mod tests {
                 ..GossipConfig::default()
             },
         );
-        m.set_listed([(r(1), url(1)), (r(2), url(2))]);
+        m.set_listed(entries([(r(1), url(1)), (r(2), url(2))]));
         let mut now = 0;
         let mut waits = Vec::new();
         for _ in 0..6 {
@@ -508,10 +667,10 @@ mod tests {
         m.choose(0, 0);
         m.gossip_ended(r(2), 0, false, 0.0);
         assert_eq!(m.choose(1, 0), None);
-        m.set_listed([(r(1), url(1)), (r(2), url(22))]);
+        m.set_listed(entries([(r(1), url(1)), (r(2), url(22))]));
         assert_eq!(m.choose(1, 0), Some((r(2), url(22).unwrap_or_default())));
         m.gossip_ended(r(2), 1, true, 0.0);
-        m.set_listed([(r(1), url(1))]);
+        m.set_listed(entries([(r(1), url(1))]));
         assert_eq!(m.choose(2, 0), None);
         assert_eq!(m.state(r(2), 2), None);
         assert_eq!(m.members(2).len(), 1);
@@ -522,7 +681,7 @@ mod tests {
         let mut m = cluster(1, &[]);
         m.session_opened(r(9), 10);
         assert!(m.members(10).iter().all(|v| v.replica != r(9)));
-        m.set_listed([(r(1), url(1)), (r(9), url(9))]);
+        m.set_listed(entries([(r(1), url(1)), (r(9), url(9))]));
         assert_eq!(m.state(r(9), 11), Some(MemberState::Connected));
         assert_eq!(m.choose(11, 0), None, "already connected");
     }
@@ -556,5 +715,149 @@ mod tests {
         let v = m.members(3);
         assert_eq!(v.len(), 1);
         assert_eq!((v[0].replica, v[0].state), (r(1), MemberState::Local));
+    }
+
+    #[test]
+    fn a_member_that_left_is_not_dialled_until_it_rejoins() {
+        let mut m = cluster(1, &[2]);
+        m.choose(0, 0);
+        m.gossip_ended(r(2), 0, false, 0.0);
+        m.set_listed([
+            (r(1), MemberEntry::new(url(1), 0)),
+            (r(2), MemberEntry::new(url(2), 0).with_left(true)),
+        ]);
+        assert_eq!(m.state(r(2), 1), Some(MemberState::Left));
+        assert_eq!(m.members(1)[1].state, MemberState::Left);
+        assert_eq!(m.choose(1_000_000, 0), None, "a left member is not dialled");
+        // Still connected while it says goodbye: reported left all the same.
+        m.session_opened(r(2), 2);
+        assert_eq!(m.state(r(2), 2), Some(MemberState::Left));
+        m.session_closed(r(2), 3);
+        // It starts again: a new entry, not left, is a fresh member.
+        m.set_listed([
+            (r(1), MemberEntry::new(url(1), 0)),
+            (r(2), MemberEntry::new(url(2), 50)),
+        ]);
+        assert_eq!(m.state(r(2), 4), Some(MemberState::Alive));
+        assert_eq!(m.choose(4, 0), Some((r(2), url(2).unwrap_or_default())));
+    }
+
+    fn forgetting(forget_after_ms: Option<u64>) -> Membership {
+        let mut m = Membership::new(
+            r(1),
+            GossipConfig {
+                min_backoff_ms: 100,
+                max_backoff_ms: 1_000,
+                dead_after_failures: 3,
+                dead_after_ms: 1_000,
+                forget_after_ms,
+                ..GossipConfig::default()
+            },
+        );
+        m.set_listed(entries([(r(1), url(1)), (r(2), url(2))]));
+        m
+    }
+
+    /// Fails every attempt at member 2 from `from` until `until`; returns
+    /// when the last attempt was.
+    fn fail_until(m: &mut Membership, from: u64, until: u64) -> u64 {
+        let mut now = from;
+        let mut last = from;
+        while now < until {
+            if m.choose(now, 0).is_some() {
+                m.gossip_ended(r(2), now, false, 0.0);
+                last = now;
+            }
+            now += 50;
+        }
+        last
+    }
+
+    #[test]
+    fn a_member_dead_for_forget_after_is_forgotten_until_it_rewrites_its_entry() {
+        let mut m = forgetting(Some(10_000));
+        m.session_opened(r(2), 0);
+        m.session_closed(r(2), 1_000);
+        // Failing from 1 000 on: dead soon, forgotten 10 s after both the
+        // first failure and the last sighting.
+        fail_until(&mut m, 1_000, 10_900);
+        assert_eq!(m.state(r(2), 10_900), Some(MemberState::Dead));
+        assert_eq!(m.members(10_900).len(), 2);
+        assert_eq!(m.forgotten(10_900), 0);
+        assert_eq!(m.state(r(2), 11_000), None, "forgotten");
+        assert_eq!(m.members(11_000).len(), 1, "only this node is listed");
+        assert_eq!(m.forgotten(11_000), 1);
+        assert_eq!(
+            m.choose(1_000_000, 0),
+            None,
+            "a forgotten member is not dialled"
+        );
+        // It starts again and rewrites its entry (a new started_ms).
+        m.set_listed([
+            (r(1), MemberEntry::new(url(1), 0)),
+            (r(2), MemberEntry::new(url(2), 99)),
+        ]);
+        assert_eq!(m.state(r(2), 1_000_000), Some(MemberState::Alive));
+        assert_eq!(
+            m.choose(1_000_000, 0),
+            Some((r(2), url(2).unwrap_or_default()))
+        );
+    }
+
+    #[test]
+    fn a_forgotten_member_that_dials_in_is_back_and_none_never_forgets() {
+        let mut m = forgetting(Some(5_000));
+        fail_until(&mut m, 0, 6_000);
+        assert_eq!(m.state(r(2), 6_000), None);
+        m.session_opened(r(2), 6_001);
+        assert_eq!(m.state(r(2), 6_001), Some(MemberState::Connected));
+        m.session_closed(r(2), 6_002);
+        assert_eq!(m.state(r(2), 100_000), Some(MemberState::Alive));
+
+        let mut never = forgetting(None);
+        let last = fail_until(&mut never, 0, 100_000);
+        assert_eq!(never.state(r(2), 10_000_000), Some(MemberState::Dead));
+        assert!(never.choose(last + 1_000, 0).is_some(), "still retried");
+    }
+
+    #[test]
+    fn an_attempt_answered_by_another_replica_is_a_mismatch_not_a_link() {
+        let mut m = cluster(1, &[2]);
+        assert_eq!(m.choose(0, 0).map(|(r, _)| r), Some(r(2)));
+        // The URL of 2 answers as 9 (2 was replaced by a new replica).
+        m.session_opened(r(9), 1);
+        m.identity_mismatch(r(2), r(9));
+        m.session_closed(r(9), 2);
+        m.gossip_ended(r(2), 2, true, 0.0);
+        assert_eq!(m.state(r(2), 3), Some(MemberState::Mismatch));
+        let view = &m.members(3)[1];
+        assert_eq!(
+            (view.answered_as, view.failures, view.sessions),
+            (Some(r(9)), 1, 0)
+        );
+        assert!(view.retry_at.is_some(), "backed off like a failure");
+        assert_eq!(m.choose(3, 0), None);
+        // Its URL answers as itself again: the mismatch is cleared.
+        m.session_opened(r(2), 10_000);
+        let view = &m.members(10_000)[1];
+        assert_eq!(
+            (view.state, view.answered_as, view.failures),
+            (MemberState::Connected, None, 0)
+        );
+    }
+
+    #[test]
+    fn only_a_dead_member_is_forgotten() {
+        // Forgetting after 500 ms, but dead only after 1 000 ms unseen.
+        let mut m = forgetting(Some(500));
+        m.session_opened(r(2), 0);
+        m.session_closed(r(2), 0);
+        fail_until(&mut m, 0, 900);
+        assert_eq!(m.state(r(2), 900), Some(MemberState::Suspect));
+        assert_eq!(
+            m.state(r(2), 1_000),
+            None,
+            "dead, and failing for long enough"
+        );
     }
 }

@@ -60,6 +60,11 @@ pub struct Config {
     pub repair_interval_ms: Option<u64>,
     /// Read the local change feed at least this often while serving. Default 1 s.
     pub feed_poll_ms: u64,
+    /// Report [`Event::PeerDurable`]: what the peer is known to hold
+    /// durably, from its `Have`s and its acknowledgements of the entries
+    /// sent to it (a client waiting for its edits to be saved upstream).
+    /// Default off: it costs an event per acknowledgement.
+    pub report_peer_durable: bool,
 }
 
 impl Default for Config {
@@ -81,6 +86,7 @@ impl Default for Config {
             ack_timeout_ms: 5_000,
             repair_interval_ms: Some(60_000),
             feed_poll_ms: 1_000,
+            report_peer_durable: false,
         }
     }
 }
@@ -187,6 +193,16 @@ pub enum Event {
         peer: ReplicaId,
         /// The peer's change feed position.
         position: u64,
+    },
+    /// The peer durably holds at least `version_vector` of `object`: it
+    /// said so in a `Have`, or acknowledged entries that continue what it
+    /// was known to hold. Only with [`Config::report_peer_durable`]; it
+    /// only rises within a session.
+    PeerDurable {
+        /// The object.
+        object: String,
+        /// What the peer holds of it, as far as this session knows.
+        version_vector: VersionVector,
     },
     /// Ephemeral state from the peer; relay it, never store it, forget it at `expires_at`.
     Presence {
@@ -430,6 +446,9 @@ pub struct Session {
     /// the feed tail. An optimisation only: past `max_objects` objects (or
     /// `max_collection_len` replicas in one) nothing more is recorded.
     peer_holds: HashMap<String, VersionVector>,
+    /// What the peer durably holds, for [`Config::report_peer_durable`]
+    /// (bounded by `max_objects`).
+    peer_durable: HashMap<String, VersionVector>,
     round: u32,
     serve_listing: Option<(Cursor, u32)>,
     serving: bool,
@@ -512,6 +531,7 @@ impl Session {
             have_listing,
             peer_vv: HashMap::new(),
             peer_holds: HashMap::new(),
+            peer_durable: HashMap::new(),
             round: 0,
             serve_listing: None,
             serving: false,
@@ -851,11 +871,25 @@ impl Session {
             } => self.handle_entries(object, replica, from_seq, entries, store),
             Message::Deleted { object, .. } => self.handle_deleted(object, store),
             Message::Ack { upto } => {
+                let mut durable = BTreeSet::new();
                 while self.inflight.front().is_some_and(|i| i.n <= upto) {
                     if let Some(done) = self.inflight.pop_front() {
                         self.inflight_bytes -= done.bytes;
                         self.last_ack_progress = now;
+                        if let Sent::Entries {
+                            object,
+                            replica,
+                            first,
+                            last,
+                        } = done.sent
+                            && self.note_durable(&object, replica, first, last)
+                        {
+                            durable.insert(object);
+                        }
                     }
+                }
+                for object in durable {
+                    self.report_durable(object);
                 }
                 Ok(())
             }
@@ -964,6 +998,19 @@ impl Session {
     }
 
     fn handle_have(&mut self, items: Vec<(String, VersionVector)>) -> Result<(), SessionError> {
+        if self.config.report_peer_durable {
+            for (object, vv) in &items {
+                let known = self.peer_durable.get(object);
+                let room = known.is_some() || self.peer_durable.len() < self.config.max_objects;
+                if room && known.is_none_or(|k| !k.dominates(vv)) {
+                    self.peer_durable
+                        .entry(object.clone())
+                        .or_default()
+                        .merge(vv);
+                    self.report_durable(object.clone());
+                }
+            }
+        }
         for (object, vv) in items {
             if !self.peer_wants(&object) {
                 continue;
@@ -1432,6 +1479,37 @@ impl Session {
             return;
         }
         vv.set(replica, upto);
+    }
+
+    /// The peer acknowledged entries `first..=last` of `replica`'s log of
+    /// `object`: if they continue what it was known to hold durably, it
+    /// now holds them too. Returns whether that rose.
+    fn note_durable(&mut self, object: &str, replica: ReplicaId, first: u64, last: u64) -> bool {
+        if !self.config.report_peer_durable {
+            return false;
+        }
+        if !self.peer_durable.contains_key(object)
+            && self.peer_durable.len() >= self.config.max_objects
+        {
+            return false;
+        }
+        let vv = self.peer_durable.entry(object.to_owned()).or_default();
+        let held = vv.get(replica);
+        if held.saturating_add(1) < first || held >= last {
+            return false;
+        }
+        vv.set(replica, last);
+        true
+    }
+
+    fn report_durable(&mut self, object: String) {
+        if let Some(vv) = self.peer_durable.get(&object) {
+            let version_vector = vv.clone();
+            self.events.push_back(Event::PeerDurable {
+                object,
+                version_vector,
+            });
+        }
     }
 
     /// Records that the peer holds at least `held` of `object`.

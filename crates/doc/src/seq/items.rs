@@ -7,13 +7,16 @@
 //! replayed version and in the result), with an index from an item's first
 //! LV to its chunk: finding by position or by LV and inserting cost
 //! O(√n)-ish (chunks are skipped by their cached counts), not O(n). Runs
-//! of consecutive inserts by one author stay one item until split.
+//! of consecutive inserts by one author stay one item until split. Each
+//! chunk also notes whether all its items are concurrent siblings with the
+//! same origins, so that placing an insert among many such siblings passes
+//! over whole chunks ([`Items::scan`]).
 
 use std::collections::BTreeMap;
 
 use converge_crdt::Dot;
 
-use super::Item;
+use super::{Item, ROOT};
 use crate::graph::Lv;
 
 /// Chunks are split in two once they hold more items than this.
@@ -34,6 +37,20 @@ struct Chunk {
     end: usize,
     /// Whether `cur` / `end` must be recomputed.
     dirty: bool,
+    /// When every item is a run of slots outside the replayed version with
+    /// the same origins: those origins (left, right) and the greatest id of
+    /// the items' first slots. Lets a scan for a new slot's place pass over
+    /// the chunk at once (see [`Items::scan`]). Valid while `sibs_fresh`.
+    sibs: Option<(Lv, Lv, Dot)>,
+    sibs_fresh: bool,
+}
+
+/// One step of [`Items::scan`].
+pub(super) enum Scan<'a> {
+    /// The next item.
+    Item(&'a Item),
+    /// A whole chunk of this many items, all siblings the new slot goes after.
+    Siblings(usize),
 }
 
 /// Items in document order, addressed by their index among all items.
@@ -50,6 +67,7 @@ pub(super) struct Items {
 
 impl Items {
     /// Number of items.
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.len
     }
@@ -83,6 +101,7 @@ impl Items {
         let (c, j) = self.locate(i);
         let chunk = &mut self.chunks[c];
         chunk.dirty = true;
+        chunk.sibs_fresh = false;
         &mut chunk.items[j]
     }
 
@@ -103,6 +122,20 @@ impl Items {
         match chunk.items.iter().position(|it| it.lv == first) {
             Some(j) if chunk.items[j].contains(lv) => chunk.start + j,
             _ => self.len,
+        }
+    }
+
+    /// Index just after the item holding `lv` (0 for the start, `ROOT`).
+    pub(super) fn index_after(&self, lv: Lv) -> usize {
+        if lv == ROOT { 0 } else { self.index_of(lv) + 1 }
+    }
+
+    /// Index of the item holding `lv` (the end for the end, `ROOT`).
+    pub(super) fn index_before(&self, lv: Lv) -> usize {
+        if lv == ROOT {
+            self.len
+        } else {
+            self.index_of(lv)
         }
     }
 
@@ -136,6 +169,7 @@ impl Items {
         let chunk = &mut self.chunks[c];
         chunk.items.insert(j, item);
         chunk.dirty = true;
+        chunk.sibs_fresh = false;
         let rank = chunk.rank;
         self.len += 1;
         for &later in &self.order[rank + 1..] {
@@ -173,6 +207,7 @@ impl Items {
         }
         let rank = self.chunks[c].rank + 1;
         self.chunks[c].dirty = true;
+        self.chunks[c].sibs_fresh = false;
         self.chunks.push(Chunk {
             start: self.chunks[c].start + half,
             items: moved,
@@ -180,12 +215,78 @@ impl Items {
             cur: 0,
             end: 0,
             dirty: true,
+            sibs: None,
+            sibs_fresh: false,
         });
         self.order.insert(rank, id);
         for r in rank + 1..self.order.len() {
             let later = self.order[r];
             self.chunks[later].rank = r;
         }
+    }
+
+    /// Walks the items from index `from` on, in order, calling `visit`
+    /// with each until it returns false; `visit` also gets the list, for
+    /// lookups. A whole chunk, entered at its start, whose items all are
+    /// runs outside the replayed version with origins `(left, right)` and
+    /// ids below `dot` is passed as one [`Scan::Siblings`] instead: the
+    /// concurrent siblings a new slot with those origins and id goes after
+    /// (FugueMax), so that k concurrent inserts at one place cost about
+    /// k²/[`MAX_CHUNK`] steps rather than k².
+    pub(super) fn scan(
+        &mut self,
+        from: usize,
+        (left, right, dot): (Lv, Lv, Dot),
+        mut visit: impl FnMut(&Self, Scan<'_>) -> bool,
+    ) {
+        if from >= self.len {
+            return;
+        }
+        let (first, mut j) = self.locate(from);
+        for rank in self.chunks[first].rank..self.order.len() {
+            let c = self.order[rank];
+            if j == 0 {
+                self.refresh_sibs(c);
+                let chunk = &self.chunks[c];
+                if chunk
+                    .sibs
+                    .is_some_and(|(l, r, max)| l == left && r == right && max < dot)
+                {
+                    if !visit(self, Scan::Siblings(chunk.items.len())) {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            for k in j..self.chunks[c].items.len() {
+                if !visit(self, Scan::Item(&self.chunks[c].items[k])) {
+                    return;
+                }
+            }
+            j = 0;
+        }
+    }
+
+    /// Recomputes chunk `c`'s sibling summary if stale.
+    fn refresh_sibs(&mut self, c: usize) {
+        let chunk = &mut self.chunks[c];
+        if chunk.sibs_fresh {
+            return;
+        }
+        chunk.sibs_fresh = true;
+        chunk.sibs = chunk.items.first().and_then(|first| {
+            let (l, r) = (first.origin_left, first.origin_right);
+            chunk
+                .items
+                .iter()
+                .try_fold((l, r, first.dot), |(l, r, max), it| {
+                    (!it.inserted && it.origin_left == l && it.origin_right == r).then_some((
+                        l,
+                        r,
+                        max.max(it.dot),
+                    ))
+                })
+        });
     }
 
     /// Recomputes chunk `c`'s counts if stale.
@@ -292,6 +393,39 @@ mod tests {
         ]
     }
 
+    /// k concurrent inserts at one place: a scan for the next one passes
+    /// over whole chunks of them, in about k / MAX_CHUNK steps.
+    #[test]
+    fn scan_over_many_siblings_takes_few_steps() {
+        let mut items = Items::default();
+        for i in 0..2000u64 {
+            let mut it = item(i as usize, 1, false);
+            (it.origin_left, it.origin_right) = (ROOT, ROOT);
+            it.dot = Dot::new(converge_crdt::ReplicaId::from_u64(i + 1), 1);
+            items.insert(i as usize, it);
+        }
+        let (mut steps, mut seen) = (0, 0);
+        let last = Dot::new(converge_crdt::ReplicaId::from_u64(5000), 1);
+        items.scan(0, (ROOT, ROOT, last), |_, step| {
+            steps += 1;
+            seen += match step {
+                Scan::Item(_) => 1,
+                Scan::Siblings(n) => n,
+            };
+            true
+        });
+        assert_eq!(seen, 2000);
+        assert!(steps <= 2000 / (MAX_CHUNK / 2) + MAX_CHUNK, "{steps} steps");
+        // An id that goes first among them stops at the first item.
+        let first = Dot::new(converge_crdt::ReplicaId::from_u64(0), 1);
+        let mut steps = 0;
+        items.scan(0, (ROOT, ROOT, first), |_, step| {
+            steps += 1;
+            matches!(step, Scan::Siblings(_))
+        });
+        assert_eq!(steps, 1);
+    }
+
     proptest! {
         /// The chunked list answers every query as a plain `Vec` does, over
         /// enough items to split chunks many times.
@@ -362,6 +496,66 @@ mod tests {
             }
             prop_assert_eq!(pos, total);
             prop_assert_eq!(items.find_cur(total, &lens), None);
+        }
+
+        /// `scan` visits exactly the items from its start, in order, and
+        /// passes over a chunk at once only when every item in it is a
+        /// sibling the query goes after; the visitor stops it.
+        #[test]
+        fn scan_passes_over_siblings_only(
+            items_in in prop::collection::vec((0..2u8, 0..8u8, 0..10u64), 0..700),
+            queries in prop::collection::vec((0..2u8, 0..10u64, any::<usize>(), any::<usize>()), 1..8),
+        ) {
+            let origins = |o: u8| if o == 0 { (3, 4) } else { (5, 6) };
+            let mut items = Items::default();
+            let mut model: Vec<Item> = Vec::new();
+            for (i, (o, ins, c)) in items_in.into_iter().enumerate() {
+                let (l, r) = origins(o);
+                let it = Item {
+                    lv: 10 * i,
+                    len: 1,
+                    origin_left: l,
+                    origin_right: r,
+                    inserted: ins == 0,
+                    elem: None,
+                    touched: false,
+                    dot: Dot::new(converge_crdt::ReplicaId::from_u64(c), 1),
+                };
+                // Appending keeps chunks long; every so often insert inside.
+                let at = if i % 5 == 0 { (c as usize * 7) % (model.len() + 1) } else { model.len() };
+                items.insert(at, it);
+                model.insert(at, it);
+            }
+            for (o, c, from, stop) in queries {
+                let (l, r) = origins(o);
+                let dot = Dot::new(converge_crdt::ReplicaId::from_u64(c), 1);
+                let from = from % (model.len() + 1);
+                let stop = 1 + stop % (model.len() + 1);
+                let mut seen = from;
+                let mut steps = 0;
+                items.scan(from, (l, r, dot), |_, step| {
+                    steps += 1;
+                    match step {
+                        Scan::Item(it) => {
+                            assert_eq!(it.lv, model[seen].lv);
+                            seen += 1;
+                        }
+                        Scan::Siblings(n) => {
+                            for it in &model[seen..seen + n] {
+                                assert!(!it.inserted && it.origin_left == l && it.origin_right == r);
+                                assert!(it.dot < dot);
+                            }
+                            seen += n;
+                        }
+                    }
+                    steps < stop
+                });
+                if steps < stop {
+                    prop_assert_eq!(seen, model.len());
+                } else {
+                    prop_assert_eq!(steps, stop);
+                }
+            }
         }
     }
 }

@@ -179,7 +179,18 @@ impl Text {
 
     /// Decodes a loaded history into `self.oplog`, for changing it. On
     /// error nothing changes.
+    #[inline]
     fn history_mut(&mut self) -> Result<&mut OpLog, LoadError> {
+        if self.lazy.is_some() {
+            self.decode_history()?;
+        }
+        Ok(&mut self.oplog)
+    }
+
+    /// Decodes a loaded history into `self.oplog` (the rare half of
+    /// [`Self::history_mut`], kept out of the editing path).
+    #[cold]
+    fn decode_history(&mut self) -> Result<(), LoadError> {
         if let Some(lazy) = self.lazy.take() {
             let chars = self.content.len_chars();
             if let Err(e) = lazy.oplog(chars) {
@@ -189,7 +200,17 @@ impl Text {
             // Decoded just above: taking it cannot fail.
             self.oplog = lazy.into_oplog(chars)?;
         }
-        Ok(&mut self.oplog)
+        Ok(())
+    }
+
+    /// Drops the cached merge state (a local edit moves the text off the
+    /// version it ends at). Checked first: dropping a `None` in place is
+    /// not free, and local typing does this on every keystroke.
+    #[inline]
+    fn forget_replay(&mut self) {
+        if self.replay.is_some() {
+            self.replay = None;
+        }
     }
 
     /// Inserts `text` at character position `pos`.
@@ -202,7 +223,7 @@ impl Text {
         if n == 0 {
             return Ok(());
         }
-        self.replay = None;
+        self.forget_replay();
         let replica = self.replica;
         self.history_mut()?
             .push_local(replica, OpKind::Insert, pos, n, text);
@@ -222,7 +243,7 @@ impl Text {
         if len == 0 {
             return Ok(());
         }
-        self.replay = None;
+        self.forget_replay();
         let replica = self.replica;
         self.history_mut()?
             .push_local(replica, OpKind::Delete, pos, len, "");

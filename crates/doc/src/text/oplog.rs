@@ -86,11 +86,10 @@ impl OpLog {
         self.agents.version()
     }
 
-    /// Appends `replica`'s next operations, made on version `parents`:
-    /// inserting `text` at `pos`, or deleting `len` characters from `pos`.
     /// Appends `replica`'s next operations, made on the log's whole
     /// version (local edits): inserting `text` at `pos`, or deleting `len`
     /// characters from `pos`.
+    #[inline]
     pub(crate) fn push_local(
         &mut self,
         replica: ReplicaId,
@@ -99,14 +98,24 @@ impl OpLog {
         len: usize,
         text: &str,
     ) -> Range<Lv> {
-        let counter = self.agents.version().get(replica) + 1;
         let start = self.graph.next_lv();
         let lvs = start..start + len;
-        self.graph.push(&self.frontier, lvs.clone());
-        self.agents.push(lvs.clone(), replica, counter);
-        // Made on the whole version: the new op alone is the frontier.
-        self.frontier.clear();
-        self.frontier.push(lvs.end - 1);
+        // Fast path: the last op is the whole version and `replica`'s, so
+        // the new ops continue its graph entry and its author run.
+        if let [last] = self.frontier.as_mut_slice()
+            && *last + 1 == start
+            && self.agents.extend_last(replica, len)
+        {
+            self.graph.extend_last(len);
+            *last = lvs.end - 1;
+        } else {
+            let counter = self.agents.version().get(replica) + 1;
+            self.graph.push(&self.frontier, lvs.clone());
+            self.agents.push(lvs.clone(), replica, counter);
+            // Made on the whole version: the new op alone is the frontier.
+            self.frontier.clear();
+            self.frontier.push(lvs.end - 1);
+        }
         self.push_ops(lvs.clone(), kind, pos, true, text);
         lvs
     }
@@ -132,6 +141,7 @@ impl OpLog {
         lvs
     }
 
+    #[inline]
     fn push_ops(&mut self, lvs: Range<Lv>, kind: OpKind, pos: usize, fwd: bool, text: &str) {
         let len = lvs.end - lvs.start;
         if let Some(last) = self.runs.last_mut()
@@ -141,9 +151,8 @@ impl OpLog {
             match kind {
                 OpKind::Insert if pos == last.pos + last.len() => {
                     last.lvs.end = lvs.end;
-                    self.text.push_str(text);
+                    last.ascii &= push_text(&mut self.text, text);
                     last.content.end = self.text.len();
-                    last.ascii &= text.is_ascii();
                     return;
                 }
                 OpKind::Delete if fwd && pos == last.pos && (last.fwd || last.len() == 1) => {
@@ -164,16 +173,15 @@ impl OpLog {
             }
         }
         let start = self.text.len();
-        if kind == OpKind::Insert {
-            self.text.push_str(text);
-        }
+        // Deletes carry no text: their (empty) content is ASCII.
+        let ascii = kind != OpKind::Insert || push_text(&mut self.text, text);
         self.runs.push(OpRun {
             lvs,
             kind,
             pos,
             fwd,
             content: start..self.text.len(),
-            ascii: text.is_ascii(),
+            ascii,
         });
     }
 
@@ -456,6 +464,26 @@ impl OpLog {
     }
 }
 
+/// Appends `text` to `buf` and returns whether it is ASCII. A single byte
+/// (typing one ASCII character, the common case) goes without the call to
+/// `memcpy` that `push_str` makes, and without `str::is_ascii`, whose
+/// branches on the text's address alignment mispredict about once a
+/// keystroke.
+#[inline]
+fn push_text(buf: &mut String, text: &str) -> bool {
+    match *text.as_bytes() {
+        // A one-byte string is one ASCII character.
+        [b] => {
+            buf.push(char::from(b));
+            true
+        }
+        _ => {
+            buf.push_str(text);
+            text.is_ascii()
+        }
+    }
+}
+
 /// Limits on changes accepted from outside.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -544,6 +572,75 @@ impl TextChange {
                 bad("position overflows".into())
             }
             _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A local edit by replica `r` (on the whole version).
+        Local(u64, bool, usize, usize),
+        /// Replica `r`'s op made on the version `back` ops ago (concurrent
+        /// with the ones since), as a remote change arrives. Remote
+        /// replicas are not the local ones, and the log does not check
+        /// causality itself: both logs get the same op.
+        Remote(u64, usize, usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => (0..3u64, any::<bool>(), 0..8usize, 1..4usize)
+                .prop_map(|(r, ins, pos, n)| Step::Local(r, ins, pos, n)),
+            1 => (3..5u64, 0..4usize, 0..8usize).prop_map(|(r, back, pos)| Step::Remote(r, back, pos)),
+        ]
+    }
+
+    proptest! {
+        /// `push_local`'s fast path leaves the log exactly as the general
+        /// path (`push_run` on the whole version, next counter) does, also
+        /// after other replicas' ops and concurrent ones.
+        #[test]
+        fn local_fast_path_matches_the_general_path(steps in prop::collection::vec(step(), 0..80)) {
+            let (mut fast, mut slow) = (OpLog::default(), OpLog::default());
+            for s in steps {
+                match s {
+                    Step::Local(r, ins, pos, n) => {
+                        let replica = ReplicaId::from_u64(r + 1);
+                        let (kind, text) = if ins {
+                            (OpKind::Insert, "xyzw".get(..n).unwrap_or(""))
+                        } else {
+                            (OpKind::Delete, "")
+                        };
+                        let a = fast.push_local(replica, kind, pos, n, text);
+                        let counter = slow.version().get(replica) + 1;
+                        let parents = slow.frontier.clone();
+                        let b = slow.push_run(replica, counter, &parents, kind, pos, n, true, text);
+                        prop_assert_eq!(a, b);
+                    }
+                    Step::Remote(r, back, pos) => {
+                        let replica = ReplicaId::from_u64(r + 1);
+                        let next = fast.len();
+                        let parents: Frontier = match next.checked_sub(back + 1) {
+                            Some(p) => smallvec::smallvec![p],
+                            None => Frontier::new(),
+                        };
+                        for log in [&mut fast, &mut slow] {
+                            let counter = log.version().get(replica) + 1;
+                            log.push_run(replica, counter, &parents, OpKind::Insert, pos, 1, true, "r");
+                        }
+                    }
+                }
+                prop_assert_eq!(&fast.graph, &slow.graph);
+                prop_assert_eq!(&fast.agents, &slow.agents);
+                prop_assert_eq!(&fast.runs, &slow.runs);
+                prop_assert_eq!(&fast.text, &slow.text);
+                prop_assert_eq!(&fast.frontier, &slow.frontier);
+            }
         }
     }
 }

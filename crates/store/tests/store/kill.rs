@@ -7,6 +7,10 @@
 //! The child is this same test binary, re-run with `--exact kill::child
 //! --ignored` and the store path in `CONVERGE_KILL_CHILD_STORE`, so no extra
 //! binary ships with the crate.
+//!
+//! One more child thread stores through `append_many`, several objects per
+//! call, and prints `REQ object replica first last` before each call: after
+//! the kill, no log of those objects may end inside a request of that round.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -14,13 +18,66 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use converge_store::{ReadError, RedbStore, ReplicaId, Store};
+use converge_store::{AppendRequest, ReadError, RedbStore, ReplicaId, Store};
 
 use crate::util::{check_logs, entries, payload};
 
 const CHILD_ENV: &str = "CONVERGE_KILL_CHILD_STORE";
 const OBJECTS: [&str; 3] = ["alpha", "beta", "gamma"];
 const THREADS: u64 = 4;
+/// The objects of the `append_many` thread, and its replica.
+const MANY: [&str; 4] = ["many-0", "many-1", "many-2", "many-3"];
+const MANY_REPLICA: u64 = 50;
+
+/// Prints one line with one write, so a kill cannot interleave two lines.
+fn print_line(line: &str) {
+    std::io::stdout()
+        .lock()
+        .write_all(line.as_bytes())
+        .expect("child: print");
+}
+
+/// The child's `append_many` thread: calls of 1 to 5 requests over
+/// [`MANY`], 1 to 3 entries each.
+fn append_many_forever(store: &RedbStore) {
+    let replica = ReplicaId::from_u64(MANY_REPLICA);
+    let mut last: Vec<u64> = MANY
+        .iter()
+        .map(|o| match store.version_vector(o) {
+            Ok(vv) => vv.get(replica),
+            Err(ReadError::UnknownObject { .. }) => 0,
+            Err(e) => panic!("child: version vector: {e}"),
+        })
+        .collect();
+    let mut rng = fastrand::Rng::new();
+    loop {
+        let mut planned = Vec::new();
+        for _ in 0..rng.usize(1..=5) {
+            let o = rng.usize(..MANY.len());
+            let n = rng.u64(1..=3);
+            let first = last[o] + 1;
+            last[o] += n;
+            planned.push((MANY[o], entries(MANY[o], replica, first..=last[o])));
+        }
+        let mut lines = String::new();
+        for (object, batch) in &planned {
+            let (first, end) = (batch[0].seq, batch[batch.len() - 1].seq);
+            lines.push_str(&format!("REQ {object} {MANY_REPLICA} {first} {end}\n"));
+        }
+        print_line(&lines);
+        let requests: Vec<AppendRequest<'_>> = planned
+            .iter()
+            .map(|(object, batch)| AppendRequest::new(object, replica, batch))
+            .collect();
+        let mut acks = String::new();
+        for ((object, batch), result) in planned.iter().zip(store.append_many(&requests)) {
+            result.expect("child: append_many");
+            let end = batch[batch.len() - 1].seq;
+            acks.push_str(&format!("ACK {object} {MANY_REPLICA} {end}\n"));
+        }
+        print_line(&acks);
+    }
+}
 
 /// The child process: appends forever, printing `ACK object replica seq`
 /// after each append returns. Does nothing unless started by the test below.
@@ -32,6 +89,7 @@ fn child() {
     };
     let store = RedbStore::open(&path).expect("child: open the store");
     std::thread::scope(|scope| {
+        scope.spawn(|| append_many_forever(&store));
         for t in 0..THREADS {
             let store = &store;
             scope.spawn(move || {
@@ -50,12 +108,7 @@ fn child() {
                         .append(object, replica, &batch)
                         .expect("child: append");
                     last += n;
-                    // One write per line, so a kill cannot interleave two lines.
-                    let line = format!("ACK {object} {} {last}\n", replica.as_u64());
-                    std::io::stdout()
-                        .lock()
-                        .write_all(line.as_bytes())
-                        .expect("child: print");
+                    print_line(&format!("ACK {object} {} {last}\n", replica.as_u64()));
                 }
             });
         }
@@ -93,6 +146,27 @@ fn parse_acks(output: &[u8], acked: &mut Acked) -> usize {
     count
 }
 
+/// The `append_many` requests a child submitted: (object, replica, first, last).
+fn parse_requests(output: &[u8]) -> Vec<(String, u64, u64, u64)> {
+    let text = String::from_utf8_lossy(output);
+    let whole = match text.rfind('\n') {
+        Some(end) => &text[..end],
+        None => "",
+    };
+    whole
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split(' ');
+            if words.next() != Some("REQ") {
+                return None;
+            }
+            let object = words.next()?.to_owned();
+            let mut number = || words.next()?.parse::<u64>().ok();
+            Some((object, number()?, number()?, number()?))
+        })
+        .collect()
+}
+
 #[test]
 fn kill_9_never_loses_acknowledged_appends() {
     let rounds: u32 = std::env::var("CONVERGE_KILL_ROUNDS")
@@ -105,6 +179,7 @@ fn kill_9_never_loses_acknowledged_appends() {
     let mut rng = fastrand::Rng::with_seed(0x5eed);
     let mut acked = Acked::new();
     let mut total_acks = 0;
+    let mut total_requests = 0;
     let started = Instant::now();
     for round in 0..rounds {
         let mut child = Command::new(&exe)
@@ -138,6 +213,8 @@ fn kill_9_never_loses_acknowledged_appends() {
         );
         let output = reader.join().unwrap();
         total_acks += parse_acks(&output, &mut acked);
+        let requests = parse_requests(&output);
+        total_requests += requests.len();
 
         let store = RedbStore::open(&path)
             .unwrap_or_else(|e| panic!("round {round}: reopening after kill -9 failed: {e}"));
@@ -151,10 +228,20 @@ fn kill_9_never_loses_acknowledged_appends() {
                 "round {round}: {object}/{replica} was acknowledged up to {seq}, holds {held}"
             );
         }
+        // Each `append_many` request is wholly there or wholly gone.
+        for (object, replica, first, last) in &requests {
+            let held = store
+                .version_vector(object)
+                .map_or(0, |vv| vv.get(ReplicaId::from_u64(*replica)));
+            assert!(
+                held < *first || held >= *last,
+                "round {round}: {object} holds seq {held}, inside the request {first}..={last}"
+            );
+        }
         store
             .verify()
             .unwrap_or_else(|e| panic!("round {round}: verify after kill -9: {e}"));
-        for object in OBJECTS {
+        for object in OBJECTS.iter().chain(&MANY) {
             if store.version_vector(object).is_err() {
                 continue;
             }
@@ -172,8 +259,13 @@ fn kill_9_never_loses_acknowledged_appends() {
         }
     }
     eprintln!(
-        "{rounds} kills, {total_acks} acknowledged appends, {:?}",
+        "{rounds} kills, {total_acks} acknowledged appends, {total_requests} append_many \
+         requests submitted, {:?}",
         started.elapsed()
+    );
+    assert!(
+        total_requests > rounds as usize,
+        "too few append_many requests ({total_requests}) for the kills to mean anything"
     );
     assert!(
         total_acks > rounds as usize,

@@ -1,5 +1,6 @@
 //! Integration tests of converge-store, in one binary (STYLE.md habit 11).
 
+mod append_many;
 mod crash_sim;
 mod differential;
 #[cfg(unix)]

@@ -367,37 +367,51 @@ fn steady_writers_all_share_each_sync() {
     // them rather than alternating between a few and the rest.
     const THREADS: u64 = 8;
     const APPENDS: u64 = 40;
-    let backend = CrashBackend::new();
-    let store =
-        RedbStore::open_with_backends(backend.clone(), backend.wal(), StoreConfig::default())
-            .unwrap();
-    backend.set_sync_delay(Duration::from_millis(3));
-    let before = store.commit_stats();
-    std::thread::scope(|scope| {
-        for t in 0..THREADS {
-            let store = &store;
-            scope.spawn(move || {
-                let replica = ReplicaId::from_u64(t + 1);
-                for seq in 1..=APPENDS {
-                    let batch = [Entry::new(seq, payload("steady", replica, seq))];
-                    store.append("steady", replica, &batch).unwrap();
-                }
-            });
+    // Writers per commit on average: measured ~7.8 alone, lower when the
+    // machine is busy; without the writer's wait, ~6, as the writers split
+    // into alternating groups. How many writers the wait catches depends
+    // on the OS scheduling them within it, so a busy machine (other test
+    // binaries, parallel builds) can spoil one run: the property holds if
+    // any of three fresh runs shows it, and a store without the wait fails
+    // all three.
+    let run = || {
+        let backend = CrashBackend::new();
+        let store =
+            RedbStore::open_with_backends(backend.clone(), backend.wal(), StoreConfig::default())
+                .unwrap();
+        backend.set_sync_delay(Duration::from_millis(3));
+        let before = store.commit_stats();
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let store = &store;
+                scope.spawn(move || {
+                    let replica = ReplicaId::from_u64(t + 1);
+                    for seq in 1..=APPENDS {
+                        let batch = [Entry::new(seq, payload("steady", replica, seq))];
+                        store.append("steady", replica, &batch).unwrap();
+                    }
+                });
+            }
+        });
+        let after = store.commit_stats();
+        let vv = check_logs(&store, "steady");
+        assert!(vv.iter().all(|(_, last)| last == APPENDS));
+        (after.jobs - before.jobs, after.commits - before.commits)
+    };
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (jobs, commits) = run();
+        assert_eq!(jobs, THREADS * APPENDS);
+        // At least 6.5 of the 8 writers per commit on average.
+        if jobs * 16 >= commits * THREADS * 13 {
+            return;
         }
-    });
-    let after = store.commit_stats();
-    let jobs = after.jobs - before.jobs;
-    let commits = after.commits - before.commits;
-    assert_eq!(jobs, THREADS * APPENDS);
-    // At least 6.5 of the 8 writers per commit on average (measured: ~7.8
-    // alone, lower when the machine is busy; without the writer's wait, ~6,
-    // as the writers split into alternating groups).
-    assert!(
-        jobs * 16 >= commits * THREADS * 13,
-        "{jobs} appends by {THREADS} steady writers took {commits} commits"
+        seen.push(commits);
+    }
+    panic!(
+        "{} appends by {THREADS} steady writers took {seen:?} commits in three runs",
+        THREADS * APPENDS
     );
-    let vv = check_logs(&store, "steady");
-    assert!(vv.iter().all(|(_, last)| last == APPENDS));
 }
 
 #[test]

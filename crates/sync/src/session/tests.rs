@@ -778,3 +778,118 @@ fn a_snapshot_and_its_suffix_from_the_peer_are_not_served_back() {
     assert_eq!(x_data, 0, "x sent y nothing of what came from y");
     assert!(p.x.is_idle() && p.y.is_idle());
 }
+
+fn durable_events(events: Vec<Event>) -> Vec<(String, VersionVector)> {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::PeerDurable {
+                object,
+                version_vector,
+            } => Some((object, version_vector)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn vv(items: &[(ReplicaId, u64)]) -> VersionVector {
+    let mut vv = VersionVector::new();
+    for (r, n) in items {
+        vv.set(*r, *n);
+    }
+    vv
+}
+
+#[test]
+fn what_the_peer_holds_durably_is_reported_from_haves_and_acks() {
+    let mut cx = everything();
+    cx.report_peer_durable = true;
+    let (sx, sy) = (MemoryStore::new(), MemoryStore::new());
+    append(&sx, "todos", A, 1..=3);
+    append(&sy, "notes", B, 1..=2);
+    let mut p = Pair::with_stores(cx, everything(), sx, sy);
+    p.drive();
+    let reported = durable_events(p.events_x());
+    // y's `Have` says what it holds; its ack says it stored x's entries.
+    assert!(
+        reported.contains(&("notes".into(), vv(&[(B, 2)]))),
+        "{reported:?}"
+    );
+    assert_eq!(
+        reported.iter().rfind(|(o, _)| o == "todos"),
+        Some(&("todos".into(), vv(&[(A, 3)]))),
+        "{reported:?}"
+    );
+    // A new local edit: reported once y acknowledges it, not before.
+    append(&p.sx, "todos", A, 4..=5);
+    p.x.handle_store_change(p.now, &p.sx).unwrap();
+    let mut unacked = Vec::new();
+    while let Some(f) = p.x.poll_transmit() {
+        unacked.push(f);
+    }
+    assert!(durable_events(p.events_x()).is_empty());
+    for f in unacked {
+        p.y.handle_bytes(p.now, &f, &p.sy).unwrap();
+    }
+    assert!(
+        durable_events(p.events_x()).is_empty(),
+        "nothing acknowledged yet"
+    );
+    p.drive();
+    assert_eq!(
+        durable_events(p.events_x()),
+        [("todos".into(), vv(&[(A, 5)]))]
+    );
+    // y (not asking for reports) reports nothing.
+    assert!(durable_events(std::iter::from_fn(|| p.y.poll_event()).collect()).is_empty());
+}
+
+#[test]
+fn acknowledged_entries_after_a_gap_in_what_is_known_are_not_reported() {
+    let mut cx = everything();
+    cx.report_peer_durable = true;
+    let mut s = Session::new(0, cx, A, Policy::trusted());
+    let store = MemoryStore::new();
+    append(&store, "o", A, 1..=4);
+    s.handle_timeout(0, &store).unwrap();
+    // The peer resumes from the head of the feed (so it gets no listing)
+    // and holds nothing it says.
+    let head = store.feed_head().unwrap();
+    s.handle_bytes(
+        1,
+        &frame(&Message::Hello {
+            version: u16::from(codec::PROTOCOL_VERSION),
+            replica: B,
+            interest: Interest::Prefix(String::new()),
+            resume_after: Some(head),
+        }),
+        &store,
+    )
+    .unwrap();
+    while s.poll_transmit().is_some() {}
+    while s.poll_event().is_some() {}
+    assert_eq!(s.queue_sizes().inflight_messages, 0);
+    let sent = |n, first, last| Inflight {
+        n,
+        bytes: 0,
+        sent: Sent::Entries {
+            object: "o".into(),
+            replica: A,
+            first,
+            last,
+        },
+    };
+    // An ack of entries that do not continue what is known (nothing) is
+    // no proof of a prefix: only seq 1 onwards counts.
+    s.inflight.push_back(sent(1, 3, 4));
+    s.handle_bytes(3, &frame(&Message::Ack { upto: 1 }), &store)
+        .unwrap();
+    assert!(durable_events(std::iter::from_fn(|| s.poll_event()).collect()).is_empty());
+    s.inflight.push_back(sent(2, 1, 2));
+    s.handle_bytes(4, &frame(&Message::Ack { upto: 2 }), &store)
+        .unwrap();
+    assert_eq!(
+        durable_events(std::iter::from_fn(|| s.poll_event()).collect()),
+        [("o".into(), vv(&[(A, 2)]))]
+    );
+}
