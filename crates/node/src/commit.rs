@@ -69,8 +69,8 @@ struct Queue {
 /// The node's commit queue (see the module docs).
 pub(crate) struct Committer {
     queue: Mutex<Queue>,
-    /// Weak, so that a node that is gone does not stay open through its
-    /// committer.
+    /// Weak, so that once the last writer has its answer nothing here keeps
+    /// the store open (a closed node's store is reopened at once).
     store: Weak<dyn Store>,
     feed: Arc<FeedHub>,
 }
@@ -170,14 +170,17 @@ impl Committer {
                 .collect();
             answers.push((job.done, out));
         }
-        // Writers first: they wait on the sync, sessions can wait on a read.
-        for (done, out) in answers {
-            // A waiter that went away needs no answer.
-            let _ = done.send(out);
-        }
         if appended {
             // Tells sync sessions that the store gained entries.
             self.feed.pull(&*store);
+        }
+        // Before the answers: a writer that has its answer may close the
+        // node and reopen its store at once, which fails while the store
+        // is still held here.
+        drop(store);
+        for (done, out) in answers {
+            // A waiter that went away needs no answer.
+            let _ = done.send(out);
         }
     }
 }
