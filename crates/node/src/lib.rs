@@ -50,11 +50,20 @@
 //! member dead for [`NodeConfig::forget_after`] is forgotten until it
 //! rewrites its entry (see the `gossip` module). Peers are trusted (any peer may write as any replica):
 //! authentication is future work. Each connection is one task pumping a
-//! sans-IO session; calls that may write to the store run on blocking
-//! threads, reads on the task.
+//! sans-IO session; reads run on the task.
+//!
+//! ## Durable writes
+//!
+//! Every append of a local write, and of the entries a peer sends, goes
+//! through one node-wide committer: writers queue their appends and await
+//! the answer, and a blocking task (two at most) drains the queue into one
+//! `Store::append_many` call (one log write and one sync on the embedded
+//! store). A write is answered, and a sync ack sent, only once its
+//! append is durable.
 
 #[cfg(feature = "http")]
 mod api;
+mod commit;
 mod feed;
 mod gossip;
 mod node;

@@ -13,6 +13,7 @@ use converge_sync::Interest;
 use converge_sync::membership::{SYSTEM_PREFIX, is_system_object};
 use tokio::sync::{broadcast, watch};
 
+use crate::commit::{Append, Committer};
 use crate::feed::FeedHub;
 use crate::sync::SyncHub;
 
@@ -222,6 +223,9 @@ pub struct Node {
     /// entries, local or from a peer, so that the sync sessions whose peers
     /// want them stream the new entries (live mode).
     feed: Arc<FeedHub>,
+    /// Every durable append of the node's documents and sync sessions goes
+    /// through it: one `append_many` for all that is queued.
+    committer: Arc<Committer>,
     sync: SyncHub,
 }
 
@@ -271,12 +275,15 @@ impl Node {
     /// A node on any store (tests use [`converge_store::MemoryStore`]).
     pub fn with_store(replica: ReplicaId, store: Arc<dyn Store>, config: NodeConfig) -> Self {
         let sync = SyncHub::new(replica, &config);
+        let feed = Arc::new(FeedHub::new());
+        let committer = Committer::new(&store, feed.clone());
         Self {
             replica,
             store,
             docs: Mutex::new(HashMap::new()),
             config,
-            feed: Arc::new(FeedHub::new()),
+            feed,
+            committer,
             sync,
         }
     }
@@ -304,6 +311,11 @@ impl Node {
     /// The change feed fan-out the sync sessions listen to.
     pub(crate) fn feed(&self) -> &Arc<FeedHub> {
         &self.feed
+    }
+
+    /// The node's commit queue.
+    pub(crate) fn committer(&self) -> &Arc<Committer> {
+        &self.committer
     }
 
     /// Tells sync sessions that the store gained entries.
@@ -413,11 +425,11 @@ impl Node {
                     // A task of its own: dropping this request (its client
                     // went away) must not leave the document flushing forever.
                     let flushed = tokio::spawn(flush(
+                        self.committer.clone(),
                         self.store.clone(),
                         self.replica,
                         id.to_string(),
                         open.clone(),
-                        self.feed.clone(),
                         batch,
                     ))
                     .await;
@@ -714,14 +726,15 @@ impl Node {
 }
 
 /// Appends `batch` (the document's unflushed entries, in seq order) in
-/// one durable append, then publishes the outcome to the waiting writers.
-/// Returns whether it succeeded; on failure the caller drops the document.
+/// one durable append through the node's committer, then publishes the
+/// outcome to the waiting writers. Returns whether it succeeded; on
+/// failure the caller drops the document.
 async fn flush(
+    committer: Arc<Committer>,
     store: Arc<dyn Store>,
     replica: ReplicaId,
     id: String,
     open: Arc<tokio::sync::Mutex<OpenDoc>>,
-    feed: Arc<FeedHub>,
     batch: Vec<Unflushed>,
 ) -> bool {
     let entries: Vec<Entry> = batch.iter().map(|u| u.entry.clone()).collect();
@@ -729,22 +742,20 @@ async fn flush(
         entries.first().map_or(0, |e| e.seq),
         entries.last().map_or(0, |e| e.seq),
     );
-    let object = id;
-    let appender = store.clone();
-    // The version vector is read on the same blocking thread right after
-    // the append: one hand-off to the blocking pool per batch.
-    let stored = tokio::task::spawn_blocking(move || {
-        let store = appender;
-        store
-            .append(&object, replica, &entries)
-            .map(|_| store.version_vector(&object))
-    })
-    .await;
-    let outcome = match stored {
-        Ok(Ok(Ok(version))) => Ok(version),
-        Ok(Ok(Err(e))) => Err(read_error(e)),
-        Ok(Err(e)) => Err(append_error(e)),
-        Err(e) => Err(NodeError::Storage(format!("append task failed: {e}"))),
+    let committed = committer
+        .commit(vec![Append {
+            object: id.clone(),
+            replica,
+            entries,
+        }])
+        .await
+        .pop();
+    // The version vector is read here, right after the append: a store
+    // read, off the committer's path to the next sync.
+    let outcome = match committed {
+        Some(Ok(_)) => store.version_vector(&id).map_err(read_error),
+        Some(Err(e)) => Err(append_error(e)),
+        None => Err(NodeError::Storage("the committer gave no answer".into())),
     };
     let mut guard = open.lock().await;
     guard.flushing = false;
@@ -764,9 +775,7 @@ async fn flush(
                 d.upto = last;
                 d.version = Arc::new(version);
             });
-            drop(guard);
-            // Tells sync sessions that the store gained entries.
-            feed.pull(&*store);
+            // The committer told the sync sessions (it pulled the feed).
             true
         }
         Err(e) => {

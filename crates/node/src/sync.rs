@@ -17,14 +17,18 @@
 //!   ([`Node::refresh`]) and wakes the other sessions, so entries relay
 //!   through this node to its other peers.
 //!
-//! The store is synchronous and a redb append blocks until durable, so
-//! [`Session::handle_bytes`], the only call that may write (entries,
-//! snapshots, deletions the peer sent), runs on a blocking thread: the
-//! session is moved into `spawn_blocking` and back. Timers and store
-//! changes only read (the change feed, entries to send, up to one window),
-//! so they run on the task itself: a trip through the blocking pool per
-//! session per append was most of the node's CPU with 256 writing clients
-//! (the `node` bench's `sync-writes-256`).
+//! The store is synchronous and a redb append blocks until durable.
+//! [`Session::handle_bytes`] is the only call that may write (entries,
+//! snapshots, deletions the peer sent). A message of `Entries` frames (what
+//! a writing client sends) is handled on the task with the appends recorded
+//! ([`crate::commit::Deferring`]), then committed through the node's
+//! committer together with every other writer's, and only then is what the
+//! session queued (its ack) sent. Any other message that may write runs on
+//! a blocking thread: the session is moved into `spawn_blocking` and back.
+//! Timers and store changes only read (the change feed, entries to send,
+//! up to one window), so they run on the task itself: a trip through the
+//! blocking pool per session per append was most of the node's CPU with
+//! 256 writing clients (the `node` bench's `sync-writes-256`).
 //!
 //! Incoming connections arrive on `GET /v1/sync` (at most
 //! [`NodeConfig::max_sync_sessions`] at once); outgoing ones are made by one
@@ -54,6 +58,7 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
+use crate::commit::Deferring;
 use crate::feed::SessionStore;
 use crate::gossip::{GossipRound, LEAVE_PUSH_TIMEOUT, Members, SessionLink};
 use crate::node::{Node, NodeConfig};
@@ -81,6 +86,37 @@ fn only_reads(bytes: &[u8]) -> bool {
                         | Message::Presence { .. }
                 )
         })
+}
+
+/// Whether a WebSocket message holds only `Entries` frames, besides
+/// frames that [`only_reads`] lets through, and is not large: the session
+/// then handles it on its task, with its appends recorded
+/// ([`Deferring`]) and committed through the node's committer before
+/// anything it answers is sent. Larger messages amortise a blocking
+/// hand-off well enough and take the plain path.
+fn only_entries(bytes: &[u8]) -> bool {
+    const LARGE: usize = 1 << 20;
+    if bytes.len() > LARGE {
+        return false;
+    }
+    let limits = Limits::default();
+    let mut rest = bytes;
+    let mut entries = false;
+    while !rest.is_empty() {
+        let Ok((msg, len)) = converge_sync::codec::decode(rest, &limits) else {
+            return false;
+        };
+        match msg {
+            Message::Entries { .. } => entries = true,
+            Message::Ack { .. }
+            | Message::Checkpoint { .. }
+            | Message::KeepAlive
+            | Message::Presence { .. } => {}
+            _ => return false,
+        }
+        rest = rest.get(len..).unwrap_or_default();
+    }
+    entries
 }
 
 /// The interest of a hello at the start of `bytes` (a peer's first
@@ -577,6 +613,9 @@ where
     let mut online = peer.map(|p| p.online.subscribe());
     // Stopping while the node leaves: until when to push what is left.
     let mut draining: Option<Instant> = None;
+    // The last frame's appends went through the committer, which pulled
+    // the change feed for them already.
+    let mut committed_appends = false;
     if *stop.borrow_and_update() {
         session.close("the node is shutting down");
     }
@@ -668,9 +707,12 @@ where
                 _ => {}
             }
         }
+        let pulled = std::mem::take(&mut committed_appends);
         if updated {
             metrics::counter!("converge_sync_objects_updated_total").increment(1);
-            node.notify_appended();
+            if !pulled {
+                node.notify_appended();
+            }
         }
         if let Some(until) = draining
             && (session.is_idle() || Instant::now() >= until)
@@ -740,6 +782,7 @@ where
                 }
                 let now = hub.now();
                 let inline = only_reads(&bytes);
+                let deferred = !inline && only_entries(&bytes);
                 let handle = move |s: &mut Session, store: &dyn converge_store::Store| {
                     s.handle_bytes(now, &bytes, store)?;
                     // One WebSocket message carries whole frames: a partial
@@ -751,6 +794,28 @@ where
                 };
                 let r = if inline {
                     handle(&mut session, &store)
+                } else if deferred {
+                    // Appends recorded, committed with everyone else's,
+                    // and only then is anything the session queued sent:
+                    // no ack before the entries are durable.
+                    let deferring = Deferring::new(&store);
+                    let r = handle(&mut session, &deferring);
+                    let appends = deferring.into_appends();
+                    if !appends.is_empty() {
+                        let committed = node.committer().commit(appends).await;
+                        if let Some(e) = committed.into_iter().find_map(Result::err) {
+                            tracing::warn!(error = %e, "entries from the peer could not be stored");
+                            // Whatever the session queued may claim them:
+                            // send none of it.
+                            let _ = socket.close().await;
+                            return Ending::Transport(format!(
+                                "entries from the peer could not be stored: {e}"
+                            ));
+                        }
+                        // The committer pulled the feed for them.
+                        committed_appends = true;
+                    }
+                    r
                 } else {
                     match step(&store, session, handle).await {
                         Ok((s, r)) => {
@@ -810,5 +875,233 @@ where
                 session.close("gossip round over");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use converge_store::{AppendError, AppendOutcome, AppendRequest, Entry, MemoryStore, Store};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::sync::mpsc;
+
+    /// The node's end of an in-memory connection.
+    struct TestSocket {
+        from_client: mpsc::UnboundedReceiver<WsIn>,
+        to_client: mpsc::UnboundedSender<Vec<u8>>,
+    }
+
+    impl Stream for TestSocket {
+        type Item = Result<WsIn, String>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.from_client.poll_recv(cx).map(|m| m.map(Ok))
+        }
+    }
+
+    impl Sink<Vec<u8>> for TestSocket {
+        type Error = String;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, frame: Vec<u8>) -> Result<(), String> {
+            // The client may have stopped listening: that is fine here.
+            let _ = self.to_client.send(frame);
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A memory store whose `append_many` (the committer's path) fails.
+    struct FailingCommits(MemoryStore);
+
+    impl Store for FailingCommits {
+        fn append(
+            &self,
+            object: &str,
+            replica: ReplicaId,
+            entries: &[Entry],
+        ) -> Result<AppendOutcome, AppendError> {
+            self.0.append(object, replica, entries)
+        }
+        fn append_many(
+            &self,
+            requests: &[AppendRequest<'_>],
+        ) -> Vec<Result<AppendOutcome, AppendError>> {
+            requests
+                .iter()
+                .map(|_| {
+                    Err(AppendError::Store(converge_store::StoreError::Backend {
+                        context: "a test",
+                        source: "the disk is full".into(),
+                    }))
+                })
+                .collect()
+        }
+        fn read(
+            &self,
+            object: &str,
+            replica: ReplicaId,
+            from_seq: u64,
+            limit: usize,
+        ) -> Result<Vec<Entry>, converge_store::ReadError> {
+            self.0.read(object, replica, from_seq, limit)
+        }
+        fn version_vector(&self, object: &str) -> Result<VersionVector, converge_store::ReadError> {
+            self.0.version_vector(object)
+        }
+        fn list_objects(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<String>, converge_store::ReadError> {
+            self.0.list_objects(prefix, after, limit)
+        }
+        fn changes_since(
+            &self,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<converge_store::FeedItem>, converge_store::StoreError> {
+            self.0.changes_since(after, limit)
+        }
+        fn feed_head(&self) -> Result<u64, converge_store::StoreError> {
+            self.0.feed_head()
+        }
+        fn put_snapshot(
+            &self,
+            object: &str,
+            version_vector: &VersionVector,
+            bytes: &[u8],
+        ) -> Result<(), converge_store::SnapshotError> {
+            self.0.put_snapshot(object, version_vector, bytes)
+        }
+        fn latest_snapshot(
+            &self,
+            object: &str,
+        ) -> Result<Option<converge_store::Snapshot>, converge_store::ReadError> {
+            self.0.latest_snapshot(object)
+        }
+        fn compact(
+            &self,
+            object: &str,
+            horizon: &VersionVector,
+        ) -> Result<converge_store::CompactOutcome, converge_store::SnapshotError> {
+            self.0.compact(object, horizon)
+        }
+        fn delete_object(
+            &self,
+            object: &str,
+        ) -> Result<converge_store::DeleteOutcome, converge_store::DeleteError> {
+            self.0.delete_object(object)
+        }
+        fn tombstone(
+            &self,
+            object: &str,
+        ) -> Result<Option<converge_store::Tombstone>, converge_store::ReadError> {
+            self.0.tombstone(object)
+        }
+        fn list_tombstones(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<String>, converge_store::ReadError> {
+            self.0.list_tombstones(prefix, after, limit)
+        }
+    }
+
+    const CLIENT: ReplicaId = ReplicaId::from_u64(0xc1);
+
+    /// A client session holding `writes` entries of its own log of
+    /// "doc" talks to a node on `store` through the driver, until the
+    /// client is idle (the node acknowledged everything) or the node's end
+    /// stops. Returns the driver's ending, if it ended, and the highest
+    /// data message the node acknowledged.
+    async fn client_writes(store: Arc<dyn Store>, writes: u64) -> (Option<Ending>, u64) {
+        let node = Arc::new(Node::with_store(
+            ReplicaId::from_u64(0x40de),
+            store,
+            NodeConfig::new("unused"),
+        ));
+        let (to_node, from_client) = mpsc::unbounded_channel();
+        let (to_client, mut from_node) = mpsc::unbounded_channel();
+        let driver = tokio::spawn({
+            let node = node.clone();
+            async move {
+                let config = Config::new(Interest::Prefix(String::new()));
+                let socket = TestSocket {
+                    from_client,
+                    to_client,
+                };
+                drive(&node, socket, config, None, None).await
+            }
+        });
+        let local = MemoryStore::new();
+        for seq in 1..=writes {
+            local
+                .append("doc", CLIENT, &[Entry::new(seq, vec![seq as u8; 8])])
+                .expect("client append");
+        }
+        let mut client = Session::new(
+            0,
+            Config::new(Interest::Objects(vec!["doc".into()])),
+            CLIENT,
+            Policy::trusted(),
+        );
+        let mut acked = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let _ = client.handle_store_change(node.sync().now(), &local);
+            while let Some(frame) = client.poll_transmit() {
+                if to_node.send(WsIn::Binary(frame)).is_err() {
+                    break;
+                }
+            }
+            if client.is_idle() && client.peer().is_some() {
+                return (None, acked);
+            }
+            tokio::select! {
+                frame = from_node.recv() => match frame {
+                    Some(frame) => {
+                        if let Ok((Message::Ack { upto }, _)) =
+                            converge_sync::codec::decode(&frame, &Limits::default())
+                        {
+                            acked = acked.max(upto);
+                        }
+                        let _ = client.handle_bytes(node.sync().now(), &frame, &local);
+                    }
+                    None => {
+                        let ending = driver.await.expect("driver");
+                        return (Some(ending), acked);
+                    }
+                },
+                () = tokio::time::sleep_until(deadline) => panic!("no outcome within 10 s"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_are_acknowledged_once_committed() {
+        let store = Arc::new(MemoryStore::new());
+        let (ending, acked) = client_writes(store.clone(), 5).await;
+        assert!(ending.is_none(), "{ending:?}");
+        assert!(acked > 0);
+        assert_eq!(store.version_vector("doc").expect("doc").get(CLIENT), 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_that_fail_to_commit_are_never_acknowledged() {
+        let store = Arc::new(FailingCommits(MemoryStore::new()));
+        let (ending, acked) = client_writes(store.clone(), 5).await;
+        let ending = ending.map(|e| e.to_string()).unwrap_or_default();
+        assert!(ending.contains("could not be stored"), "{ending}");
+        assert_eq!(acked, 0, "no ack for entries that are not stored");
+        assert!(store.version_vector("doc").is_err(), "nothing stored");
     }
 }
