@@ -4,132 +4,39 @@
 //! back, and a member's URL answered by another replica (a node restarted
 //! on a wiped data directory).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
-struct Server {
-    child: Child,
-    base: String,
+mod common;
+use common::{Server, members, replica_of, wait_until};
+
+/// `converge serve` on `listen` (port 0: any) with `data`, gossiping every
+/// 200 ms unless `extra` says otherwise, plus `extra` flags.
+fn start_on(listen: &str, data: &Path, extra: &[&str]) -> Server {
+    let fast: &[&str] = if extra.contains(&"--gossip-interval") {
+        &[]
+    } else {
+        &["--gossip-interval", "200ms"]
+    };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_converge"));
+    cmd.args(["serve", "--listen", listen])
+        .args(fast)
+        .arg("--data")
+        .arg(data)
+        .args(extra);
+    Server::spawn(cmd)
 }
 
-impl Server {
-    /// `converge serve` on `listen` (port 0: any) with `data`, gossiping
-    /// every 200 ms unless `extra` says otherwise, plus `extra` flags;
-    /// waits for its listening line.
-    fn start_on(listen: &str, data: &Path, extra: &[&str]) -> Self {
-        let fast: &[&str] = if extra.contains(&"--gossip-interval") {
-            &[]
-        } else {
-            &["--gossip-interval", "200ms"]
-        };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_converge"))
-            .args(["serve", "--listen", listen])
-            .args(fast)
-            .arg("--data")
-            .arg(data)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn converge serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let base = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
-        Self { child, base }
-    }
-
-    fn start(data: &Path, extra: &[&str]) -> Self {
-        Self::start_on("127.0.0.1:0", data, extra)
-    }
-
-    fn ws(&self) -> String {
-        format!("{}/v1/sync", self.base.replace("http://", "ws://"))
-    }
-
-    fn addr(&self) -> String {
-        self.base.trim_start_matches("http://").to_string()
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().expect("kill");
-        self.child.wait().expect("wait");
-    }
-
-    /// SIGTERM, then the exit status (within 15 s).
-    fn terminate(mut self) -> ExitStatus {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(ok.success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "no exit within 15 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+fn start(data: &Path, extra: &[&str]) -> Server {
+    start_on("127.0.0.1:0", data, extra)
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// `GET path`'s JSON body.
 fn get(s: &Server, path: &str) -> Value {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into();
-    agent
-        .get(&format!("{}{path}", s.base))
-        .call()
-        .expect("GET")
-        .body_mut()
-        .read_json()
-        .unwrap_or(Value::Null)
-}
-
-/// The members `s` lists in its status: replica -> the member's JSON.
-fn members(s: &Server) -> std::collections::BTreeMap<String, Value> {
-    get(s, "/v1/status")["membership"]["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| Some((m["replica"].as_str()?.to_string(), m.clone())))
-        .collect()
-}
-
-fn replica_of(s: &Server) -> String {
-    get(s, "/v1/status")["replica"]
-        .as_str()
-        .expect("a replica id")
-        .to_string()
-}
-
-fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::get(s, path).1
 }
 
 fn state_on(s: &Server, replica: &str) -> Value {
@@ -141,9 +48,9 @@ fn state_on(s: &Server, replica: &str) -> Value {
 #[test]
 fn a_gracefully_stopped_node_is_left_everywhere_and_rejoins_on_restart() {
     let dirs = [(); 3].map(|()| tempfile::tempdir().expect("tempdir"));
-    let a = Server::start(dirs[0].path(), &[]);
-    let b = Server::start(dirs[1].path(), &["--peer", &a.ws()]);
-    let c = Server::start(dirs[2].path(), &["--peer", &a.ws()]);
+    let a = start(dirs[0].path(), &[]);
+    let b = start(dirs[1].path(), &["--peer", &a.ws()]);
+    let c = start(dirs[2].path(), &["--peer", &a.ws()]);
     let rc = replica_of(&c);
     wait_until("b gossips with c", Duration::from_secs(10), || {
         state_on(&b, &rc) == "connected"
@@ -173,13 +80,13 @@ fn a_gracefully_stopped_node_is_left_everywhere_and_rejoins_on_restart() {
     assert!(text.contains(&format!("member    {rc} left ")), "{text}");
 
     // The mark is durable in c's own store.
-    let alone = Server::start(dirs[2].path(), &["--gossip-interval", "off"]);
+    let alone = start(dirs[2].path(), &["--gossip-interval", "off"]);
     let entry = &get(&alone, "/v1/docs/$sys%2Fmembers")[&rc];
     assert_eq!(entry["left"], true, "{entry}");
     assert!(alone.terminate().success());
 
     // Restarted on its data directory (same replica), it rejoins.
-    let c = Server::start(dirs[2].path(), &["--peer", &a.ws()]);
+    let c = start(dirs[2].path(), &["--peer", &a.ws()]);
     assert_eq!(replica_of(&c), rc);
     wait_until("b sees c back", Duration::from_secs(10), || {
         matches!(state_on(&b, &rc).as_str(), Some("connected" | "alive"))
@@ -190,8 +97,8 @@ fn a_gracefully_stopped_node_is_left_everywhere_and_rejoins_on_restart() {
 #[test]
 fn a_member_dead_past_forget_after_is_forgotten_until_it_comes_back() {
     let dirs = [(); 2].map(|()| tempfile::tempdir().expect("tempdir"));
-    let a = Server::start(dirs[0].path(), &["--forget-after", "1s"]);
-    let b = Server::start(dirs[1].path(), &["--peer", &a.ws()]);
+    let a = start(dirs[0].path(), &["--forget-after", "1s"]);
+    let b = start(dirs[1].path(), &["--peer", &a.ws()]);
     let rb = replica_of(&b);
     wait_until("a lists b", Duration::from_secs(10), || {
         state_on(&a, &rb) == "connected"
@@ -215,7 +122,7 @@ fn a_member_dead_past_forget_after_is_forgotten_until_it_comes_back() {
 
     // It comes back on its data directory: it rewrites its entry, and a
     // lists and dials it again.
-    let b = Server::start(dirs[1].path(), &[]);
+    let b = start(dirs[1].path(), &[]);
     assert_eq!(replica_of(&b), rb);
     // b knows a from its stored membership and dials it.
     wait_until("a finds b again", Duration::from_secs(10), || {
@@ -227,8 +134,8 @@ fn a_member_dead_past_forget_after_is_forgotten_until_it_comes_back() {
 #[test]
 fn a_url_answered_by_another_replica_is_a_mismatch_and_the_new_one_is_listed() {
     let dirs = [(); 3].map(|()| tempfile::tempdir().expect("tempdir"));
-    let a = Server::start(dirs[0].path(), &[]);
-    let b = Server::start(dirs[1].path(), &["--peer", &a.ws()]);
+    let a = start(dirs[0].path(), &[]);
+    let b = start(dirs[1].path(), &["--peer", &a.ws()]);
     let (rb, at) = (replica_of(&b), b.addr());
     wait_until("a lists b", Duration::from_secs(10), || {
         state_on(&a, &rb) == "connected"
@@ -237,7 +144,7 @@ fn a_url_answered_by_another_replica_is_a_mismatch_and_the_new_one_is_listed() {
     // b's host is rebuilt: a new data directory (a new replica) on the
     // same address, not told of a: only a's gossip can reach it.
     b.kill9();
-    let b2 = Server::start_on(&at, dirs[2].path(), &[]);
+    let b2 = start_on(&at, dirs[2].path(), &[]);
     let rb2 = replica_of(&b2);
     assert_ne!(rb, rb2);
     // Once the gossip round at b's URL is over, it counts as b's failure.
@@ -265,8 +172,8 @@ fn a_member_that_leaves_is_listed_left_at_once_not_at_the_next_round() {
     // membership object can show the change within a second.
     let slow = ["--gossip-interval", "10s"];
     let dirs = [(); 2].map(|()| tempfile::tempdir().expect("tempdir"));
-    let a = Server::start(dirs[0].path(), &slow);
-    let b = Server::start(dirs[1].path(), &[&slow[..], &["--peer", &a.ws()]].concat());
+    let a = start(dirs[0].path(), &slow);
+    let b = start(dirs[1].path(), &[&slow[..], &["--peer", &a.ws()]].concat());
     let rb = replica_of(&b);
     wait_until("a lists b", Duration::from_secs(5), || {
         state_on(&a, &rb) == "connected"

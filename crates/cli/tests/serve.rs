@@ -6,85 +6,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(data: &Path, extra: &[&str]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_converge"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .args(extra);
-        Self::spawn(cmd)
-    }
-
-    /// Runs `cmd` (a `converge serve` command line) and waits for the line
-    /// that says where it listens.
-    fn spawn(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn converge serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let base = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
-        Self { child, base }
-    }
-
-    /// The node's sync endpoint, for `--peer`.
-    fn ws(&self) -> String {
-        format!("{}/v1/sync", self.base.replace("http://", "ws://"))
-    }
-
-    fn kill9(mut self) {
-        // SIGKILL: no chance to flush anything not already durable.
-        self.child.kill().expect("kill");
-        self.child.wait().expect("wait");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
-}
-
-fn get(s: &Server, path: &str) -> (u16, Value) {
-    let mut r = agent()
-        .get(&format!("{}{path}", s.base))
-        .call()
-        .expect("GET");
-    let status = r.status().as_u16();
-    (status, r.body_mut().read_json().unwrap_or(Value::Null))
-}
+mod common;
+use common::{Server, agent, exit_within, get, members, replica_of, signal, wait_until};
 
 fn post(s: &Server, path: &str, body: &str) -> (u16, Value) {
     let mut r = agent()
@@ -582,30 +512,6 @@ fn deleting_a_document_reaches_every_node_and_it_stays_deleted() {
 }
 
 // ---- signals and configuration --------------------------------------------
-
-/// Sends `signal` (e.g. "TERM") to the process.
-fn signal(child: &Child, signal: &str) {
-    let ok = Command::new("kill")
-        .args([format!("-{signal}"), child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(ok.success(), "kill -{signal} failed");
-}
-
-/// Waits for the process to exit; panics if it is still running after `within`.
-fn exit_within(child: &mut Child, within: Duration) -> ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running {within:?} after the signal"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn sigterm_and_sigint_close_sessions_and_streams_and_exit_0_with_data_durable() {
@@ -1187,15 +1093,6 @@ impl Writer {
     }
 }
 
-/// Polls `cond` until it holds; panics with `what` after `within`.
-fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_partitioned_node_converges_after_heal_without_losing_acknowledged_writes() {
     let dirs = [(); 3].map(|()| tempfile::tempdir().expect("tempdir"));
@@ -1307,24 +1204,6 @@ fn a_partitioned_node_converges_after_heal_without_losing_acknowledged_writes() 
         peer["connects"].as_u64().is_some_and(|n| n >= 2),
         "{status}"
     );
-}
-
-/// The members `s` lists in its status: replica -> the member's JSON.
-fn members(s: &Server) -> std::collections::BTreeMap<String, Value> {
-    let (_, status) = get(s, "/v1/status");
-    status["membership"]["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| Some((m["replica"].as_str()?.to_string(), m.clone())))
-        .collect()
-}
-
-fn replica_of(s: &Server) -> String {
-    get(s, "/v1/status").1["replica"]
-        .as_str()
-        .expect("a replica id")
-        .to_string()
 }
 
 #[test]
