@@ -320,6 +320,22 @@ fn verify_checks_the_whole_store() {
     }
 }
 
+/// `threads` writers (replicas 1..=threads) each append `appends`
+/// one-entry batches to `object` in a loop, all at once.
+fn append_from_threads(store: &RedbStore, object: &str, threads: u64, appends: u64) {
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            scope.spawn(move || {
+                let replica = ReplicaId::from_u64(t + 1);
+                for seq in 1..=appends {
+                    let batch = [Entry::new(seq, payload(object, replica, seq))];
+                    store.append(object, replica, &batch).unwrap();
+                }
+            });
+        }
+    });
+}
+
 #[test]
 fn concurrent_appends_share_syncs() {
     const THREADS: u64 = 12;
@@ -332,18 +348,7 @@ fn concurrent_appends_share_syncs() {
     backend.set_sync_delay(Duration::from_millis(3));
     let before = store.commit_stats();
     let syncs_before = backend.syncs();
-    std::thread::scope(|scope| {
-        for t in 0..THREADS {
-            let store = &store;
-            scope.spawn(move || {
-                let replica = ReplicaId::from_u64(t + 1);
-                for seq in 1..=APPENDS {
-                    let batch = [Entry::new(seq, payload("shared", replica, seq))];
-                    store.append("shared", replica, &batch).unwrap();
-                }
-            });
-        }
-    });
+    append_from_threads(&store, "shared", THREADS, APPENDS);
     let after = store.commit_stats();
     let jobs = after.jobs - before.jobs;
     let commits = after.commits - before.commits;
@@ -381,18 +386,7 @@ fn steady_writers_all_share_each_sync() {
                 .unwrap();
         backend.set_sync_delay(Duration::from_millis(3));
         let before = store.commit_stats();
-        std::thread::scope(|scope| {
-            for t in 0..THREADS {
-                let store = &store;
-                scope.spawn(move || {
-                    let replica = ReplicaId::from_u64(t + 1);
-                    for seq in 1..=APPENDS {
-                        let batch = [Entry::new(seq, payload("steady", replica, seq))];
-                        store.append("steady", replica, &batch).unwrap();
-                    }
-                });
-            }
-        });
+        append_from_threads(&store, "steady", THREADS, APPENDS);
         let after = store.commit_stats();
         let vv = check_logs(&store, "steady");
         assert!(vv.iter().all(|(_, last)| last == APPENDS));
