@@ -2,7 +2,8 @@
 //! a temporary directory, with 1, 4 and 16 appending threads, and how many
 //! commits (disk syncs) they took. Not a benchmark: a quick look.
 //!
-//! `cargo run --release -p converge-store --example group_commit`
+//! `cargo run --release -p converge-store --example group_commit [THREADS...]`
+//! (default 1 4 16; `CONVERGE_GROUP_COMMIT_SECS` sets each run's seconds).
 
 use std::time::{Duration, Instant};
 
@@ -11,10 +12,21 @@ use converge_store::{Entry, RedbStore, ReplicaId, Store};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("converge-group-commit-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    for threads in [1u64, 4, 16] {
+    let mut counts: Vec<u64> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    if counts.is_empty() {
+        counts = vec![1, 4, 16];
+    }
+    let secs: f64 = match std::env::var("CONVERGE_GROUP_COMMIT_SECS") {
+        Ok(s) => s.parse()?,
+        Err(_) => 1.0,
+    };
+    for threads in counts {
         let path = dir.join(format!("store-{threads}.redb"));
         let store = RedbStore::open(&path)?;
-        let run = Duration::from_secs(1);
+        let run = Duration::from_secs_f64(secs);
         let started = Instant::now();
         std::thread::scope(|scope| {
             for t in 0..threads {
@@ -42,8 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             stats.jobs as f64 / stats.commits.max(1) as f64,
         );
         drop(store);
-        std::fs::remove_file(&path)?;
     }
-    std::fs::remove_dir(&dir)?;
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
