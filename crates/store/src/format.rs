@@ -205,12 +205,29 @@ impl FeedRecord {
 /// Encodes a feed record: `crc32 u32 | replica u64 | first u64 | last u64 | object (UTF-8, rest)`.
 /// The checksum covers `position u64` and everything after the checksum.
 pub fn encode_feed(position: u64, record: &FeedRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(28 + record.object.len());
+    encode_feed_item(
+        position,
+        record.replica,
+        record.first,
+        record.last,
+        &record.object,
+    )
+}
+
+/// [`encode_feed`] from the record's fields, without an owned object id.
+pub fn encode_feed_item(
+    position: u64,
+    replica: ReplicaId,
+    first: u64,
+    last: u64,
+    object: &str,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(28 + object.len());
     out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&record.replica.as_u64().to_le_bytes());
-    out.extend_from_slice(&record.first.to_le_bytes());
-    out.extend_from_slice(&record.last.to_le_bytes());
-    out.extend_from_slice(record.object.as_bytes());
+    out.extend_from_slice(&replica.as_u64().to_le_bytes());
+    out.extend_from_slice(&first.to_le_bytes());
+    out.extend_from_slice(&last.to_le_bytes());
+    out.extend_from_slice(object.as_bytes());
     let crc = crc_of(&[&position.to_le_bytes(), &out[4..]]);
     out[..4].copy_from_slice(&crc.to_le_bytes());
     out

@@ -56,6 +56,8 @@
 //! ```
 
 mod error;
+#[cfg(feature = "redb")]
+mod handoff;
 mod logic;
 mod memory;
 #[cfg(feature = "redb")]

@@ -19,7 +19,7 @@
 //! ## Group commit
 //!
 //! Every write goes through one dedicated writer thread. A caller checks its
-//! input, queues a job and blocks on its own reply channel. The writer takes
+//! input, queues a job and blocks on its own reply slot. The writer takes
 //! *all* queued jobs (up to a bound) and makes them durable with one sync.
 //! While it syncs, new jobs queue up and form the next batch, so under
 //! concurrency many appends share one sync, and no caller returns before its
@@ -71,7 +71,6 @@ use std::collections::VecDeque;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -86,6 +85,7 @@ use crate::format::{
     self, CHECKPOINT_KEY, Checkpoint, FORMAT_VERSION, FeedRecord, Head, Meta,
     OLDEST_FORMAT_VERSION, WalAppend, WalAppendOwned,
 };
+use crate::handoff::{self, Answer, Board};
 use crate::logic::{self, Page, Txn, View};
 use crate::overlay::{Batch, Layered, Overlay, Staging, WriterCache};
 use crate::wal::{self, Wal, WalFile};
@@ -182,6 +182,8 @@ struct Shared {
     jobs: AtomicU64,
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// What callers blocked on their job's answer wait on.
+    answers: Arc<Board>,
     /// The write-ahead log and the commit path: held by whoever commits
     /// (the writer thread, or a caller committing its own job inline).
     writer: Mutex<Writer>,
@@ -224,11 +226,17 @@ struct Queue {
     closing: bool,
     /// Set when the writer has exited (also if it panicked): submits fail fast.
     stopped: bool,
+    /// How many queued jobs the waiting writer wants before it is woken:
+    /// 1 when it is idle, the batch it gathers for (see `gather`), and 0
+    /// while it is busy (it looks at the queue when it is done). Without
+    /// this, every caller joining a gathering batch woke the writer only for
+    /// it to find the batch still short and sleep again.
+    want: usize,
 }
 
 struct Job {
     op: Op,
-    reply: SyncSender<Reply>,
+    reply: Answer<Reply>,
 }
 
 enum Op {
@@ -371,6 +379,7 @@ impl RedbStore {
             jobs: AtomicU64::new(0),
             queue: Mutex::default(),
             wake: Condvar::new(),
+            answers: Arc::default(),
             writer: Mutex::new(Writer {
                 wal,
                 store_id: checkpoint.store_id,
@@ -570,17 +579,20 @@ impl RedbStore {
                 return replies.pop().ok_or(StoreError::Closed);
             }
         }
-        let (reply, answer) = mpsc::sync_channel(1);
-        {
+        let (reply, answer) = handoff::slot(&shared.answers);
+        let wake = {
             let mut queue = shared.queue();
             if queue.stopped {
                 return Err(StoreError::Closed);
             }
             queue.jobs.push_back(Job { op, reply });
+            queue.want != 0 && queue.jobs.len() >= queue.want
+        };
+        if wake {
+            shared.wake.notify_one();
         }
-        self.shared.wake.notify_one();
-        // The writer drops the sender without replying only if it panicked.
-        answer.recv().map_err(|_| StoreError::Closed)
+        // The writer drops the job unanswered only if it panicked or closed.
+        answer.wait().ok_or(StoreError::Closed)
     }
 
     /// The latest state: the overlay, locked for the read, over a redb
@@ -925,7 +937,15 @@ fn apply_record(
 /// Checking again cost the applier ~30% of its instructions (three redb
 /// lookups per append, callgrind), and the applier shares two cores with
 /// the appenders.
-fn apply_checked_batch(tables: &mut WriteTables<'_>, batch: &Batch) -> Result<(), StoreError> {
+///
+/// Heads go into `heads` instead, the last one per log winning, for the
+/// caller to write once per transaction: a log appended to by every record
+/// of a transaction had its head rewritten by each.
+fn apply_checked_batch<'b>(
+    tables: &mut WriteTables<'_>,
+    batch: &'b Batch,
+    heads: &mut foldhash::HashMap<(&'b str, ReplicaId), Head>,
+) -> Result<(), StoreError> {
     if batch.heads.len() != batch.appends.len() {
         return Err(StoreError::backend(
             "applying the write-ahead log",
@@ -946,16 +966,9 @@ fn apply_checked_batch(tables: &mut WriteTables<'_>, batch: &Batch) -> Result<()
         for entry in &append.entries {
             tables.put_entry(object, replica, entry.seq, &entry.bytes)?;
         }
-        tables.set_head(object, replica, *head)?;
-        let record = format::encode_feed(
-            append.position,
-            &FeedRecord {
-                replica,
-                first: first.seq,
-                last: last.seq,
-                object: append.object.clone(),
-            },
-        );
+        heads.insert((object, replica), *head);
+        let record =
+            format::encode_feed_item(append.position, replica, first.seq, last.seq, object);
         tables
             .feed
             .insert(append.position, record.as_slice())
@@ -1070,8 +1083,12 @@ fn apply_batches(
     let mut txn = begin(db)?;
     {
         let mut tables = write_tables(&txn)?;
+        let mut heads = foldhash::HashMap::default();
         for batch in batches {
-            apply_checked_batch(&mut tables, batch)?;
+            apply_checked_batch(&mut tables, batch, &mut heads)?;
+        }
+        for ((object, replica), head) in heads {
+            tables.set_head(object, replica, head)?;
         }
     }
     match batches.last() {
@@ -1180,6 +1197,7 @@ fn write_loop(shared: &Shared) {
                     let _ = shared.writer().close(shared);
                     return;
                 }
+                queue.want = 1;
                 queue = shared
                     .wake
                     .wait(queue)
@@ -1187,6 +1205,7 @@ fn write_loop(shared: &Shared) {
             }
             let wait = GATHER_MAX.min(last_commit / GATHER_SHARE);
             queue = gather(shared, queue, expected, wait);
+            queue.want = 0;
             take_batch(&mut queue.jobs)
         };
         let started = Instant::now();
@@ -1196,11 +1215,13 @@ fn write_loop(shared: &Shared) {
         shared.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         expected = (jobs.len() + shared.queue().jobs.len()).min(MAX_BATCH_JOBS);
         shared.active.store(expected, Ordering::Relaxed);
-        for (job, reply) in jobs.into_iter().zip(replies) {
-            // A caller that went away (it cannot while blocked, but a panic
-            // could unwind it) does not need its answer.
-            let _ = job.reply.send(reply);
-        }
+        // Jobs left without a reply (none should be) are dropped, which
+        // wakes their callers with `StoreError::Closed`.
+        handoff::answer_all(
+            jobs.into_iter()
+                .zip(replies)
+                .map(|(job, reply)| (job.reply, reply)),
+        );
     }
 }
 
@@ -1219,6 +1240,7 @@ fn gather<'a>(
     wait: Duration,
 ) -> MutexGuard<'a, Queue> {
     let deadline = Instant::now() + wait;
+    queue.want = expected;
     while queue.jobs.len() < expected && !queue.closing {
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
             break;
