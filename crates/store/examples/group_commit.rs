@@ -23,8 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(s) => s.parse()?,
         Err(_) => 1.0,
     };
-    for threads in counts {
-        let path = dir.join(format!("store-{threads}.redb"));
+    for (run, threads) in counts.into_iter().enumerate() {
+        let path = dir.join(format!("store-{run}-{threads}.redb"));
         let store = RedbStore::open(&path)?;
         let run = Duration::from_secs_f64(secs);
         let started = Instant::now();
