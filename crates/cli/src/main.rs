@@ -3,7 +3,8 @@
 //! `serve` runs a node ([`serve`]); every other command is a client of a
 //! node's HTTP API, pointed at it with `--url` (or `CONVERGE_URL`), printing
 //! a human-readable form by default and JSON with `--json` ([`client`],
-//! [`transfer`]).
+//! [`transfer`]). `store` works on a stopped node's data directory
+//! ([`store`]).
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -19,6 +20,7 @@ macro_rules! outln {
 
 mod client;
 mod serve;
+mod store;
 mod transfer;
 
 #[derive(Parser)]
@@ -58,6 +60,11 @@ enum Command {
     /// Merge documents saved by `converge export` into a node. Importing
     /// twice changes nothing.
     Import(transfer::ImportArgs),
+    /// Offline tools for a node's data directory (the node stopped).
+    Store {
+        #[command(subcommand)]
+        command: store::StoreCommand,
+    },
 }
 
 fn main() -> Result<()> {
@@ -74,5 +81,6 @@ fn main() -> Result<()> {
         Command::Status { target } => client::status(&target),
         Command::Export(args) => transfer::export(args),
         Command::Import(args) => transfer::import(args),
+        Command::Store { command } => store::run(command),
     }
 }

@@ -14,17 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 mod common;
-use common::{Server, agent, exit_within, get, members, replica_of, signal, wait_until};
-
-fn post(s: &Server, path: &str, body: &str) -> (u16, Value) {
-    let mut r = agent()
-        .post(&format!("{}{path}", s.base))
-        .header("content-type", "application/json")
-        .send(body)
-        .expect("POST");
-    let status = r.status().as_u16();
-    (status, r.body_mut().read_json().unwrap_or(Value::Null))
-}
+use common::{Server, agent, exit_within, get, members, post, replica_of, signal, wait_until};
 
 #[test]
 fn http_contract_and_bad_input() {

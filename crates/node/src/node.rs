@@ -1,13 +1,13 @@
 //! The replica: documents loaded from and written to the store.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use converge_crdt::{Dot, ReplicaId, VersionVector};
 use converge_doc::{Change, Doc, DocError, Patch, PathChange, decode_changes, encode_changes};
 use converge_store::{
-    AppendError, Entry, ReadError, RedbStore, Store, StoreError, validate_object_id,
+    AppendError, Entry, ReadError, RedbStore, Store, StoreError, VerifyReport, validate_object_id,
 };
 use converge_sync::Interest;
 use converge_sync::membership::{SYSTEM_PREFIX, is_system_object};
@@ -270,6 +270,26 @@ impl Node {
         }
         let store = RedbStore::open(dir.join(STORE_FILE)).map_err(|e| data_err(e.to_string()))?;
         Ok(Self::with_store(replica, Arc::new(store), config))
+    }
+
+    /// Checks the store in a node's data directory, offline: opens it as a
+    /// node would (replaying its write-ahead log), then reads every record
+    /// and checks it (see [`RedbStore::verify`]). Creates nothing: a
+    /// directory without a store is an error, and so is a store a running
+    /// node holds open.
+    pub fn verify_data_dir(dir: &Path) -> Result<VerifyReport, NodeError> {
+        let data_err = |message: String| NodeError::DataDir {
+            path: dir.to_path_buf(),
+            message,
+        };
+        let path = dir.join(STORE_FILE);
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => return Err(data_err(format!("{STORE_FILE} is not a file"))),
+            Err(e) => return Err(data_err(format!("holds no store ({STORE_FILE}: {e})"))),
+        }
+        let store = RedbStore::open(&path).map_err(|e| data_err(e.to_string()))?;
+        store.verify().map_err(|e| data_err(e.to_string()))
     }
 
     /// A node on any store (tests use [`converge_store::MemoryStore`]).

@@ -97,6 +97,17 @@ pub(crate) fn get(s: &Server, path: &str) -> (u16, Value) {
     (status, r.body_mut().read_json().unwrap_or(Value::Null))
 }
 
+/// POSTs a JSON `body` to `path`: the status and the JSON answer (null if none).
+pub(crate) fn post(s: &Server, path: &str, body: &str) -> (u16, Value) {
+    let mut r = agent()
+        .post(&format!("{}{path}", s.base))
+        .header("content-type", "application/json")
+        .send(body)
+        .expect("POST");
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_json().unwrap_or(Value::Null))
+}
+
 /// Sends `signal` (e.g. "TERM") to the process.
 pub(crate) fn signal(child: &Child, signal: &str) {
     let ok = Command::new("kill")
