@@ -592,4 +592,100 @@ mod tests {
             Err(AppendError::Conflict { seq: 1, .. })
         ));
     }
+
+    mod deferring_matches_the_store {
+        use super::*;
+        use proptest::prelude::*;
+
+        const LOGS: [(&str, u64); 3] = [("x", 0xa), ("x", 0xb), ("y", 0xa)];
+
+        /// A call: (object index, replica, first seq, length, other bytes).
+        type Call = (usize, u64, u64, u64, bool);
+
+        /// The bytes of entry `seq`; "other" bytes only where the store
+        /// held the seq before the session began (`Deferring` checks
+        /// conflicts against the store, and leaves those with entries
+        /// recorded in the same call to the committer: documented above).
+        fn entry(seq: u64, other: bool, held: u64) -> Entry {
+            if other && seq <= held {
+                Entry::new(seq, vec![seq as u8, 0xee])
+            } else {
+                Entry::new(seq, vec![seq as u8])
+            }
+        }
+
+        fn held(heads: &[u64; 3], object: &str, replica: u64) -> u64 {
+            LOGS.iter()
+                .position(|&(o, r)| o == object && r == replica)
+                .map_or(0, |i| heads[i])
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            /// Whatever a session's calls are, `Deferring` answers each as
+            /// the store would, writes nothing itself, and what it
+            /// recorded, once committed, leaves the store as direct
+            /// appends would.
+            #[test]
+            fn for_any_calls(
+                heads in prop::array::uniform3(0u64..=3),
+                calls in prop::collection::vec(
+                    (0usize..4, prop_oneof![Just(0xau64), Just(0xbu64)], 1u64..=7, 0u64..=3, prop::bool::weighted(0.2)),
+                    1..12,
+                ),
+            ) {
+                let objects = ["x", "y", "new", "gone"];
+                let start = |store: &dyn Store| {
+                    for (&(object, replica), &head) in LOGS.iter().zip(&heads) {
+                        if head > 0 {
+                            let entries: Vec<Entry> = (1..=head).map(|s| entry(s, false, 0)).collect();
+                            store.append(object, ReplicaId::from_u64(replica), &entries).expect("start");
+                        }
+                    }
+                    store.append("gone", A, &[entry(1, false, 0)]).expect("gone");
+                    store.delete_object("gone").expect("delete");
+                };
+                let calls: Vec<(&str, ReplicaId, Vec<Entry>)> = calls
+                    .iter()
+                    .map(|&(o, r, first, len, other): &Call| {
+                        let object = objects[o];
+                        let stored = held(&heads, object, r);
+                        let entries = (first..first + len).map(|s| entry(s, other, stored)).collect();
+                        (object, ReplicaId::from_u64(r), entries)
+                    })
+                    .collect();
+                let direct = MemoryStore::new();
+                start(&direct);
+                let expected: Vec<Outcome> =
+                    calls.iter().map(|(o, r, e)| outcome(direct.append(o, *r, e))).collect();
+
+                let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+                start(&*store);
+                let before = store.feed_head().expect("feed head");
+                let deferring = Deferring::new(&*store);
+                let answered: Vec<Outcome> =
+                    calls.iter().map(|(o, r, e)| outcome(deferring.append(o, *r, e))).collect();
+                prop_assert_eq!(&answered, &expected);
+                prop_assert_eq!(store.feed_head().expect("feed head"), before, "wrote before committing");
+
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let committer = Committer::new(&store, Arc::new(FeedHub::new()));
+                let results = runtime.block_on(committer.commit(deferring.into_appends()));
+                prop_assert!(results.iter().all(Result::is_ok), "{:?}", results);
+                for object in ["x", "y", "new"] {
+                    let vv = |s: &dyn Store| s.version_vector(object).ok();
+                    prop_assert_eq!(vv(&*store), vv(&direct), "{}", object);
+                    for r in [0xa, 0xb] {
+                        let r = ReplicaId::from_u64(r);
+                        let read = |s: &dyn Store| s.read(object, r, 1, 100).ok();
+                        prop_assert_eq!(read(&*store), read(&direct), "{}/{}", object, r);
+                    }
+                }
+            }
+        }
+    }
 }
