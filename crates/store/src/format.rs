@@ -92,21 +92,7 @@ pub fn decode_meta(bytes: &[u8]) -> Meta {
 /// Encodes a log entry record: `crc32 u32 | payload`. The checksum covers
 /// `len(object) u32 | object | replica u64 | seq u64 | payload`.
 pub fn encode_entry(object: &str, replica: ReplicaId, seq: u64, payload: &[u8]) -> Vec<u8> {
-    let crc = entry_crc(object, replica, seq, payload);
-    let mut out = Vec::with_capacity(4 + payload.len());
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-fn entry_crc(object: &str, replica: ReplicaId, seq: u64, payload: &[u8]) -> u32 {
-    crc_of(&[
-        &object_key(object),
-        object.as_bytes(),
-        &replica.as_u64().to_le_bytes(),
-        &seq.to_le_bytes(),
-        payload,
-    ])
+    LogRecords::new(object, replica).encode(seq, payload)
 }
 
 /// Checks an entry record against its key and returns its payload.
@@ -116,18 +102,67 @@ pub fn decode_entry<'a>(
     seq: u64,
     record: &'a [u8],
 ) -> Result<&'a [u8], StoreError> {
-    let Some((crc, payload)) = split_crc(record) else {
-        return Err(corrupt(format!(
-            "entry {object}/{replica}/{seq} is truncated ({} bytes)",
-            record.len()
-        )));
-    };
-    if crc != entry_crc(object, replica, seq, payload) {
-        return Err(corrupt(format!(
-            "entry {object}/{replica}/{seq} fails its checksum"
-        )));
+    LogRecords::new(object, replica).decode(seq, record)
+}
+
+/// Encodes and checks the entry records of one log: the part of each
+/// record's checksum that covers the log's key (object id and replica) is
+/// computed once, not once per entry (a scan spent a tenth of its time
+/// hashing the same object id again).
+#[derive(Clone)]
+pub struct LogRecords<'o> {
+    object: &'o str,
+    replica: ReplicaId,
+    prefix: crc32fast::Hasher,
+}
+
+impl<'o> LogRecords<'o> {
+    /// For the log of `replica` in `object`.
+    pub fn new(object: &'o str, replica: ReplicaId) -> Self {
+        let mut prefix = crc32fast::Hasher::new();
+        prefix.update(&object_key(object));
+        prefix.update(object.as_bytes());
+        prefix.update(&replica.as_u64().to_le_bytes());
+        Self {
+            object,
+            replica,
+            prefix,
+        }
     }
-    Ok(payload)
+
+    fn crc(&self, seq: u64, payload: &[u8]) -> u32 {
+        let mut hasher = self.prefix.clone();
+        hasher.update(&seq.to_le_bytes());
+        hasher.update(payload);
+        hasher.finalize()
+    }
+
+    /// The record of entry `seq` (see [`encode_entry`]).
+    pub fn encode(&self, seq: u64, payload: &[u8]) -> Vec<u8> {
+        let crc = self.crc(seq, payload);
+        let mut out = Vec::with_capacity(4 + payload.len());
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Checks the record of entry `seq` and returns its payload (see
+    /// [`decode_entry`]).
+    pub fn decode<'a>(&self, seq: u64, record: &'a [u8]) -> Result<&'a [u8], StoreError> {
+        let (object, replica) = (self.object, self.replica);
+        let Some((crc, payload)) = split_crc(record) else {
+            return Err(corrupt(format!(
+                "entry {object}/{replica}/{seq} is truncated ({} bytes)",
+                record.len()
+            )));
+        };
+        if crc != self.crc(seq, payload) {
+            return Err(corrupt(format!(
+                "entry {object}/{replica}/{seq} fails its checksum"
+            )));
+        }
+        Ok(payload)
+    }
 }
 
 /// The state of one (object, replica) log.

@@ -124,6 +124,8 @@ const FORMAT_KEY: &str = "format";
 const TAIL_CHECK_ITEMS: u64 = 64;
 /// How many entries of each of those items are verified on open.
 const TAIL_CHECK_ENTRIES: u64 = 16;
+/// Entries a read reserves room for up front (a page may hold more).
+const PAGE_RESERVE: usize = 4096;
 
 /// Bounds on one group commit, so one batch cannot hold unbounded memory.
 const MAX_BATCH_JOBS: usize = 1024;
@@ -963,8 +965,13 @@ fn apply_checked_batch<'b>(
             continue;
         };
         let (object, replica) = (append.object.as_str(), append.replica);
+        let records = format::LogRecords::new(object, replica);
         for entry in &append.entries {
-            tables.put_entry(object, replica, entry.seq, &entry.bytes)?;
+            let record = records.encode(entry.seq, &entry.bytes);
+            tables
+                .log
+                .insert((object, replica.as_u64(), entry.seq), record.as_slice())
+                .map_err(storage("writing a log entry"))?;
         }
         heads.insert((object, replica), *head);
         let record =
@@ -1982,9 +1989,14 @@ where
         let read = storage("reading a log");
         let r = replica.as_u64();
         let mut page = Page {
-            entries: Vec::new(),
+            entries: Vec::with_capacity(
+                usize::try_from(to.saturating_sub(from).saturating_add(1))
+                    .unwrap_or(usize::MAX)
+                    .min(PAGE_RESERVE),
+            ),
             capped: false,
         };
+        let records = format::LogRecords::new(object, replica);
         for item in self
             .log
             .range((object, r, from)..=(object, r, to))
@@ -1992,7 +2004,7 @@ where
         {
             let (key, record) = item.map_err(&read)?;
             let seq = key.value().2;
-            let bytes = format::decode_entry(object, replica, seq, record.value())?;
+            let bytes = records.decode(seq, record.value())?;
             if !page.push(Entry::new(seq, bytes), &mut max_bytes) {
                 break;
             }
