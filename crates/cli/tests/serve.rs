@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 mod common;
-use common::{Server, agent, exit_within, get, members, post, replica_of, signal, wait_until};
+use common::{
+    Server, agent, exit_within, get, members, post, post_as, replica_of, signal, wait_until,
+};
 
 #[test]
 fn http_contract_and_bad_input() {
@@ -800,13 +802,7 @@ fn doc_watch_prints_patches_and_stops_cleanly() {
 }
 
 fn post_bytes(s: &Server, path: &str, body: &[u8]) -> (u16, Value) {
-    let mut r = agent()
-        .post(&format!("{}{path}", s.base))
-        .header("content-type", "application/octet-stream")
-        .send(body)
-        .expect("POST");
-    let status = r.status().as_u16();
-    (status, r.body_mut().read_json().unwrap_or(Value::Null))
+    post_as(s, path, "application/octet-stream", body)
 }
 
 fn get_bytes(s: &Server, path: &str) -> (u16, Vec<u8>) {

@@ -24,6 +24,15 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Asserts that the command failed with status 1 and said all of `says`.
+fn assert_refused(out: &Output, says: &[&str]) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    for s in says {
+        assert!(stderr.contains(s), "no {s:?} in stderr: {stderr}");
+    }
+}
+
 /// Runs a node on `data`, writes a document holding `marker`, and stops the
 /// node cleanly (its store is then closed and checkpointed).
 fn node_with_a_document(data: &Path, marker: &str) {
@@ -65,23 +74,14 @@ fn a_healthy_store_verifies_and_reports_what_it_holds() {
 fn a_store_in_use_or_missing_is_refused_and_nothing_is_created() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = Server::start(dir.path(), &[]);
-    let out = verify(dir.path(), false);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("already open in another process"),
-        "stderr: {}",
-        text(&out.stderr)
+    assert_refused(
+        &verify(dir.path(), false),
+        &["already open in another process"],
     );
     assert!(s.terminate().success());
 
     let empty = tempfile::tempdir().expect("tempdir");
-    let out = verify(empty.path(), false);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("holds no store"),
-        "stderr: {}",
-        text(&out.stderr)
-    );
+    assert_refused(&verify(empty.path(), false), &["holds no store"]);
     let left: Vec<_> = std::fs::read_dir(empty.path()).expect("read dir").collect();
     assert!(left.is_empty(), "verify created {left:?}");
 }
@@ -99,13 +99,9 @@ fn a_damaged_record_fails_verification() {
         .expect("the document's bytes are in the store file");
     bytes[at] ^= 0x01;
     std::fs::write(&path, &bytes).expect("write store");
-    let out = verify(dir.path(), false);
-    assert_eq!(out.status.code(), Some(1), "stdout: {}", text(&out.stdout));
-    let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains(&dir.path().display().to_string())
-            && stderr.contains("corrupt")
-            && stderr.contains("fails its checksum"),
-        "stderr: {stderr}"
+    let shown = dir.path().display().to_string();
+    assert_refused(
+        &verify(dir.path(), false),
+        &[&shown, "corrupt", "fails its checksum"],
     );
 }

@@ -99,9 +99,15 @@ pub(crate) fn get(s: &Server, path: &str) -> (u16, Value) {
 
 /// POSTs a JSON `body` to `path`: the status and the JSON answer (null if none).
 pub(crate) fn post(s: &Server, path: &str, body: &str) -> (u16, Value) {
+    post_as(s, path, "application/json", body.as_bytes())
+}
+
+/// POSTs `body` of `content_type` to `path`: the status and the JSON
+/// answer (null if none).
+pub(crate) fn post_as(s: &Server, path: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
     let mut r = agent()
         .post(&format!("{}{path}", s.base))
-        .header("content-type", "application/json")
+        .header("content-type", content_type)
         .send(body)
         .expect("POST");
     let status = r.status().as_u16();
