@@ -1,10 +1,12 @@
 //! `converge store`: offline tools for a node's data directory.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Subcommand;
-use converge_node::Node;
+use converge_node::{Node, VerifyProgress};
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// What `converge store` can do.
 #[derive(Subcommand)]
@@ -27,7 +29,26 @@ pub(crate) enum StoreCommand {
 pub(crate) fn run(command: StoreCommand) -> Result<()> {
     match command {
         StoreCommand::Verify { data, json } => {
-            let report = Node::verify_data_dir(&data)?;
+            let bar = std::io::stderr().is_terminal().then(|| {
+                let bar = ProgressBar::new(0);
+                if let Ok(style) = ProgressStyle::with_template(
+                    "verifying [{bar:30}] {pos}/{len} entries and feed items ({elapsed}, {eta} left)",
+                ) {
+                    bar.set_style(style.progress_chars("=> "));
+                }
+                bar
+            });
+            let mut show = |p: VerifyProgress| {
+                if let Some(bar) = &bar {
+                    bar.set_length(p.entries_total.saturating_add(p.feed_items_total));
+                    bar.set_position(p.entries.saturating_add(p.feed_items));
+                }
+            };
+            let checked = Node::verify_data_dir(&data, &mut show);
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            let report = checked?;
             if json {
                 let value = serde_json::json!({
                     "ok": true,

@@ -76,5 +76,5 @@ pub use sync::{PeerConnection, sync_with_peers};
 #[cfg(feature = "http")]
 pub use api::{router, serve};
 pub use converge_doc::PathChange;
-pub use converge_store::VerifyReport;
+pub use converge_store::{VerifyProgress, VerifyReport};
 pub use node::{ImportOutcome, Node, NodeConfig, NodeError};

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use converge_crdt::{Dot, ReplicaId, VersionVector};
 use converge_doc::{Change, Doc, DocError, Patch, PathChange, decode_changes, encode_changes};
 use converge_store::{
-    AppendError, Entry, ReadError, RedbStore, Store, StoreError, VerifyReport, validate_object_id,
+    AppendError, Entry, ReadError, RedbStore, Store, StoreError, VerifyProgress, VerifyReport,
+    validate_object_id,
 };
 use converge_sync::Interest;
 use converge_sync::membership::{SYSTEM_PREFIX, is_system_object};
@@ -274,10 +275,13 @@ impl Node {
 
     /// Checks the store in a node's data directory, offline: opens it as a
     /// node would (replaying its write-ahead log), then reads every record
-    /// and checks it (see [`RedbStore::verify`]). Creates nothing: a
-    /// directory without a store is an error, and so is a store a running
-    /// node holds open.
-    pub fn verify_data_dir(dir: &Path) -> Result<VerifyReport, NodeError> {
+    /// and checks it (see [`RedbStore::verify`]), calling `progress` as it
+    /// goes. Creates nothing: a directory without a store is an error, and
+    /// so is a store a running node holds open.
+    pub fn verify_data_dir(
+        dir: &Path,
+        progress: &mut dyn FnMut(VerifyProgress),
+    ) -> Result<VerifyReport, NodeError> {
         let data_err = |message: String| NodeError::DataDir {
             path: dir.to_path_buf(),
             message,
@@ -289,7 +293,9 @@ impl Node {
             Err(e) => return Err(data_err(format!("holds no store ({STORE_FILE}: {e})"))),
         }
         let store = RedbStore::open(&path).map_err(|e| data_err(e.to_string()))?;
-        store.verify().map_err(|e| data_err(e.to_string()))
+        store
+            .verify_with_progress(progress)
+            .map_err(|e| data_err(e.to_string()))
     }
 
     /// A node on any store (tests use [`converge_store::MemoryStore`]).

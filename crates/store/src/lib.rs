@@ -78,7 +78,7 @@ pub use error::{
 };
 pub use memory::MemoryStore;
 #[cfg(feature = "redb")]
-pub use redb_store::{CommitStats, RedbStore, VerifyReport};
+pub use redb_store::{CommitStats, RedbStore, VerifyProgress, VerifyReport};
 
 /// The longest object id accepted, in bytes.
 pub const MAX_OBJECT_ID_BYTES: usize = 1024;

@@ -277,6 +277,22 @@ impl OwnedAppend {
     }
 }
 
+/// How far [`RedbStore::verify_with_progress`] has got: log entries and
+/// change feed items checked so far, out of how many the store holds (the
+/// two largest parts of the work; the rest is small).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct VerifyProgress {
+    /// Log entries checked.
+    pub entries: u64,
+    /// Log entries in the store.
+    pub entries_total: u64,
+    /// Change feed items checked.
+    pub feed_items: u64,
+    /// Change feed items in the store.
+    pub feed_items_total: u64,
+}
+
 /// What [`RedbStore::verify`] checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -434,6 +450,16 @@ impl RedbStore {
     /// numbered 1, 2, 3... Reads everything, so it takes time in proportion to
     /// the store's size; run it after a suspected disk problem, or in tests.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.verify_with_progress(&mut |_| {})
+    }
+
+    /// [`RedbStore::verify`], calling `progress` after every page of log
+    /// entries and of change feed items checked (about every thousand), so a
+    /// tool can show how far a long check has got.
+    pub fn verify_with_progress(
+        &self,
+        progress: &mut dyn FnMut(VerifyProgress),
+    ) -> Result<VerifyReport, StoreError> {
         let view = {
             // With writes held off, let the applier empty the overlay: then
             // redb holds everything acknowledged, and its tables are checked.
@@ -455,6 +481,12 @@ impl RedbStore {
         };
 
         report.objects = view.objects.len().map_err(&read)?;
+        let mut done = VerifyProgress {
+            entries_total: view.log.len().map_err(&read)?,
+            feed_items_total: view.feed_head()?,
+            ..VerifyProgress::default()
+        };
+        progress(done);
         for item in view.heads.iter().map_err(&read)? {
             let (key, record) = item.map_err(&read)?;
             let (object, replica) = key.value();
@@ -483,6 +515,8 @@ impl RedbStore {
                     )));
                 }
                 report.entries += page.entries.len() as u64;
+                done.entries = report.entries;
+                progress(done);
             }
         }
         let stored = view.log.len().map_err(&read)?;
@@ -525,6 +559,8 @@ impl RedbStore {
                 }
             }
             report.feed_items += items.len() as u64;
+            done.feed_items = report.feed_items;
+            progress(done);
         }
 
         for item in view.snapshots.iter().map_err(&read)? {

@@ -258,6 +258,35 @@ fn damaged_entry_is_never_served() {
 }
 
 #[test]
+fn verify_reports_its_progress_up_to_what_it_checked() {
+    let temp = TempRedb::fresh();
+    let store = temp.store.as_ref().unwrap();
+    // Over two pages of one log, so progress is reported along the way.
+    for first in (1..=2500).step_by(500) {
+        store
+            .append("big", A, &entries("big", A, first..=first + 499))
+            .unwrap();
+    }
+    store
+        .append("small", A, &entries("small", A, 1..=3))
+        .unwrap();
+    let mut seen = Vec::new();
+    let report = store.verify_with_progress(&mut |p| seen.push(p)).unwrap();
+    assert_eq!(report, store.verify().unwrap());
+    let first = seen.first().copied().unwrap();
+    let last = seen.last().copied().unwrap();
+    assert_eq!((first.entries, first.feed_items), (0, 0));
+    assert_eq!((first.entries_total, first.feed_items_total), (2503, 6));
+    assert_eq!((last.entries, last.feed_items), (2503, 6));
+    assert!(seen.len() >= 4, "{seen:?}");
+    assert!(
+        seen.windows(2)
+            .all(|w| w[0].entries <= w[1].entries && w[0].feed_items <= w[1].feed_items),
+        "{seen:?}"
+    );
+}
+
+#[test]
 fn verify_checks_the_whole_store() {
     let mut temp = TempRedb::fresh();
     let b = ReplicaId::from_u64(0xb);
