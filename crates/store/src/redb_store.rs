@@ -942,7 +942,8 @@ fn initialize(db: &Database, shown: &str) -> Result<(Checkpoint, bool), StoreErr
 /// checked first: a damaged one is reported, not sealed into a chunk.
 fn rewrite_log_as_chunks(log: &mut Table<'_, LogKey, Bytes>) -> Result<(), StoreError> {
     let read = storage("upgrading the log table");
-    // Rows up to `done` are chunks already; the rest are entry records.
+    // Rows up to `done` (the last seq rewritten) are chunks already; the
+    // rest are entry records.
     let mut done: Option<(String, u64, u64)> = None;
     loop {
         let mut run: Vec<Entry> = Vec::new();
@@ -950,8 +951,8 @@ fn rewrite_log_as_chunks(log: &mut Table<'_, LogKey, Bytes>) -> Result<(), Store
         let log_key;
         {
             let lower: Bound<(&str, u64, u64)> = match &done {
-                Some((object, replica, first)) => {
-                    Bound::Excluded((object.as_str(), *replica, *first))
+                Some((object, replica, last)) => {
+                    Bound::Excluded((object.as_str(), *replica, *last))
                 }
                 None => Bound::Unbounded,
             };
@@ -996,7 +997,7 @@ fn rewrite_log_as_chunks(log: &mut Table<'_, LogKey, Bytes>) -> Result<(), Store
         )
         .map_err(&read)?;
         put_chunks(log, &object, ReplicaId::from_u64(replica), &run)?;
-        done = Some((object, replica, first));
+        done = Some((object, replica, last));
     }
 }
 
