@@ -13,7 +13,10 @@ use crate::{Entry, StoreError};
 /// The eight bytes that open the meta record.
 pub const MAGIC: [u8; 8] = *b"CNVGSTOR";
 /// The on-disk format version this build writes.
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
+/// The version in the write-ahead log's header: its layout has not changed
+/// since format version 3 (version 4 changed only how redb holds a log).
+pub const WAL_FORMAT_VERSION: u16 = 3;
 /// The oldest format version this build opens (and upgrades in place on open).
 pub const OLDEST_FORMAT_VERSION: u16 = 1;
 /// Length of the meta record.
@@ -89,7 +92,8 @@ pub fn decode_meta(bytes: &[u8]) -> Meta {
     }
 }
 
-/// Encodes a log entry record: `crc32 u32 | payload`. The checksum covers
+/// Encodes a log entry record of format versions 1 to 3 (one row per
+/// entry; read only to upgrade such a file): `crc32 u32 | payload`. The checksum covers
 /// `len(object) u32 | object | replica u64 | seq u64 | payload`.
 pub fn encode_entry(object: &str, replica: ReplicaId, seq: u64, payload: &[u8]) -> Vec<u8> {
     LogRecords::new(object, replica).encode(seq, payload)
@@ -163,6 +167,179 @@ impl<'o> LogRecords<'o> {
         }
         Ok(payload)
     }
+}
+
+/// Most entries one chunk record holds (format version 4).
+pub const CHUNK_MAX_ENTRIES: usize = 1024;
+/// Most entry bytes one chunk record holds, unless its single entry is
+/// larger: a read of one entry never checks more than this.
+pub const CHUNK_MAX_BYTES: usize = 64 << 10;
+/// What a chunk record's checksum starts with, so that an entry record of
+/// format version 3 never passes as a chunk.
+const CHUNK_DOMAIN: &[u8] = b"chunk";
+
+/// How many entries of a run, given their lengths in order, make its first
+/// chunk: at least one (if any), and more while the chunk stays within
+/// [`CHUNK_MAX_ENTRIES`] and [`CHUNK_MAX_BYTES`].
+pub fn chunk_len(lens: impl IntoIterator<Item = usize>) -> usize {
+    let mut bytes = 0usize;
+    let mut count = 0;
+    for len in lens.into_iter().take(CHUNK_MAX_ENTRIES) {
+        bytes = bytes.saturating_add(len);
+        if count > 0 && bytes > CHUNK_MAX_BYTES {
+            break;
+        }
+        count += 1;
+    }
+    count
+}
+
+/// Splits a run of consecutive entries into the runs that each make one
+/// chunk record (see [`chunk_len`]), in order.
+pub fn chunk_runs(entries: &[Entry]) -> impl Iterator<Item = &[Entry]> {
+    let mut rest = entries;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (run, tail) = rest.split_at(chunk_len(rest.iter().map(|e| e.bytes.len())));
+        rest = tail;
+        Some(run)
+    })
+}
+
+/// Encodes and checks the chunk records of one log (format version 4): the
+/// part of each checksum that covers the log's key is computed once.
+#[derive(Clone)]
+pub struct LogChunks<'o> {
+    object: &'o str,
+    replica: ReplicaId,
+    prefix: crc32fast::Hasher,
+}
+
+/// A chunk record whose checksum and structure were checked: `n` entries
+/// from seq `first` on.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    first: u64,
+    n: u64,
+    body: &'a [u8],
+}
+
+impl<'a> Chunk<'a> {
+    /// The seq of its first entry.
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// The seq of its last entry.
+    pub fn last(&self) -> u64 {
+        self.first + (self.n - 1)
+    }
+
+    /// How many entries it holds (at least one).
+    pub fn len(&self) -> u64 {
+        self.n
+    }
+
+    /// Never true: a chunk holds at least one entry.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Its entries as `(seq, bytes)`, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &'a [u8])> + use<'a> {
+        let mut body = Reader(self.body);
+        // The lengths were checked by `LogChunks::decode`.
+        (self.first..=self.last()).map_while(move |seq| {
+            let len = body.u32()? as usize;
+            Some((seq, body.take(len)?))
+        })
+    }
+}
+
+impl<'o> LogChunks<'o> {
+    /// For the log of `replica` in `object`.
+    pub fn new(object: &'o str, replica: ReplicaId) -> Self {
+        let mut prefix = crc32fast::Hasher::new();
+        prefix.update(CHUNK_DOMAIN);
+        prefix.update(&object_key(object));
+        prefix.update(object.as_bytes());
+        prefix.update(&replica.as_u64().to_le_bytes());
+        Self {
+            object,
+            replica,
+            prefix,
+        }
+    }
+
+    fn crc(&self, first: u64, body: &[u8]) -> u32 {
+        let mut hasher = self.prefix.clone();
+        hasher.update(&first.to_le_bytes());
+        hasher.update(body);
+        hasher.finalize()
+    }
+
+    /// The chunk record of `payloads`, the entries `first`, `first + 1`, ...:
+    /// `crc32 u32 | n u32 | n × (len u32 | bytes)`, the checksum covering
+    /// `"chunk" | len(object) u32 | object | replica u64 | first u64` and
+    /// everything after itself. The caller keeps within the cap (see
+    /// [`chunk_len`]) and passes at least one entry.
+    pub fn encode<'p>(
+        &self,
+        first: u64,
+        payloads: impl Iterator<Item = &'p [u8]> + Clone,
+    ) -> Vec<u8> {
+        let size = 8 + payloads.clone().map(|p| 4 + p.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(&[0; 8]);
+        let mut n = 0;
+        for payload in payloads {
+            out.extend_from_slice(&len_u32(payload.len()));
+            out.extend_from_slice(payload);
+            n += 1;
+        }
+        out[4..8].copy_from_slice(&len_u32(n));
+        let crc = self.crc(first, &out[4..]);
+        out[..4].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Checks the chunk record stored under `first` (its checksum, and that
+    /// it holds exactly its `n` entries) and returns it.
+    pub fn decode<'a>(&self, first: u64, record: &'a [u8]) -> Result<Chunk<'a>, StoreError> {
+        let (object, replica) = (self.object, self.replica);
+        let bad = |why: &str| corrupt(format!("log chunk {object}/{replica}/{first} {why}"));
+        let Some((crc, rest)) = split_crc(record) else {
+            return Err(bad("is truncated"));
+        };
+        if crc != self.crc(first, rest) {
+            return Err(bad("fails its checksum"));
+        }
+        let mut reader = Reader(rest);
+        let n = u64::from(reader.u32().ok_or_else(|| bad("is truncated"))?);
+        if n == 0 || first == 0 || first.checked_add(n - 1).is_none() {
+            return Err(bad("has an empty or impossible seq range"));
+        }
+        let body = reader.0;
+        for _ in 0..n {
+            let len = reader.u32().ok_or_else(|| bad("is truncated"))? as usize;
+            reader.take(len).ok_or_else(|| bad("is truncated"))?;
+        }
+        if !reader.0.is_empty() {
+            return Err(bad("has bytes after its last entry"));
+        }
+        Ok(Chunk { first, n, body })
+    }
+}
+
+/// The entry count of a chunk record, unchecked (for totals only: reads go
+/// through [`LogChunks::decode`]).
+pub fn chunk_entry_count(record: &[u8]) -> Option<u64> {
+    let count = record.get(4..8)?;
+    Some(u64::from(u32::from_le_bytes([
+        count[0], count[1], count[2], count[3],
+    ])))
 }
 
 /// The state of one (object, replica) log.
@@ -487,7 +664,7 @@ pub enum WalHeader {
 pub fn encode_wal_header(store_id: u64) -> [u8; WAL_HEADER_LEN] {
     let mut out = [0u8; WAL_HEADER_LEN];
     out[..8].copy_from_slice(&WAL_MAGIC);
-    out[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out[8..10].copy_from_slice(&WAL_FORMAT_VERSION.to_le_bytes());
     out[12..20].copy_from_slice(&store_id.to_le_bytes());
     let crc = crc_of(&[&out[..20]]);
     out[20..].copy_from_slice(&crc.to_le_bytes());
@@ -677,8 +854,8 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
-    //! Golden bytes: these pin format version 3 (and the version 1 and 2
-    //! records it still reads). If one fails, the on-disk format changed: bump
+    //! Golden bytes: these pin format version 4 (and the version 1 to 3
+    //! records it still reads, to upgrade them). If one fails, the on-disk format changed: bump
     //! FORMAT_VERSION, write a migration, update FORMAT.md.
     use super::*;
 
@@ -696,9 +873,12 @@ mod tests {
         let v2 = encode_meta(2);
         assert_eq!(hex(&v2), "434e564753544f52020000005fdc08ac");
         assert_eq!(decode_meta(&v2), Meta::Store { version: 2 });
+        let v3 = encode_meta(3);
+        assert_eq!(hex(&v3), "434e564753544f52030000003abbb414");
+        assert_eq!(decode_meta(&v3), Meta::Store { version: 3 });
         let meta = encode_meta(FORMAT_VERSION);
-        assert_eq!(hex(&meta), "434e564753544f52030000003abbb414");
-        assert_eq!(decode_meta(&meta), Meta::Store { version: 3 });
+        assert_eq!(hex(&meta), "434e564753544f520400000083836389");
+        assert_eq!(decode_meta(&meta), Meta::Store { version: 4 });
     }
 
     #[test]
@@ -891,6 +1071,101 @@ mod tests {
         for len in 0..bytes.len() {
             assert!(decode_tombstone("todos", &bytes[..len]).is_err());
         }
+    }
+
+    #[test]
+    fn chunk_record_golden() {
+        let chunks = LogChunks::new("todos", R);
+        let bytes = chunks.encode(3, [&b"abc"[..], b"de"].into_iter());
+        assert_eq!(hex(&bytes), "a3f4237a0200000003000000616263020000006465");
+        let chunk = chunks.decode(3, &bytes).unwrap();
+        assert_eq!((chunk.first(), chunk.last(), chunk.len()), (3, 4, 2));
+        assert_eq!(
+            chunk.iter().collect::<Vec<_>>(),
+            vec![(3, &b"abc"[..]), (4, &b"de"[..])]
+        );
+        assert_eq!(chunk_entry_count(&bytes), Some(2));
+        // Under another key (first seq, replica, object), it fails its check.
+        assert!(chunks.decode(4, &bytes).is_err());
+        assert!(
+            LogChunks::new("todos", ReplicaId::from_u64(1))
+                .decode(3, &bytes)
+                .is_err()
+        );
+        assert!(LogChunks::new("other", R).decode(3, &bytes).is_err());
+        // A version 3 entry record is no chunk, nor a chunk an entry record.
+        assert!(
+            chunks
+                .decode(3, &encode_entry("todos", R, 3, b"abc"))
+                .is_err()
+        );
+        assert!(decode_entry("todos", R, 3, &bytes).is_err());
+        for len in 0..bytes.len() {
+            assert!(chunks.decode(3, &bytes[..len]).is_err(), "cut at {len}");
+        }
+        for byte in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut damaged = bytes.clone();
+                damaged[byte] ^= 1 << bit;
+                assert!(
+                    chunks.decode(3, &damaged).is_err(),
+                    "flip of bit {bit} in byte {byte} went unnoticed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_sealed_chunk_with_a_bad_structure_is_corrupt() {
+        let chunks = LogChunks::new("o", R);
+        let seal = |body: &[u8]| {
+            let mut record = vec![0; 4];
+            record.extend_from_slice(body);
+            let crc = chunks.crc(1, body);
+            record[..4].copy_from_slice(&crc.to_le_bytes());
+            record
+        };
+        // No entries; a length past the end; bytes after the last entry.
+        assert!(chunks.decode(1, &seal(&0u32.to_le_bytes())).is_err());
+        let mut long = 1u32.to_le_bytes().to_vec();
+        long.extend_from_slice(&9u32.to_le_bytes());
+        long.extend_from_slice(b"abc");
+        assert!(chunks.decode(1, &seal(&long)).is_err());
+        let mut trailing = 1u32.to_le_bytes().to_vec();
+        trailing.extend_from_slice(&1u32.to_le_bytes());
+        trailing.extend_from_slice(b"ab");
+        assert!(chunks.decode(1, &seal(&trailing)).is_err());
+        let mut rng = fastrand::Rng::with_seed(13);
+        for _ in 0..20_000 {
+            let len = rng.usize(0..80);
+            let bytes: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            assert!(chunks.decode(1, &bytes).is_err() || bytes.len() >= 8);
+            if let Ok(chunk) = chunks.decode(1, &seal(&bytes)) {
+                assert_eq!(chunk.iter().count() as u64, chunk.len());
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_are_capped_by_count_and_bytes() {
+        let small: Vec<Entry> = (1..=2500).map(|s| Entry::new(s, vec![1; 10])).collect();
+        let runs: Vec<usize> = chunk_runs(&small).map(<[Entry]>::len).collect();
+        assert_eq!(runs, vec![1024, 1024, 452]);
+        // 64 KiB of payload: 16 entries of 4 KiB fill a chunk, the 17th starts the next.
+        let mid: Vec<Entry> = (1..=40).map(|s| Entry::new(s, vec![2; 4096])).collect();
+        let runs: Vec<usize> = chunk_runs(&mid).map(<[Entry]>::len).collect();
+        assert_eq!(runs, vec![16, 16, 8]);
+        // An entry larger than the cap is a chunk of its own.
+        let big = vec![
+            Entry::new(1, vec![3; 10]),
+            Entry::new(2, vec![3; 100_000]),
+            Entry::new(3, vec![3; 10]),
+        ];
+        let runs: Vec<usize> = chunk_runs(&big).map(<[Entry]>::len).collect();
+        assert_eq!(runs, vec![1, 1, 1]);
+        assert_eq!(chunk_runs(&[]).count(), 0);
+        assert_eq!(chunk_len([]), 0);
+        assert_eq!(chunk_len([CHUNK_MAX_BYTES, 0, 1]), 2);
     }
 
     #[test]

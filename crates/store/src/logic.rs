@@ -86,13 +86,14 @@ impl Page {
 pub(crate) trait Txn: View {
     /// Registers a new object.
     fn create_object(&mut self, object: &str) -> Result<(), StoreError>;
-    /// Stores one entry.
-    fn put_entry(
+    /// Stores a run of new entries of a log (consecutive seqs, right after
+    /// its last): at once, so that a backend can store them together (the
+    /// redb backend writes one chunk row per run, not one row per entry).
+    fn put_entries(
         &mut self,
         object: &str,
         replica: ReplicaId,
-        seq: u64,
-        bytes: &[u8],
+        entries: &[Entry],
     ) -> Result<(), StoreError>;
     /// Removes entries `from..=to` of a log.
     fn remove_entries(
@@ -237,9 +238,7 @@ pub(crate) fn append(
     if !tx.object_exists(object)? {
         tx.create_object(object)?;
     }
-    for entry in new {
-        tx.put_entry(object, replica, entry.seq, &entry.bytes)?;
-    }
+    tx.put_entries(object, replica, new)?;
     tx.set_head(
         object,
         replica,

@@ -282,15 +282,16 @@ impl Txn for State {
         Ok(())
     }
 
-    fn put_entry(
+    fn put_entries(
         &mut self,
         object: &str,
         replica: ReplicaId,
-        seq: u64,
-        bytes: &[u8],
+        entries: &[Entry],
     ) -> Result<(), StoreError> {
-        self.log
-            .insert((object.to_owned(), replica, seq), bytes.to_vec());
+        for entry in entries {
+            self.log
+                .insert((object.to_owned(), replica, entry.seq), entry.bytes.clone());
+        }
         Ok(())
     }
 

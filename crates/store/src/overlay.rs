@@ -573,21 +573,22 @@ impl<B: View, F: Fn() -> Result<B, StoreError>> Txn for Staging<'_, B, F> {
         Ok(())
     }
 
-    fn put_entry(
+    fn put_entries(
         &mut self,
         object: &str,
         replica: ReplicaId,
-        seq: u64,
-        bytes: &[u8],
+        entries: &[Entry],
     ) -> Result<(), StoreError> {
         self.wrote = true;
         let log = self.delta_log(object, replica);
-        if log.entries.is_empty() {
-            log.first = seq;
-        } else if log.first + log.entries.len() as u64 != seq {
-            return Err(not_staged("an entry out of sequence"));
+        for entry in entries {
+            if log.entries.is_empty() {
+                log.first = entry.seq;
+            } else if log.first + log.entries.len() as u64 != entry.seq {
+                return Err(not_staged("an entry out of sequence"));
+            }
+            log.entries.push_back(entry.bytes.clone());
         }
-        log.entries.push_back(bytes.to_vec());
         Ok(())
     }
 

@@ -7,7 +7,7 @@
 //! | `meta`      | `&str` (`"format"`)          | meta record (magic, version) |
 //! | `objects`   | object id `&str`             | `()`                     |
 //! | `heads`     | `(object, replica)`          | head record (last, compacted) |
-//! | `log`       | `(object, replica, seq)`     | entry record (crc, bytes) |
+//! | `log`       | `(object, replica, first seq)` | chunk record (crc, entries) |
 //! | `feed`      | position `u64`               | feed record              |
 //! | `snapshots` | object id `&str`             | snapshot record          |
 //! | `tombstones`| object id `&str`             | tombstone record (format 2) |
@@ -481,8 +481,17 @@ impl RedbStore {
         };
 
         report.objects = view.objects.len().map_err(&read)?;
+        // What the heads say the logs hold (the log table's rows are chunks
+        // of many entries; its entry count is summed, and checked, below).
+        let mut entries_total = 0u64;
+        for item in view.heads.iter().map_err(&read)? {
+            let (key, record) = item.map_err(&read)?;
+            let (object, replica) = key.value();
+            let head = format::decode_head(object, ReplicaId::from_u64(replica), record.value())?;
+            entries_total = entries_total.saturating_add(head.last - head.compacted);
+        }
         let mut done = VerifyProgress {
-            entries_total: view.log.len().map_err(&read)?,
+            entries_total,
             feed_items_total: view.feed_head()?,
             ..VerifyProgress::default()
         };
@@ -519,7 +528,19 @@ impl RedbStore {
                 progress(done);
             }
         }
-        let stored = view.log.len().map_err(&read)?;
+        // Every chunk's entries, including chunks no head accounts for.
+        let mut stored = 0u64;
+        for item in view.log.iter().map_err(&read)? {
+            let (key, record) = item.map_err(&read)?;
+            let (object, replica, first) = key.value();
+            let count = format::chunk_entry_count(record.value()).ok_or_else(|| {
+                corrupt(format!(
+                    "log chunk {object}/{}/{first} is truncated",
+                    ReplicaId::from_u64(replica)
+                ))
+            })?;
+            stored = stored.saturating_add(count);
+        }
         if stored != report.entries {
             return Err(corrupt(format!(
                 "the log table holds {stored} entries, the log heads account for {}",
@@ -814,6 +835,7 @@ fn initialize(db: &Database, shown: &str) -> Result<(Checkpoint, bool), StoreErr
     let open = |e| StoreError::backend("creating a table", e);
     let checkpoint;
     let fresh;
+    let mut upgraded = false;
     {
         let mut meta = txn.open_table(META).map_err(open)?;
         let found = meta
@@ -838,11 +860,26 @@ fn initialize(db: &Database, shown: &str) -> Result<(Checkpoint, bool), StoreErr
             {
                 // Version 1 lacks the tombstones table (created below) and
                 // never holds a deletion feed record; version 2 lacks the
-                // checkpoint record (nothing was ever in a write-ahead log).
-                // Upgrading is adding what is missing and rewriting the meta
-                // record, in the same transaction.
-                checkpoint = new_checkpoint();
-                fresh = true;
+                // checkpoint record (nothing was ever in a write-ahead log);
+                // versions 1 to 3 hold one log row per entry, not chunks.
+                // Upgrading is adding what is missing, rewriting the log and
+                // the meta record, in the same transaction. A version 3
+                // file keeps its checkpoint: its write-ahead log may hold
+                // acknowledged appends, replayed into the upgraded tables.
+                if version >= 3 {
+                    let record = meta
+                        .get(CHECKPOINT_KEY)
+                        .map_err(storage("reading the checkpoint record"))?
+                        .ok_or_else(|| StoreError::Corrupt {
+                            what: "the checkpoint record is missing".to_owned(),
+                        })?;
+                    checkpoint = format::decode_checkpoint(record.value())?;
+                    fresh = false;
+                } else {
+                    checkpoint = new_checkpoint();
+                    fresh = true;
+                }
+                upgraded = true;
                 meta.insert(FORMAT_KEY, format::encode_meta(FORMAT_VERSION).as_slice())
                     .map_err(storage("upgrading the meta record"))?;
                 meta.insert(
@@ -850,6 +887,7 @@ fn initialize(db: &Database, shown: &str) -> Result<(Checkpoint, bool), StoreErr
                     format::encode_checkpoint(checkpoint).as_slice(),
                 )
                 .map_err(storage("writing the checkpoint record"))?;
+                rewrite_log_as_chunks(&mut txn.open_table(LOG).map_err(open)?)?;
             }
             Some(Meta::Store { version }) => {
                 return Err(StoreError::UnsupportedFormat {
@@ -889,13 +927,78 @@ fn initialize(db: &Database, shown: &str) -> Result<(Checkpoint, bool), StoreErr
         txn.open_table(SNAPSHOTS).map_err(open)?;
         txn.open_table(TOMBSTONES).map_err(open)?;
     }
-    if fresh {
+    if fresh || upgraded {
         txn.commit()
             .map_err(|e| StoreError::backend("committing the store's tables", e))?;
     }
     // An existing store is not written here: its state may be ahead in the
     // write-ahead log, and the replay's checkpoint commits it.
     Ok((checkpoint, fresh))
+}
+
+/// Rewrites a `log` table of format versions 1 to 3 (one entry record per
+/// row) as chunk records, in key order: each chunk takes a run of
+/// consecutive seqs of one log up to the chunk cap. Every entry record is
+/// checked first: a damaged one is reported, not sealed into a chunk.
+fn rewrite_log_as_chunks(log: &mut Table<'_, LogKey, Bytes>) -> Result<(), StoreError> {
+    let read = storage("upgrading the log table");
+    // Rows up to `done` (the last seq rewritten) are chunks already; the
+    // rest are entry records.
+    let mut done: Option<(String, u64, u64)> = None;
+    loop {
+        let mut run: Vec<Entry> = Vec::new();
+        let mut bytes = 0usize;
+        let log_key;
+        {
+            let lower: Bound<(&str, u64, u64)> = match &done {
+                Some((object, replica, last)) => {
+                    Bound::Excluded((object.as_str(), *replica, *last))
+                }
+                None => Bound::Unbounded,
+            };
+            let mut rows = log.range((lower, Bound::Unbounded)).map_err(&read)?;
+            let Some(item) = rows.next() else {
+                return Ok(());
+            };
+            let (key, record) = item.map_err(&read)?;
+            let (object, replica, seq) = key.value();
+            let records = format::LogRecords::new(object, ReplicaId::from_u64(replica));
+            let payload = records.decode(seq, record.value())?;
+            bytes += payload.len();
+            run.push(Entry::new(seq, payload));
+            log_key = (object.to_owned(), replica);
+            for item in rows {
+                let (key, record) = item.map_err(&read)?;
+                let (o, r, seq) = key.value();
+                let next = run.last().map_or(0, |e| e.seq.saturating_add(1));
+                if o != object
+                    || r != replica
+                    || seq != next
+                    || run.len() >= format::CHUNK_MAX_ENTRIES
+                {
+                    break;
+                }
+                let payload = records.decode(seq, record.value())?;
+                if bytes + payload.len() > format::CHUNK_MAX_BYTES {
+                    break;
+                }
+                bytes += payload.len();
+                run.push(Entry::new(seq, payload));
+            }
+        }
+        let (object, replica) = log_key;
+        let (Some(first), Some(last)) = (run.first().map(|e| e.seq), run.last().map(|e| e.seq))
+        else {
+            return Ok(());
+        };
+        log.retain_in(
+            (object.as_str(), replica, first)..=(object.as_str(), replica, last),
+            |_, _| false,
+        )
+        .map_err(&read)?;
+        put_chunks(log, &object, ReplicaId::from_u64(replica), &run)?;
+        done = Some((object, replica, last));
+    }
 }
 
 /// The checkpoint record of a store that never had a write-ahead log: a new
@@ -1001,14 +1104,7 @@ fn apply_checked_batch<'b>(
             continue;
         };
         let (object, replica) = (append.object.as_str(), append.replica);
-        let records = format::LogRecords::new(object, replica);
-        for entry in &append.entries {
-            let record = records.encode(entry.seq, &entry.bytes);
-            tables
-                .log
-                .insert((object, replica.as_u64(), entry.seq), record.as_slice())
-                .map_err(storage("writing a log entry"))?;
-        }
+        put_chunks(&mut tables.log, object, replica, &append.entries)?;
         heads.insert((object, replica), *head);
         let record =
             format::encode_feed_item(append.position, replica, first.seq, last.seq, object);
@@ -2032,17 +2128,25 @@ where
             ),
             capped: false,
         };
-        let records = format::LogRecords::new(object, replica);
-        for item in self
+        if from > to {
+            return Ok(page);
+        }
+        let chunks = format::LogChunks::new(object, replica);
+        let start = chunk_holding(&self.log, object, r, from)?;
+        'chunks: for item in self
             .log
-            .range((object, r, from)..=(object, r, to))
+            .range((object, r, start)..=(object, r, to))
             .map_err(&read)?
         {
             let (key, record) = item.map_err(&read)?;
-            let seq = key.value().2;
-            let bytes = records.decode(seq, record.value())?;
-            if !page.push(Entry::new(seq, bytes), &mut max_bytes) {
-                break;
+            let chunk = chunks.decode(key.value().2, record.value())?;
+            for (seq, bytes) in chunk.iter() {
+                if seq < from {
+                    continue;
+                }
+                if seq > to || !page.push(Entry::new(seq, bytes), &mut max_bytes) {
+                    break 'chunks;
+                }
             }
         }
         Ok(page)
@@ -2148,21 +2252,19 @@ impl Txn for WriteTables<'_> {
         Ok(())
     }
 
-    fn put_entry(
+    fn put_entries(
         &mut self,
         object: &str,
         replica: ReplicaId,
-        seq: u64,
-        bytes: &[u8],
+        entries: &[Entry],
     ) -> Result<(), StoreError> {
         self.wrote = true;
-        let record = format::encode_entry(object, replica, seq, bytes);
-        self.log
-            .insert((object, replica.as_u64(), seq), record.as_slice())
-            .map_err(storage("writing a log entry"))?;
-        Ok(())
+        put_chunks(&mut self.log, object, replica, entries)
     }
 
+    /// Drops the chunks wholly inside `from..=to`; a chunk that straddles
+    /// either end is replaced by what it keeps outside the range (its head
+    /// under its own key, its tail under `to + 1`).
     fn remove_entries(
         &mut self,
         object: &str,
@@ -2170,11 +2272,51 @@ impl Txn for WriteTables<'_> {
         from: u64,
         to: u64,
     ) -> Result<(), StoreError> {
+        if from > to {
+            return Ok(());
+        }
         self.wrote = true;
+        let read = storage("dropping log entries");
         let r = replica.as_u64();
+        let chunks = format::LogChunks::new(object, replica);
+        let lo = chunk_holding(&self.log, object, r, from)?;
+        let mut before = Vec::new();
+        let mut after = Vec::new();
+        let mut keep = |seq: u64, bytes: &[u8]| {
+            if seq < from {
+                before.push(Entry::new(seq, bytes));
+            } else if seq > to {
+                after.push(Entry::new(seq, bytes));
+            }
+        };
+        // Only the first chunk in the range (if it starts before `from`) and
+        // the last one (if it ends after `to`) hold entries to keep.
+        if lo < from
+            && let Some(record) = self.log.get((object, r, lo)).map_err(&read)?
+        {
+            for (seq, bytes) in chunks.decode(lo, record.value())?.iter() {
+                keep(seq, bytes);
+            }
+        }
+        if let Some(item) = self
+            .log
+            .range((object, r, lo)..=(object, r, to))
+            .map_err(&read)?
+            .next_back()
+        {
+            let (key, record) = item.map_err(&read)?;
+            let first = key.value().2;
+            if first >= from {
+                for (seq, bytes) in chunks.decode(first, record.value())?.iter() {
+                    keep(seq, bytes);
+                }
+            }
+        }
         self.log
-            .retain_in((object, r, from)..=(object, r, to), |_, _| false)
-            .map_err(storage("dropping log entries"))
+            .retain_in((object, r, lo)..=(object, r, to), |_, _| false)
+            .map_err(&read)?;
+        put_chunks(&mut self.log, object, replica, &before)?;
+        put_chunks(&mut self.log, object, replica, &after)
     }
 
     fn set_head(&mut self, object: &str, replica: ReplicaId, head: Head) -> Result<(), StoreError> {
@@ -2256,6 +2398,45 @@ impl Txn for WriteTables<'_> {
             .map_err(storage("writing a snapshot"))?;
         Ok(())
     }
+}
+
+/// The first seq of the chunk of log `(object, replica)` that holds `seq`:
+/// the last chunk starting at or before it, or `seq` itself if none does.
+fn chunk_holding(
+    log: &impl ReadableTable<LogKey, Bytes>,
+    object: &str,
+    replica: u64,
+    seq: u64,
+) -> Result<u64, StoreError> {
+    let read = storage("reading a log");
+    match log
+        .range((object, replica, 0)..=(object, replica, seq))
+        .map_err(&read)?
+        .next_back()
+    {
+        Some(item) => Ok(item.map_err(&read)?.0.value().2),
+        None => Ok(seq),
+    }
+}
+
+/// Writes a run of consecutive entries of a log as chunk records, split at
+/// the chunk cap (see `FORMAT.md`, *Chunk record*).
+fn put_chunks(
+    log: &mut Table<'_, LogKey, Bytes>,
+    object: &str,
+    replica: ReplicaId,
+    entries: &[Entry],
+) -> Result<(), StoreError> {
+    let chunks = format::LogChunks::new(object, replica);
+    for run in format::chunk_runs(entries) {
+        let Some(first) = run.first().map(|e| e.seq) else {
+            continue;
+        };
+        let record = chunks.encode(first, run.iter().map(|e| e.bytes.as_slice()));
+        log.insert((object, replica.as_u64(), first), record.as_slice())
+            .map_err(storage("writing a log chunk"))?;
+    }
+    Ok(())
 }
 
 /// Up to `limit` keys of `table` from `start` on, while they start with `prefix`.

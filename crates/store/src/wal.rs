@@ -90,7 +90,7 @@ impl Wal {
             WalHeader::Log {
                 version,
                 store_id: id,
-            } if version == format::FORMAT_VERSION && id == store_id && !fresh => {}
+            } if version == format::WAL_FORMAT_VERSION && id == store_id && !fresh => {}
             WalHeader::Log { .. } | WalHeader::Damaged if !fresh => {
                 return Err(StoreError::Corrupt {
                     what: format!(

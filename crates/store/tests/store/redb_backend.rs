@@ -11,7 +11,7 @@ use converge_store::{
 };
 use redb::{ReadableTable, TableDefinition};
 
-use crate::util::{TempRedb, check_logs, entries, payload};
+use crate::util::{LOG, TempRedb, check_logs, downgrade_log_to_entry_rows, entries, payload};
 
 converge_store::conformance_tests!(TempRedb::fresh);
 
@@ -28,7 +28,6 @@ fn reads_are_capped_by_size() {
 }
 
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
-const LOG: TableDefinition<'_, (&str, u64, u64), &[u8]> = TableDefinition::new("log");
 const A: ReplicaId = ReplicaId::from_u64(0xa);
 
 /// Runs `change` on the raw redb database under a closed store.
@@ -39,13 +38,28 @@ fn tamper(path: &std::path::Path, change: impl FnOnce(&redb::WriteTransaction)) 
     txn.commit().unwrap();
 }
 
-fn flip_last_byte_of_entry(path: &std::path::Path, object: &str, replica: ReplicaId, seq: u64) {
+/// Damages the chunk record that holds entry `seq` (the last chunk that
+/// starts at or before it).
+fn flip_last_byte_of_chunk_holding(
+    path: &std::path::Path,
+    object: &str,
+    replica: ReplicaId,
+    seq: u64,
+) {
     tamper(path, |txn| {
         let mut log = txn.open_table(LOG).unwrap();
-        let key = (object, replica.as_u64(), seq);
-        let mut record = log.get(key).unwrap().unwrap().value().to_vec();
+        let r = replica.as_u64();
+        let (key, mut record) = {
+            let (key, record) = log
+                .range((object, r, 0)..=(object, r, seq))
+                .unwrap()
+                .next_back()
+                .unwrap()
+                .unwrap();
+            (key.value().2, record.value().to_vec())
+        };
         *record.last_mut().unwrap() ^= 0x01;
-        log.insert(key, record.as_slice()).unwrap();
+        log.insert((object, r, key), record.as_slice()).unwrap();
     });
 }
 
@@ -84,6 +98,7 @@ fn a_version_1_store_is_upgraded_on_open() {
     drop(temp.store.take());
     let tombstones: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tombstones");
     tamper(&path, |txn| {
+        downgrade_log_to_entry_rows(txn);
         assert!(txn.delete_table(tombstones).unwrap());
         let mut meta = txn.open_table(META).unwrap();
         meta.insert("format", encode_meta(1).as_slice()).unwrap();
@@ -211,7 +226,7 @@ fn damaged_tail_is_detected_on_open() {
         .append("doc", A, &entries("doc", A, 1..=5))
         .unwrap();
     drop(temp.store.take());
-    flip_last_byte_of_entry(&temp.path(), "doc", A, 5);
+    flip_last_byte_of_chunk_holding(&temp.path(), "doc", A, 5);
     match RedbStore::open(temp.path()) {
         Err(e @ StoreError::Corrupt { .. }) => {
             assert!(e.to_string().contains("checksum"), "{e}");
@@ -221,10 +236,14 @@ fn damaged_tail_is_detected_on_open() {
 }
 
 #[test]
-fn damaged_entry_is_never_served() {
+fn damaged_chunk_is_never_served() {
     let mut temp = TempRedb::fresh();
+    // Two appends: entries 1 and 2 in one chunk, 3 in another.
     temp.store()
-        .append("doc", A, &entries("doc", A, 1..=3))
+        .append("doc", A, &entries("doc", A, 1..=2))
+        .unwrap();
+    temp.store()
+        .append("doc", A, &entries("doc", A, 3..=3))
         .unwrap();
     // Enough later writes that the damaged entry is outside the tail checked on open.
     for seq in 1..=80 {
@@ -233,13 +252,16 @@ fn damaged_entry_is_never_served() {
             .unwrap();
     }
     drop(temp.store.take());
-    flip_last_byte_of_entry(&temp.path(), "doc", A, 2);
+    flip_last_byte_of_chunk_holding(&temp.path(), "doc", A, 2);
     let temp = temp.reopen();
     let store = temp.store();
-    assert!(matches!(
-        store.read("doc", A, 1, 10),
-        Err(ReadError::Store(StoreError::Corrupt { .. }))
-    ));
+    // The damaged chunk fails as a whole: neither of its entries is served.
+    for from in [1, 2] {
+        assert!(matches!(
+            store.read("doc", A, from, 10),
+            Err(ReadError::Store(StoreError::Corrupt { .. }))
+        ));
+    }
     assert_eq!(
         store.read("doc", A, 3, 10).unwrap(),
         entries("doc", A, 3..=3)
@@ -316,9 +338,10 @@ fn verify_checks_the_whole_store() {
     let pristine = std::fs::read(temp.path()).unwrap();
     type Damage = fn(&redb::WriteTransaction);
     let damages: [(&str, Damage); 3] = [
+        // Compaction left doc/A's entries 5..=10 in one chunk, under seq 5.
         ("checksum", |txn| {
             let mut log = txn.open_table(LOG).unwrap();
-            let key = ("doc", A.as_u64(), 6);
+            let key = ("doc", A.as_u64(), 5);
             let mut record = log.get(key).unwrap().unwrap().value().to_vec();
             record[0] ^= 0xff;
             log.insert(key, record.as_slice()).unwrap();
@@ -326,11 +349,12 @@ fn verify_checks_the_whole_store() {
         ("lacks", |txn| {
             txn.open_table(LOG)
                 .unwrap()
-                .remove(("doc", A.as_u64(), 7))
+                .remove(("doc", A.as_u64(), 5))
                 .unwrap();
         }),
         ("the log table holds", |txn| {
-            let record = converge_store::format::encode_entry("doc", A, 2, b"stale");
+            let record = converge_store::format::LogChunks::new("doc", A)
+                .encode(2, [&b"stale"[..]].into_iter());
             let mut log = txn.open_table(LOG).unwrap();
             log.insert(("doc", A.as_u64(), 2), record.as_slice())
                 .unwrap();
@@ -521,4 +545,214 @@ fn readers_see_every_acknowledged_append_while_it_is_applied() {
         check_logs(store, &format!("o{o}"));
     }
     store.verify().unwrap();
+}
+
+/// The `log` table's rows of one log: (first seq, entries in the chunk).
+fn chunk_rows(path: &std::path::Path, object: &str, replica: ReplicaId) -> Vec<(u64, u64)> {
+    let db = redb::Database::open(path).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let log = txn.open_table(LOG).unwrap();
+    let r = replica.as_u64();
+    log.range((object, r, 0)..=(object, r, u64::MAX))
+        .unwrap()
+        .map(|item| {
+            let (key, record) = item.unwrap();
+            // (Meaningless for the entry rows of an old file: only counted.)
+            let count = converge_store::format::chunk_entry_count(record.value()).unwrap_or(0);
+            (key.value().2, count)
+        })
+        .collect()
+}
+
+fn meta_version(path: &std::path::Path) -> converge_store::format::Meta {
+    let db = redb::Database::open(path).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let meta = txn.open_table(META).unwrap();
+    decode_meta(meta.get("format").unwrap().unwrap().value())
+}
+
+/// An append is one chunk row (several past the cap); compaction drops the
+/// chunks under its horizon and rewrites the one it cuts as its tail.
+#[test]
+fn appends_are_chunk_rows_and_compaction_cuts_them() {
+    let mut temp = TempRedb::fresh();
+    let path = temp.path();
+    let store = temp.store();
+    // 2,500 small entries: capped at 1,024 entries a chunk.
+    let small: Vec<Entry> = (1..=2500)
+        .map(|s| Entry::new(s, vec![s as u8; 8]))
+        .collect();
+    store.append("small", A, &small).unwrap();
+    // 40 entries of 4 KiB: capped at 64 KiB of entries a chunk.
+    let wide: Vec<Entry> = (1..=40)
+        .map(|s| Entry::new(s, vec![s as u8; 4096]))
+        .collect();
+    store.append("wide", A, &wide).unwrap();
+    for seq in 41..=43 {
+        store
+            .append("wide", A, &[Entry::new(seq, vec![1; 10])])
+            .unwrap();
+    }
+    drop(temp.store.take());
+    assert_eq!(
+        chunk_rows(&path, "small", A),
+        vec![(1, 1024), (1025, 1024), (2049, 452)]
+    );
+    assert_eq!(
+        chunk_rows(&path, "wide", A),
+        vec![(1, 16), (17, 16), (33, 8), (41, 1), (42, 1), (43, 1)]
+    );
+
+    let mut temp = temp.reopen();
+    let store = temp.store();
+    // Reads starting inside a chunk, across chunks, and capped by size.
+    assert_eq!(store.read("small", A, 1000, 100).unwrap(), small[999..1099]);
+    assert_eq!(store.read("small", A, 2500, 10).unwrap(), small[2499..]);
+    assert_eq!(
+        store.read("wide", A, 30, 20).unwrap(),
+        wide[29..40]
+            .iter()
+            .cloned()
+            .chain((41..=43).map(|s| Entry::new(s, vec![1; 10])))
+            .collect::<Vec<_>>()
+    );
+
+    let horizon = [(A, 1500)].into_iter().collect();
+    store.put_snapshot("small", &horizon, b"snap").unwrap();
+    assert_eq!(store.compact("small", &horizon).unwrap().dropped, 1500);
+    let horizon = [(A, 33)].into_iter().collect();
+    store.put_snapshot("wide", &horizon, b"snap").unwrap();
+    assert_eq!(store.compact("wide", &horizon).unwrap().dropped, 33);
+    assert!(matches!(
+        store.read("small", A, 1500, 1),
+        Err(ReadError::SnapshotNeeded {
+            compacted: 1500,
+            ..
+        })
+    ));
+    assert_eq!(store.read("small", A, 1501, 5000).unwrap(), small[1500..]);
+    assert_eq!(store.read("wide", A, 34, 3).unwrap(), wide[33..36]);
+    let report = temp.store.as_ref().unwrap().verify().unwrap();
+    assert_eq!(report.entries, 1000 + 10);
+    drop(temp.store.take());
+    assert_eq!(
+        chunk_rows(&path, "small", A),
+        vec![(1501, 548), (2049, 452)]
+    );
+    assert_eq!(
+        chunk_rows(&path, "wide", A),
+        vec![(34, 7), (41, 1), (42, 1), (43, 1)]
+    );
+
+    // Deletion removes every chunk.
+    let mut temp = temp.reopen();
+    assert_eq!(temp.store().delete_object("small").unwrap().dropped, 1000);
+    drop(temp.store.take());
+    assert_eq!(chunk_rows(&path, "small", A), vec![]);
+    assert_eq!(chunk_rows(&path, "wide", A).len(), 4);
+    drop(temp);
+}
+
+/// A version 3 file (one log row per entry) opens, keeps every entry, and is
+/// upgraded in place to chunk rows.
+#[test]
+fn a_version_3_store_is_upgraded_to_chunks_on_open() {
+    let mut temp = TempRedb::fresh();
+    let path = temp.path();
+    let b = ReplicaId::from_u64(0xb);
+    let store = temp.store();
+    // A long log written in several appends, of varied entry sizes (some 40 KB).
+    for first in (1..=3000).step_by(500) {
+        store
+            .append("doc", A, &entries("doc", A, first..=first + 499))
+            .unwrap();
+    }
+    store.append("doc", b, &entries("doc", b, 1..=7)).unwrap();
+    for seq in 1..=30 {
+        store
+            .append("ones", A, &entries("ones", A, seq..=seq))
+            .unwrap();
+    }
+    // A compacted log, and a deleted object.
+    store.append("cut", A, &entries("cut", A, 1..=20)).unwrap();
+    let horizon = [(A, 12)].into_iter().collect();
+    store.put_snapshot("cut", &horizon, b"snap").unwrap();
+    store.compact("cut", &horizon).unwrap();
+    store.append("gone", A, &entries("gone", A, 1..=5)).unwrap();
+    store.delete_object("gone").unwrap();
+    let before = temp.store.as_ref().unwrap().verify().unwrap();
+    drop(temp.store.take());
+    tamper(&path, |txn| {
+        downgrade_log_to_entry_rows(txn);
+        let mut meta = txn.open_table(META).unwrap();
+        meta.insert("format", encode_meta(3).as_slice()).unwrap();
+    });
+    assert_eq!(chunk_rows(&path, "doc", A).len(), 3000);
+
+    let mut temp = temp.reopen();
+    let store = temp.store();
+    assert_eq!(check_logs(store, "doc").get(A), 3000);
+    assert_eq!(check_logs(store, "ones").get(A), 30);
+    assert_eq!(check_logs(store, "cut").get(A), 20);
+    assert!(matches!(
+        store.read("cut", A, 12, 1),
+        Err(ReadError::SnapshotNeeded { compacted: 12, .. })
+    ));
+    assert!(store.is_deleted("gone").unwrap());
+    assert_eq!(temp.store.as_ref().unwrap().verify().unwrap(), before);
+    store
+        .append("doc", A, &entries("doc", A, 3001..=3002))
+        .unwrap();
+    drop(temp.store.take());
+    assert_eq!(
+        meta_version(&path),
+        converge_store::format::Meta::Store {
+            version: FORMAT_VERSION
+        }
+    );
+    // Runs of consecutive seqs became chunks, within the cap.
+    let rows = chunk_rows(&path, "doc", A);
+    assert!(rows.len() < 3000 / 10, "{} rows", rows.len());
+    assert_eq!(rows.iter().map(|r| r.1).sum::<u64>(), 3002);
+    assert!(rows.iter().all(|r| r.1 <= 1024));
+    assert_eq!(chunk_rows(&path, "ones", A), vec![(1, 30)]);
+    assert_eq!(chunk_rows(&path, "cut", A), vec![(13, 8)]);
+    let temp = temp.reopen();
+    assert_eq!(check_logs(temp.store(), "doc").get(A), 3002);
+}
+
+/// An old file with a damaged entry is not upgraded (sealing the damage
+/// into a chunk would hide it): the open fails and the file is unchanged.
+#[test]
+fn an_upgrade_refuses_a_damaged_entry_and_changes_nothing() {
+    let mut temp = TempRedb::fresh();
+    let path = temp.path();
+    temp.store()
+        .append("doc", A, &entries("doc", A, 1..=5))
+        .unwrap();
+    drop(temp.store.take());
+    tamper(&path, |txn| {
+        downgrade_log_to_entry_rows(txn);
+        let mut meta = txn.open_table(META).unwrap();
+        meta.insert("format", encode_meta(3).as_slice()).unwrap();
+    });
+    tamper(&path, |txn| {
+        let mut log = txn.open_table(LOG).unwrap();
+        let key = ("doc", A.as_u64(), 3);
+        let mut record = log.get(key).unwrap().unwrap().value().to_vec();
+        record[0] ^= 0x01;
+        log.insert(key, record.as_slice()).unwrap();
+    });
+    match RedbStore::open(&path) {
+        Err(e @ StoreError::Corrupt { .. }) => {
+            assert!(e.to_string().contains("doc"), "{e}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(
+        meta_version(&path),
+        converge_store::format::Meta::Store { version: 3 }
+    );
+    assert_eq!(chunk_rows(&path, "doc", A).len(), 5);
+    drop(temp);
 }

@@ -104,3 +104,35 @@ pub(crate) fn check_logs(store: &dyn Store, object: &str) -> converge_store::Ver
     }
     vv
 }
+
+/// The `log` table, as redb sees it (chunk records since format version 4,
+/// entry records before).
+pub(crate) const LOG: redb::TableDefinition<'_, (&str, u64, u64), &[u8]> =
+    redb::TableDefinition::new("log");
+
+/// Rewrites the `log` table the way format versions 1 to 3 held it, one
+/// entry record per row, from the chunk records a current store wrote: the
+/// tests build an old file by writing a new one and tampering with it.
+pub(crate) fn downgrade_log_to_entry_rows(txn: &redb::WriteTransaction) {
+    use converge_store::format::{LogChunks, encode_entry};
+    use redb::ReadableTable;
+    let mut log = txn.open_table(LOG).unwrap();
+    let mut rows = Vec::new();
+    for item in log.iter().unwrap() {
+        let (key, record) = item.unwrap();
+        let (object, replica, first) = key.value();
+        let replica = ReplicaId::from_u64(replica);
+        let chunk = LogChunks::new(object, replica)
+            .decode(first, record.value())
+            .unwrap();
+        for (seq, bytes) in chunk.iter() {
+            rows.push((object.to_owned(), replica, seq, bytes.to_vec()));
+        }
+    }
+    log.retain(|_, _| false).unwrap();
+    for (object, replica, seq, bytes) in rows {
+        let record = encode_entry(&object, replica, seq, &bytes);
+        log.insert((object.as_str(), replica.as_u64(), seq), record.as_slice())
+            .unwrap();
+    }
+}

@@ -11,7 +11,7 @@ use converge_store::format::{
 use converge_store::{Entry, RedbStore, ReplicaId, Store, StoreConfig, StoreError};
 use redb::{ReadableDatabase, TableDefinition};
 
-use crate::util::{TempRedb, check_logs, entries};
+use crate::util::{TempRedb, check_logs, downgrade_log_to_entry_rows, entries};
 
 const A: ReplicaId = ReplicaId::from_u64(0xa);
 const B: ReplicaId = ReplicaId::from_u64(0xb);
@@ -248,6 +248,7 @@ fn a_version_2_store_is_upgraded_on_open() {
     {
         let db = redb::Database::open(&path).unwrap();
         let txn = db.begin_write().unwrap();
+        downgrade_log_to_entry_rows(&txn);
         {
             let mut meta = txn.open_table(META).unwrap();
             meta.insert("format", encode_meta(2).as_slice()).unwrap();
@@ -277,4 +278,52 @@ fn a_version_2_store_is_upgraded_on_open() {
     let store = RedbStore::open(&path).unwrap();
     assert_eq!(held(&store), 4);
     drop(temp);
+}
+
+/// A version 3 store that crashed with acknowledged appends only in its
+/// write-ahead log: the upgrade keeps its checkpoint, so the log (whose
+/// layout version 4 did not change) is replayed into the chunk rows.
+#[test]
+fn a_crashed_version_3_store_is_upgraded_and_its_log_replayed() {
+    let disk = CrashBackend::new();
+    {
+        let store = open(&disk).unwrap();
+        store.append("doc", A, &entries("doc", A, 1..=600)).unwrap();
+        store.append("doc", B, &entries("doc", B, 1..=3)).unwrap();
+    }
+    let store = open(&disk).unwrap();
+    for seq in 601..=620 {
+        store
+            .append("doc", A, &entries("doc", A, seq..=seq))
+            .unwrap();
+    }
+    // Taken while the store is open: the last appends are in the log only.
+    let crashed = disk.crashed();
+    drop(store);
+    {
+        let db = redb::Database::builder()
+            .create_with_backend(crashed.database())
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        downgrade_log_to_entry_rows(&txn);
+        {
+            use redb::ReadableTableMetadata;
+            let rows = txn.open_table(crate::util::LOG).unwrap().len().unwrap();
+            assert!(rows < 623, "the database alone holds all {rows} entries");
+        }
+        txn.open_table(META)
+            .unwrap()
+            .insert("format", encode_meta(3).as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = open(&crashed).unwrap();
+    assert_eq!(check_logs(&store, "doc").get(A), 620);
+    assert_eq!(store.version_vector("doc").unwrap().get(B), 3);
+    store.verify().unwrap();
+    let feed = store.changes_since(0, 100).unwrap();
+    assert_eq!(feed.len(), 22);
+    drop(store);
+    let store = open(&crashed).unwrap();
+    assert_eq!(held(&store), 620);
 }
