@@ -123,14 +123,10 @@ pub struct LogRecords<'o> {
 impl<'o> LogRecords<'o> {
     /// For the log of `replica` in `object`.
     pub fn new(object: &'o str, replica: ReplicaId) -> Self {
-        let mut prefix = crc32fast::Hasher::new();
-        prefix.update(&object_key(object));
-        prefix.update(object.as_bytes());
-        prefix.update(&replica.as_u64().to_le_bytes());
         Self {
             object,
             replica,
-            prefix,
+            prefix: log_key_hasher(b"", object, replica),
         }
     }
 
@@ -167,6 +163,18 @@ impl<'o> LogRecords<'o> {
         }
         Ok(payload)
     }
+}
+
+/// A CRC state over `domain | len(object) u32 | object | replica u64`: the
+/// part of a log record's checksum that is the same for every record of
+/// the log, computed once per log.
+fn log_key_hasher(domain: &[u8], object: &str, replica: ReplicaId) -> crc32fast::Hasher {
+    let mut prefix = crc32fast::Hasher::new();
+    prefix.update(domain);
+    prefix.update(&object_key(object));
+    prefix.update(object.as_bytes());
+    prefix.update(&replica.as_u64().to_le_bytes());
+    prefix
 }
 
 /// Most entries one chunk record holds (format version 4).
@@ -261,15 +269,10 @@ impl<'a> Chunk<'a> {
 impl<'o> LogChunks<'o> {
     /// For the log of `replica` in `object`.
     pub fn new(object: &'o str, replica: ReplicaId) -> Self {
-        let mut prefix = crc32fast::Hasher::new();
-        prefix.update(CHUNK_DOMAIN);
-        prefix.update(&object_key(object));
-        prefix.update(object.as_bytes());
-        prefix.update(&replica.as_u64().to_le_bytes());
         Self {
             object,
             replica,
-            prefix,
+            prefix: log_key_hasher(CHUNK_DOMAIN, object, replica),
         }
     }
 

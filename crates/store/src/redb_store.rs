@@ -846,13 +846,7 @@ fn initialize(db: &Database, shown: &str) -> Result<(Checkpoint, bool), StoreErr
             Some(Meta::Store {
                 version: FORMAT_VERSION,
             }) => {
-                let record = meta
-                    .get(CHECKPOINT_KEY)
-                    .map_err(storage("reading the checkpoint record"))?
-                    .ok_or_else(|| StoreError::Corrupt {
-                        what: "the checkpoint record is missing".to_owned(),
-                    })?;
-                checkpoint = format::decode_checkpoint(record.value())?;
+                checkpoint = read_checkpoint(&meta)?;
                 fresh = false;
             }
             Some(Meta::Store { version })
@@ -867,13 +861,7 @@ fn initialize(db: &Database, shown: &str) -> Result<(Checkpoint, bool), StoreErr
                 // file keeps its checkpoint: its write-ahead log may hold
                 // acknowledged appends, replayed into the upgraded tables.
                 if version >= 3 {
-                    let record = meta
-                        .get(CHECKPOINT_KEY)
-                        .map_err(storage("reading the checkpoint record"))?
-                        .ok_or_else(|| StoreError::Corrupt {
-                            what: "the checkpoint record is missing".to_owned(),
-                        })?;
-                    checkpoint = format::decode_checkpoint(record.value())?;
+                    checkpoint = read_checkpoint(&meta)?;
                     fresh = false;
                 } else {
                     checkpoint = new_checkpoint();
@@ -934,6 +922,18 @@ fn initialize(db: &Database, shown: &str) -> Result<(Checkpoint, bool), StoreErr
     // An existing store is not written here: its state may be ahead in the
     // write-ahead log, and the replay's checkpoint commits it.
     Ok((checkpoint, fresh))
+}
+
+/// The checkpoint record of a version 3 or later file (`Corrupt` if it is
+/// missing or damaged).
+fn read_checkpoint(meta: &Table<'_, &str, Bytes>) -> Result<Checkpoint, StoreError> {
+    let record = meta
+        .get(CHECKPOINT_KEY)
+        .map_err(storage("reading the checkpoint record"))?
+        .ok_or_else(|| StoreError::Corrupt {
+            what: "the checkpoint record is missing".to_owned(),
+        })?;
+    format::decode_checkpoint(record.value())
 }
 
 /// Rewrites a `log` table of format versions 1 to 3 (one entry record per
