@@ -533,12 +533,14 @@ impl RedbStore {
         for item in view.log.iter().map_err(&read)? {
             let (key, record) = item.map_err(&read)?;
             let (object, replica, first) = key.value();
-            let count = format::chunk_entry_count(record.value()).ok_or_else(|| {
-                corrupt(format!(
-                    "log chunk {object}/{}/{first} is truncated",
-                    ReplicaId::from_u64(replica)
-                ))
-            })?;
+            let count = format::chunk_entry_count(record.value())
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    corrupt(format!(
+                        "log chunk {object}/{}/{first} is truncated or empty",
+                        ReplicaId::from_u64(replica)
+                    ))
+                })?;
             stored = stored.saturating_add(count);
         }
         if stored != report.entries {
@@ -2275,7 +2277,6 @@ impl Txn for WriteTables<'_> {
         if from > to {
             return Ok(());
         }
-        self.wrote = true;
         let read = storage("dropping log entries");
         let r = replica.as_u64();
         let chunks = format::LogChunks::new(object, replica);
@@ -2290,7 +2291,12 @@ impl Txn for WriteTables<'_> {
             }
         };
         // Only the first chunk in the range (if it starts before `from`) and
-        // the last one (if it ends after `to`) hold entries to keep.
+        // the last one (if it ends after `to`) hold entries to keep; only
+        // those are decoded (and checked), so that a damaged chunk wholly
+        // inside the range never stops its log from being compacted or its
+        // object deleted. Whether the last one ends after `to` is read from
+        // its entry count before the check: if that count is damaged, the
+        // check refuses the chunk, or the chunk was unreadable anyway.
         if lo < from
             && let Some(record) = self.log.get((object, r, lo)).map_err(&read)?
         {
@@ -2306,12 +2312,17 @@ impl Txn for WriteTables<'_> {
         {
             let (key, record) = item.map_err(&read)?;
             let first = key.value().2;
-            if first >= from {
+            let ends_after_to = format::chunk_entry_count(record.value())
+                .is_some_and(|n| first.saturating_add(n.saturating_sub(1)) > to);
+            if first >= from && ends_after_to {
                 for (seq, bytes) in chunks.decode(first, record.value())?.iter() {
                     keep(seq, bytes);
                 }
             }
         }
+        // Nothing was written above: a damaged chunk refused there fails
+        // only this job, not the batch it is committed with.
+        self.wrote = true;
         self.log
             .retain_in((object, r, lo)..=(object, r, to), |_, _| false)
             .map_err(&read)?;

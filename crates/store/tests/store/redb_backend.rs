@@ -277,6 +277,20 @@ fn damaged_chunk_is_never_served() {
         .append("later", A, &entries("later", A, 81..=81))
         .unwrap();
     check_logs(store, "later");
+    // The damaged chunk does not stop its log being compacted past it, or
+    // its object being deleted: a chunk wholly dropped is not read.
+    let horizon = [(A, 2)].into_iter().collect();
+    store.put_snapshot("doc", &horizon, b"snap").unwrap();
+    store.compact("doc", &horizon).unwrap();
+    assert_eq!(
+        store.read("doc", A, 3, 10).unwrap(),
+        entries("doc", A, 3..=3)
+    );
+    store.delete_object("doc").unwrap();
+    assert!(matches!(
+        store.read("doc", A, 3, 10),
+        Err(ReadError::Deleted { .. })
+    ));
 }
 
 #[test]
@@ -337,7 +351,7 @@ fn verify_checks_the_whole_store() {
     // Each kind of damage, each on a fresh copy of the file.
     let pristine = std::fs::read(temp.path()).unwrap();
     type Damage = fn(&redb::WriteTransaction);
-    let damages: [(&str, Damage); 3] = [
+    let damages: [(&str, Damage); 4] = [
         // Compaction left doc/A's entries 5..=10 in one chunk, under seq 5.
         ("checksum", |txn| {
             let mut log = txn.open_table(LOG).unwrap();
@@ -358,6 +372,11 @@ fn verify_checks_the_whole_store() {
             let mut log = txn.open_table(LOG).unwrap();
             log.insert(("doc", A.as_u64(), 2), record.as_slice())
                 .unwrap();
+        }),
+        // A row outside every log's range that claims no entries.
+        ("truncated or empty", |txn| {
+            let mut log = txn.open_table(LOG).unwrap();
+            log.insert(("doc", A.as_u64(), 2), &[0u8; 8][..]).unwrap();
         }),
     ];
     for (expected, damage) in damages {
