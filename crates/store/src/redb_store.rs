@@ -1178,17 +1178,13 @@ fn apply_loop(shared: &Shared, store_id: u64) {
                     .unwrap_or_else(PoisonError::into_inner);
             }
             // Gather more records into this transaction, for a moment.
-            let deadline = Instant::now() + APPLY_GATHER;
-            while !state.hurry && !state.closing && state.failed.is_none() && !gathered(&state) {
-                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                    break;
-                };
-                state = shared
-                    .apply_cv
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
+            state = shared
+                .apply_cv
+                .wait_timeout_while(state, APPLY_GATHER, |s| {
+                    !s.hurry && !s.closing && s.failed.is_none() && !gathered(s)
+                })
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
             state.hurry = false;
             let batches: Vec<Arc<Batch>> = state
                 .batches
@@ -1403,19 +1399,12 @@ fn gather<'a>(
     expected: usize,
     wait: Duration,
 ) -> MutexGuard<'a, Queue> {
-    let deadline = Instant::now() + wait;
     queue.want = expected;
-    while queue.jobs.len() < expected && !queue.closing {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            break;
-        };
-        queue = shared
-            .wake
-            .wait_timeout(queue, left)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
-    }
-    queue
+    shared
+        .wake
+        .wait_timeout_while(queue, wait, |q| q.jobs.len() < expected && !q.closing)
+        .unwrap_or_else(PoisonError::into_inner)
+        .0
 }
 
 fn take_batch(queue: &mut VecDeque<Job>) -> Vec<Job> {
