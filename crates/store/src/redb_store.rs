@@ -654,7 +654,7 @@ impl RedbStore {
                 return replies.pop().ok_or(StoreError::Closed);
             }
         }
-        let (reply, answer) = handoff::slot(&shared.answers);
+        let (reply, waiter) = handoff::slot(&shared.answers);
         let wake = {
             let mut queue = shared.queue();
             if queue.stopped {
@@ -667,7 +667,7 @@ impl RedbStore {
             shared.wake.notify_one();
         }
         // The writer drops the job unanswered only if it panicked or closed.
-        answer.wait().ok_or(StoreError::Closed)
+        waiter.wait().ok_or(StoreError::Closed)
     }
 
     /// The latest state: the overlay, locked for the read, over a redb
